@@ -1,0 +1,246 @@
+"""tools/cloud-run: run a command on a VM that cleans up after itself, and get its results back.
+
+  cloud-run run "<cmd>" [--spec F] [--data-dirs a,b] [--output-dir D] [--max-hours H]
+                        [--detach] [--backend local|gce|ec2] [--env K=V]... [--dry-run] [--json]
+  cloud-run pull <run-id> [--output-dir D]
+  cloud-run status [run-id] [--json]      cloud-run ls [--json]
+  cloud-run logs <run-id> [--follow]      cloud-run terminate <run-id>
+  cloud-run reap [--dry-run] [--json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import sys
+from pathlib import Path
+
+from . import runs
+from .errors import KitError, run_cli
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="cloud-run", description=__doc__.split("\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--backend", help="local (embedded), gce or ec2; default from COMPUTE_TARGET / RK_BACKEND")
+    sub = p.add_subparsers(dest="cmd", metavar="COMMAND")
+
+    r = sub.add_parser("run", help="launch a command on a fresh VM; wait and pull unless --detach")
+    r.add_argument("command", help="shell command, run in the unpacked project; write outputs to $RESULTS_DIR")
+    r.add_argument("--spec", default="", help="experiment spec this run belongs to (names the run)")
+    r.add_argument("--data-dirs", default="", help="comma-separated directories to ship beside the code")
+    r.add_argument("--output-dir", help="where results are pulled (attached mode)")
+    r.add_argument("--max-hours", type=float, help="hard deadline; the VM is deleted by then whatever happens")
+    r.add_argument("--detach", action="store_true", help="return after launch; use status/logs/pull later")
+    r.add_argument("--env", action="append", default=[], metavar="K=V", help="environment for the command")
+    r.add_argument("--machine-type", default="", help="instance type (provider-specific)")
+    r.add_argument("--spot", action="store_true", help="use spot/preemptible capacity where supported")
+    r.add_argument("--dry-run", action="store_true", help="print the startup script; create nothing")
+    r.add_argument("--json", action="store_true", help="print a JSON summary on stdout")
+    r.add_argument("--quiet", action="store_true", help="do not echo the remote log while waiting")
+
+    pl = sub.add_parser("pull", help="download a run's results (incremental, verified)")
+    pl.add_argument("run_id")
+    pl.add_argument("--output-dir", help="default: results/<run-id>")
+    pl.add_argument("--json", action="store_true")
+
+    st = sub.add_parser("status", help="one run's state, or all runs'")
+    st.add_argument("run_id", nargs="?")
+    st.add_argument("--json", action="store_true")
+
+    ls = sub.add_parser("ls", help="list runs in the bucket")
+    ls.add_argument("--json", action="store_true")
+
+    lg = sub.add_parser("logs", help="print a run's log")
+    lg.add_argument("run_id")
+    lg.add_argument("--follow", "-f", action="store_true", help="keep printing until the run ends")
+
+    t = sub.add_parser("terminate", help="delete a run's VM now")
+    t.add_argument("run_id")
+    t.add_argument("--json", action="store_true")
+
+    rp = sub.add_parser("reap", help="delete instances past their deadline or dead")
+    rp.add_argument("--dry-run", action="store_true")
+    rp.add_argument("--json", action="store_true")
+    return p
+
+
+def _emit_json(value) -> None:
+    print(json.dumps(value, indent=2, sort_keys=True))
+
+
+def _table(rows: list[dict], cols: list[str]) -> None:
+    if not rows:
+        print("(no runs)", file=sys.stderr)
+        return
+    cells = [[str(r.get(c) if r.get(c) is not None else "-") for c in cols] for r in rows]
+    widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(cols)]
+    print("  ".join(c.upper().ljust(w) for c, w in zip(cols, widths, strict=True)).rstrip())
+    for row in cells:
+        print("  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)).rstrip())
+
+
+def _terminate_on_sigterm() -> None:
+    def handler(signum, frame):
+        raise KeyboardInterrupt
+    signal.signal(signal.SIGTERM, handler)
+
+
+def main(argv: list[str]) -> int:
+    args = _parser().parse_args(argv)
+    if not args.cmd:
+        _parser().print_help(sys.stderr)
+        return 2
+    from .lifecycle import Context, reap, say
+
+    ctx = Context.open(args.backend)
+    if args.cmd != "reap" and not getattr(args, "dry_run", False):
+        try:
+            for name in reap(ctx):
+                say(f"cloud-run: reaped {name} (past its deadline or dead)")
+        except KitError as e:
+            say(f"cloud-run: warning: could not check for expired instances: {e}")
+    return globals()[f"cmd_{args.cmd}"](ctx, args)
+
+
+def cmd_run(ctx, args) -> int:
+    from .lifecycle import LaunchOptions, check_output_dir, launch, plan_launch, pull, say, wait
+    from .startup import parse_env_pairs
+
+    output_dir = Path(args.output_dir) if args.output_dir else None
+    if output_dir is not None:
+        check_output_dir(output_dir)
+    opts = LaunchOptions(
+        command=args.command, spec=args.spec,
+        data_dirs=[d for d in args.data_dirs.split(",") if d.strip()],
+        max_hours=args.max_hours if args.max_hours is not None else ctx.settings.get_float("RK_MAX_HOURS"),
+        env=parse_env_pairs(args.env), machine_type=args.machine_type, spot=args.spot,
+        experiment=Path(args.spec).stem if args.spec else "", detached=args.detach,
+    )
+    if args.dry_run:
+        plan = plan_launch(ctx, opts, upload=False)
+        req = plan.request
+        say(f"cloud-run: dry run — would create {req.name} on {ctx.provider.name} with labels {req.labels}, "
+            f"deadline {req.max_seconds} s, bucket {ctx.store.url}; nothing was created")
+        sys.stdout.write(plan.script)
+        return 0
+    _terminate_on_sigterm()
+    plan = launch(ctx, opts)
+    run_id = plan.run_id
+    say(f"cloud-run: launched {run_id} on {ctx.provider.name} (instance {plan.manifest.instance}, "
+        f"deadline {plan.manifest.expires_at}, code {'uploaded' if plan.bundle_uploaded else 'unchanged'})")
+    if args.detach:
+        if args.json:
+            _emit_json({"run_id": run_id, "instance": plan.manifest.instance, "provider": ctx.provider.name,
+                        "bucket": ctx.store.url})
+        else:
+            print(run_id)
+            say(f"  follow:  cloud-run logs {run_id} --follow\n  state:   cloud-run status {run_id}\n"
+                f"  results: cloud-run pull {run_id} --output-dir results/{run_id}\n  stop:    cloud-run terminate {run_id}")
+        return 0
+    if not args.json:
+        print(run_id, flush=True)
+    try:
+        state = wait(ctx, run_id, stream_log=not args.quiet)
+    except KeyboardInterrupt:
+        say(f"\ncloud-run: stopped waiting; {run_id} goes on. `cloud-run status {run_id}`, "
+            f"or `cloud-run terminate {run_id}` to stop it")
+        return 130
+    code = runs.client_exit_code(state)
+    summary = {"run_id": run_id, "phase": state.get("phase"), "cause": state.get("cause"),
+               "exit_code": state.get("exit_code"), "cloud_run_exit": code}
+    if output_dir is not None:
+        stats, complete = pull(ctx, run_id, output_dir)
+        summary.update(output_dir=str(output_dir), files=stats.files, bytes=stats.bytes, complete=complete)
+        say(f"cloud-run: pulled {stats.files} files ({stats.bytes} bytes) into {output_dir}"
+            + ("" if complete else " — the run uploaded no results manifest: results are incomplete"))
+    say(f"cloud-run: {run_id} {state.get('phase')} ({state.get('cause')}, exit {state.get('exit_code')})")
+    if args.json:
+        _emit_json(summary)
+    return code
+
+
+def cmd_pull(ctx, args) -> int:
+    from .lifecycle import pull, run_state, say
+
+    out = Path(args.output_dir or f"results/{runs.check_run_id(args.run_id)}")
+    stats, complete = pull(ctx, args.run_id, out)
+    if args.json:
+        _emit_json({"run_id": args.run_id, "output_dir": str(out), "files": stats.files, "bytes": stats.bytes,
+                    "unchanged": stats.skipped, "complete": complete})
+    else:
+        say(f"cloud-run: pulled {stats.files} files ({stats.bytes} bytes), {stats.skipped} unchanged, into {out}")
+    if not complete:
+        state = run_state(ctx, args.run_id)
+        raise KitError(f"run {args.run_id} has no results manifest (it is {state.get('phase')}); "
+                       f"what it uploaded is in {out}; `cloud-run logs {args.run_id}` shows why")
+    return 0
+
+
+def cmd_status(ctx, args) -> int:
+    from .lifecycle import run_state
+
+    if not args.run_id:
+        return cmd_ls(ctx, args)
+    state = run_state(ctx, runs.check_run_id(args.run_id))
+    if args.json:
+        _emit_json(state)
+    else:
+        print(f"{args.run_id}  {state.get('phase')}  cause={state.get('cause') or '-'}  "
+              f"exit={state.get('exit_code') if state.get('exit_code') is not None else '-'}"
+              + (f"  ({state['message']})" if state.get("message") else ""))
+    return 0
+
+
+def cmd_ls(ctx, args) -> int:
+    from .lifecycle import list_runs
+
+    rows = list_runs(ctx)
+    if args.json:
+        _emit_json(rows)
+    else:
+        _table(rows, ["run_id", "provider", "phase", "exit_code", "cause", "created_at", "command"])
+    return 0
+
+
+def cmd_logs(ctx, args) -> int:
+    from .lifecycle import read_log, read_manifest, wait
+
+    read_manifest(ctx, runs.check_run_id(args.run_id))
+    if args.follow:
+        wait(ctx, args.run_id, stream_log=True)
+        return 0
+    sys.stdout.write(read_log(ctx, args.run_id).decode("utf-8", "replace"))
+    return 0
+
+
+def cmd_terminate(ctx, args) -> int:
+    from .lifecycle import say, terminate
+
+    status = terminate(ctx, runs.check_run_id(args.run_id))
+    if args.json:
+        _emit_json(status)
+    else:
+        say(f"cloud-run: {args.run_id} terminated; it is {status.get('phase')} ({status.get('cause')})")
+    return 0
+
+
+def cmd_reap(ctx, args) -> int:
+    from .lifecycle import reap
+
+    names = reap(ctx, dry_run=args.dry_run)
+    if args.json:
+        _emit_json({"dry_run": args.dry_run, "instances": names})
+    else:
+        verb = "would delete" if args.dry_run else "deleted"
+        print("\n".join(f"{verb} {n}" for n in names) if names else "nothing to reap")
+    return 0
+
+
+def entry() -> None:
+    run_cli("cloud-run", main)
+
+
+if __name__ == "__main__":
+    entry()

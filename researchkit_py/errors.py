@@ -1,0 +1,49 @@
+"""Our own error types. The CLIs turn them into one line on stderr and an exit code."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from typing import NoReturn
+
+
+class KitError(Exception):
+    """A problem the user can fix; the message names the problem and the fix."""
+
+    exit_code = 1
+
+
+class UsageError(KitError):
+    exit_code = 2
+
+
+class NotFound(KitError):
+    pass
+
+
+class StorageError(KitError):
+    """The bucket could not be reached or refused a request (after retries)."""
+
+
+class ProviderError(KitError):
+    """The compute provider refused or failed a request."""
+
+
+class CapacityError(ProviderError):
+    """The provider has no capacity or quota here; another zone/subnet may work."""
+
+
+def run_cli(prog: str, main: Callable[[list[str]], int], argv: list[str] | None = None) -> NoReturn:
+    """Run a CLI entry point: KitError becomes `prog: message` and its exit code, never a traceback."""
+    args = sys.argv[1:] if argv is None else argv
+    try:
+        code = main(args)
+    except KitError as e:
+        print(f"{prog}: {e}", file=sys.stderr)
+        code = e.exit_code
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted", file=sys.stderr)
+        code = 130
+    except BrokenPipeError:
+        code = 0
+    sys.exit(code)

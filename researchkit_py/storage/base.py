@@ -1,0 +1,129 @@
+"""The storage interface every backend implements, plus the retry policy they share.
+
+A Store is opened at a URL (`gs://bucket/prefix`, `s3://bucket/prefix`, `file:///dir`);
+keys are relative to that prefix, always with forward slashes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+from ..errors import NotFound, StorageError
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    key: str  # relative to the store's prefix
+    size: int
+    md5: str | None  # hex; None when the backend cannot tell (e.g. S3 multipart ETag)
+
+
+class Store(ABC):
+    url: str
+    retries = int(os.environ.get("RK_STORAGE_RETRIES", "6"))
+    backoff = float(os.environ.get("RK_STORAGE_BACKOFF", "0.5"))
+
+    # --- what each backend implements -------------------------------------------------
+    @abstractmethod
+    def _put_file(self, local: Path, key: str) -> None: ...
+
+    @abstractmethod
+    def _get_file(self, key: str, local: Path) -> None:
+        """Write the object to `local` (which the caller makes atomic); NotFound if absent."""
+
+    @abstractmethod
+    def _put_bytes(self, key: str, data: bytes) -> None: ...
+
+    @abstractmethod
+    def _get_bytes(self, key: str) -> bytes: ...
+
+    @abstractmethod
+    def _list(self, prefix: str) -> Iterator[ObjectInfo]: ...
+
+    @abstractmethod
+    def _delete(self, key: str) -> None: ...
+
+    @abstractmethod
+    def _list_dirs(self, prefix: str) -> Iterator[str]:
+        """Names of the 'directories' directly under prefix/ (one delimiter listing)."""
+
+    def _is_transient(self, exc: BaseException) -> bool:
+        return isinstance(exc, (ConnectionError, TimeoutError))
+
+    # --- the public operations: retried, errors translated ----------------------------
+    def put_file(self, local: Path, key: str) -> None:
+        self._retry(lambda: self._put_file(Path(local), key), f"upload {key}")
+
+    def get_file(self, key: str, local: Path) -> None:
+        self._retry(lambda: self._get_file(key, Path(local)), f"download {key}")
+
+    def put_bytes(self, key: str, data: bytes) -> None:
+        self._retry(lambda: self._put_bytes(key, data), f"write {key}")
+
+    def get_bytes(self, key: str) -> bytes:
+        return self._retry(lambda: self._get_bytes(key), f"read {key}")
+
+    def list(self, prefix: str = "") -> list[ObjectInfo]:
+        return self._retry(lambda: list(self._list(prefix)), f"list {prefix or '/'}")
+
+    def list_dirs(self, prefix: str) -> list[str]:
+        return self._retry(lambda: sorted(self._list_dirs(prefix.strip("/"))), f"list {prefix}/")
+
+    def delete(self, key: str) -> None:
+        self._retry(lambda: self._delete(key), f"delete {key}")
+
+    def exists(self, key: str) -> bool:
+        return any(o.key == key for o in self.list(key))
+
+    def read_json(self, key: str) -> Any:
+        data = self.get_bytes(key)
+        try:
+            return json.loads(data)
+        except ValueError as e:
+            raise StorageError(f"{self.url}/{key} is not valid JSON ({e}); the run record is damaged") from e
+
+    def read_json_or_none(self, key: str) -> Any:
+        try:
+            return self.read_json(key)
+        except NotFound:
+            return None
+
+    def write_json(self, key: str, value: Any) -> None:
+        self.put_bytes(key, (json.dumps(value, indent=2, sort_keys=True) + "\n").encode())
+
+    def _retry(self, op: Callable[[], T], what: str) -> T:
+        delay = self.backoff
+        for attempt in range(self.retries + 1):
+            try:
+                return op()
+            except NotFound:
+                raise
+            except StorageError:
+                raise
+            except Exception as e:  # noqa: BLE001 - classified just below
+                if not self._is_transient(e) or attempt == self.retries:
+                    raise StorageError(
+                        f"cannot {what} at {self.url}: {_short(e)}; check the bucket name, your credentials and network"
+                    ) from e
+                time.sleep(delay * (1 + random.random() / 2))
+                delay = min(delay * 2, 10)
+        raise AssertionError("unreachable")
+
+
+def _short(e: BaseException) -> str:
+    text = " ".join(str(e).split())
+    return f"{e.__class__.__name__}: {text[:200]}" if text else e.__class__.__name__
+
+
+def join_key(*parts: str) -> str:
+    return "/".join(p.strip("/") for p in parts if p and p.strip("/"))

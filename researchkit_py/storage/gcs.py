@@ -1,0 +1,152 @@
+"""Google Cloud Storage backend (google-cloud-storage, imported on first use)."""
+
+from __future__ import annotations
+
+import base64
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+from ..errors import KitError, NotFound
+from .base import ObjectInfo, Store, join_key
+
+
+def gcs_client(project: str | None = None, pool_size: int = 32):
+    """A storage client; anonymous against an emulator (STORAGE_EMULATOR_HOST)."""
+    from google.cloud import storage
+
+    project = project or os.environ.get("GCE_PROJECT") or os.environ.get("GOOGLE_CLOUD_PROJECT")
+    try:
+        if os.environ.get("STORAGE_EMULATOR_HOST"):
+            from google.auth.credentials import AnonymousCredentials
+
+            client = storage.Client(project=project or "researchkit-local", credentials=AnonymousCredentials())
+        else:
+            client = storage.Client(project=project)
+    except Exception as e:  # google.auth.exceptions.DefaultCredentialsError and friends
+        if e.__class__.__name__ == "DefaultCredentialsError":
+            raise KitError(
+                "no Google credentials found; run `gcloud auth application-default login` "
+                "or set GOOGLE_APPLICATION_CREDENTIALS to a key file"
+            ) from None
+        raise
+    # One connection per transfer thread, instead of requests' default pool of 10.
+    import requests.adapters
+
+    adapter = requests.adapters.HTTPAdapter(pool_connections=pool_size, pool_maxsize=pool_size)
+    client._http.mount("https://", adapter)
+    client._http.mount("http://", adapter)
+    return client
+
+
+class GCSStore(Store):
+    def __init__(self, bucket: str, prefix: str = "", project: str | None = None):
+        self.bucket_name, self.prefix = bucket, prefix.strip("/")
+        self.url = f"gs://{bucket}" + (f"/{self.prefix}" if self.prefix else "")
+        self.project = project
+        self._bucket = None
+
+    @property
+    def bucket(self):
+        if self._bucket is None:
+            self._bucket = gcs_client(self.project).bucket(self.bucket_name)
+        return self._bucket
+
+    def _blob(self, key: str):
+        return self.bucket.blob(join_key(self.prefix, key))
+
+    def _put_file(self, local: Path, key: str) -> None:
+        self._blob(key).upload_from_filename(str(local))
+
+    def _get_file(self, key: str, local: Path) -> None:
+        with _not_found(key, self.url):
+            self._blob(key).download_to_filename(str(local))
+
+    def _put_bytes(self, key: str, data: bytes) -> None:
+        self._blob(key).upload_from_string(data)
+
+    def _get_bytes(self, key: str) -> bytes:
+        with _not_found(key, self.url):
+            return self._blob(key).download_as_bytes()
+
+    def _list(self, prefix: str) -> Iterator[ObjectInfo]:
+        full = join_key(self.prefix, prefix) + ("/" if prefix.endswith("/") else "")
+        cut = len(self.prefix) + 1 if self.prefix else 0
+        with _not_found(prefix, self.url, bucket=True):
+            for blob in self.bucket.client.list_blobs(self.bucket_name, prefix=full or None):
+                md5 = base64.b64decode(blob.md5_hash).hex() if blob.md5_hash else None
+                yield ObjectInfo(blob.name[cut:], int(blob.size or 0), md5)
+
+    def _list_dirs(self, prefix: str) -> Iterator[str]:
+        full = join_key(self.prefix, prefix) + "/"
+        with _not_found(prefix, self.url, bucket=True):
+            it = self.bucket.client.list_blobs(self.bucket_name, prefix=full, delimiter="/")
+            for page in it.pages:
+                for p in page.prefixes:
+                    yield p[len(full):].rstrip("/")
+
+    def _delete(self, key: str) -> None:
+        from google.api_core import exceptions
+
+        try:
+            self._blob(key).delete()
+        except exceptions.NotFound:
+            pass
+
+    def _is_transient(self, exc: BaseException) -> bool:
+        import requests
+        from google.api_core import exceptions
+        from google.auth import exceptions as auth_exceptions
+
+        return isinstance(
+            exc,
+            (
+                exceptions.TooManyRequests,
+                exceptions.ServerError,
+                auth_exceptions.TransportError,
+                requests.ConnectionError,
+                requests.Timeout,
+                ConnectionError,
+                TimeoutError,
+            ),
+        )
+
+    # --- bucket administration (used by `detached` and `setup`) ----------------------
+    def ensure_bucket(self, location: str) -> bool:
+        """Create the bucket with uniform access and public access prevention; True if created."""
+        from google.api_core import exceptions
+
+        client = self.bucket.client
+        try:
+            client.get_bucket(self.bucket_name)
+            return False
+        except exceptions.NotFound:
+            pass
+        bucket = client.bucket(self.bucket_name)
+        bucket.iam_configuration.uniform_bucket_level_access_enabled = True
+        bucket.iam_configuration.public_access_prevention = "enforced"
+        client.create_bucket(bucket, location=location)
+        return True
+
+
+class _not_found:
+    """Translate the SDK's NotFound into ours, naming the object or the bucket."""
+
+    def __init__(self, key: str, url: str, bucket: bool = False):
+        self.key, self.url, self.bucket = key, url, bucket
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, et, ev, tb):
+        if et is None:
+            return False
+        from google.api_core import exceptions
+
+        if issubclass(et, exceptions.NotFound):
+            if self.bucket or "bucket does not exist" in str(ev).lower():
+                raise KitError(f"bucket {self.url} does not exist; create it or set RK_BUCKET") from None
+            raise NotFound(f"no object {self.key} in {self.url}") from None
+        if issubclass(et, exceptions.Forbidden):
+            raise KitError(f"access to {self.url} denied; check the bucket's permissions for your account") from None
+        return False

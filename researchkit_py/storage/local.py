@@ -1,0 +1,85 @@
+"""A local directory as the bucket: the embedded provider's store, and the tests'."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+from ..errors import NotFound
+from .base import ObjectInfo, Store
+from .paths import safe_join
+
+
+class LocalStore(Store):
+    def __init__(self, root: Path):
+        self.root = Path(root).expanduser().resolve()
+        self.url = f"file://{self.root}"
+
+    def _path(self, key: str) -> Path:
+        return safe_join(self.root, key)
+
+    def _put_file(self, local: Path, key: str) -> None:
+        dest = self._path(key)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=".part-")
+        os.close(fd)
+        shutil.copyfile(local, tmp)
+        os.replace(tmp, dest)
+
+    def _get_file(self, key: str, local: Path) -> None:
+        src = self._path(key)
+        if not src.is_file():
+            raise NotFound(f"no object {key} in {self.url}")
+        shutil.copyfile(src, local)
+
+    def _put_bytes(self, key: str, data: bytes) -> None:
+        dest = self._path(key)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=".part-")
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, dest)
+
+    def _get_bytes(self, key: str) -> bytes:
+        try:
+            return self._path(key).read_bytes()
+        except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+            raise NotFound(f"no object {key} in {self.url}") from None
+
+    def _list(self, prefix: str) -> Iterator[ObjectInfo]:
+        # A prefix is a string prefix, as in the clouds: list the deepest directory it names.
+        base = self.root / prefix.rpartition("/")[0] if "/" in prefix else self.root
+        if not base.is_dir():
+            return
+        for dirpath, dirnames, filenames in os.walk(base):
+            dirnames.sort()
+            for name in sorted(filenames):
+                if name.startswith(".part-"):
+                    continue
+                p = Path(dirpath) / name
+                key = p.relative_to(self.root).as_posix()
+                if key.startswith(prefix):
+                    yield ObjectInfo(key, p.stat().st_size, _md5(p))
+
+    def _list_dirs(self, prefix: str) -> Iterator[str]:
+        base = self._path(prefix) if prefix else self.root
+        if base.is_dir():
+            yield from (p.name for p in base.iterdir() if p.is_dir())
+
+    def _delete(self, key: str) -> None:
+        try:
+            self._path(key).unlink()
+        except FileNotFoundError:
+            pass
+
+
+def _md5(path: Path) -> str:
+    h = hashlib.md5(usedforsecurity=False)
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()

@@ -1,0 +1,117 @@
+"""Amazon S3 backend (boto3, imported on first use). AWS_ENDPOINT_URL points it at moto in tests."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+from ..errors import KitError, NotFound
+from .base import ObjectInfo, Store, join_key
+
+# Objects up to this size go up in one PUT, so their ETag is their MD5 and incremental
+# transfers can compare checksums without downloading.
+SINGLE_PART_LIMIT = 256 * 1024 * 1024
+
+
+def s3_client(pool_size: int = 32):
+    import boto3
+    from botocore.config import Config
+
+    config = Config(max_pool_connections=pool_size, retries={"mode": "standard", "max_attempts": 3})
+    return boto3.session.Session().client("s3", region_name=os.environ.get("AWS_REGION", "us-east-1"), config=config)
+
+
+class S3Store(Store):
+    def __init__(self, bucket: str, prefix: str = ""):
+        self.bucket, self.prefix = bucket, prefix.strip("/")
+        self.url = f"s3://{bucket}" + (f"/{self.prefix}" if self.prefix else "")
+        self._client = None
+
+    @property
+    def client(self):
+        if self._client is None:
+            self._client = s3_client()
+        return self._client
+
+    def _key(self, key: str) -> str:
+        return join_key(self.prefix, key)
+
+    def _transfer_config(self):
+        from boto3.s3.transfer import TransferConfig
+
+        return TransferConfig(multipart_threshold=SINGLE_PART_LIMIT, use_threads=False)
+
+    def _put_file(self, local: Path, key: str) -> None:
+        with _translate(key, self.url):
+            self.client.upload_file(str(local), self.bucket, self._key(key), Config=self._transfer_config())
+
+    def _get_file(self, key: str, local: Path) -> None:
+        with _translate(key, self.url):
+            self.client.download_file(self.bucket, self._key(key), str(local), Config=self._transfer_config())
+
+    def _put_bytes(self, key: str, data: bytes) -> None:
+        with _translate(key, self.url):
+            self.client.put_object(Bucket=self.bucket, Key=self._key(key), Body=data)
+
+    def _get_bytes(self, key: str) -> bytes:
+        with _translate(key, self.url):
+            return self.client.get_object(Bucket=self.bucket, Key=self._key(key))["Body"].read()
+
+    def _list(self, prefix: str) -> Iterator[ObjectInfo]:
+        full = join_key(self.prefix, prefix) + ("/" if prefix.endswith("/") else "")
+        cut = len(self.prefix) + 1 if self.prefix else 0
+        with _translate(prefix, self.url, bucket=True):
+            for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=full):
+                for obj in page.get("Contents", []):
+                    etag = obj.get("ETag", "").strip('"')
+                    md5 = etag if etag and "-" not in etag else None
+                    yield ObjectInfo(obj["Key"][cut:], int(obj["Size"]), md5)
+
+    def _list_dirs(self, prefix: str) -> Iterator[str]:
+        full = join_key(self.prefix, prefix) + "/"
+        with _translate(prefix, self.url, bucket=True):
+            pages = self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=full, Delimiter="/")
+            for page in pages:
+                for p in page.get("CommonPrefixes", []):
+                    yield p["Prefix"][len(full):].rstrip("/")
+
+    def _delete(self, key: str) -> None:
+        with _translate(key, self.url):
+            self.client.delete_object(Bucket=self.bucket, Key=self._key(key))
+
+    def _is_transient(self, exc: BaseException) -> bool:
+        from botocore import exceptions
+
+        if isinstance(exc, (exceptions.EndpointConnectionError, exceptions.ConnectionClosedError,
+                            exceptions.ReadTimeoutError, ConnectionError, TimeoutError)):
+            return True
+        if isinstance(exc, exceptions.ClientError):
+            status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
+            return status == 429 or status >= 500
+        return False
+
+
+class _translate:
+    def __init__(self, key: str, url: str, bucket: bool = False):
+        self.key, self.url, self.bucket = key, url, bucket
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, et, ev, tb):
+        if et is None:
+            return False
+        from botocore import exceptions
+
+        if issubclass(et, exceptions.NoCredentialsError):
+            raise KitError("no AWS credentials found; run `aws configure` or `aws sso login`, or set AWS_PROFILE") from None
+        if issubclass(et, exceptions.ClientError):
+            code = ev.response.get("Error", {}).get("Code", "")
+            if code == "NoSuchBucket":
+                raise KitError(f"bucket {self.url} does not exist; create it or set RK_BUCKET") from None
+            if code in ("NoSuchKey", "404", "NotFound"):
+                raise NotFound(f"no object {self.key} in {self.url}") from None
+            if code in ("AccessDenied", "403", "InvalidAccessKeyId", "SignatureDoesNotMatch"):
+                raise KitError(f"access to {self.url} denied ({code}); check your AWS credentials and the bucket policy") from None
+        return False
