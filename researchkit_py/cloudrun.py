@@ -105,7 +105,7 @@ def main(argv: list[str]) -> int:
 
 
 def cmd_run(ctx, args) -> int:
-    from .lifecycle import LaunchOptions, check_output_dir, launch, plan_launch, pull, say, wait
+    from .lifecycle import LaunchOptions, check_output_dir, ensure_gone, launch, plan_launch, pull, say, wait
     from .startup import parse_env_pairs
 
     output_dir = Path(args.output_dir) if args.output_dir else None
@@ -147,6 +147,7 @@ def cmd_run(ctx, args) -> int:
         say(f"\ncloud-run: stopped waiting; {run_id} goes on. `cloud-run status {run_id}`, "
             f"or `cloud-run terminate {run_id}` to stop it")
         return 130
+    ensure_gone(ctx, plan.manifest.instance)
     code = runs.client_exit_code(state)
     summary = {"run_id": run_id, "phase": state.get("phase"), "cause": state.get("cause"),
                "exit_code": state.get("exit_code"), "cloud_run_exit": code}

