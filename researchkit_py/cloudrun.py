@@ -23,10 +23,14 @@ from .errors import KitError, run_cli
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="cloud-run", description=__doc__.split("\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--backend", help="local (embedded), gce or ec2; default from COMPUTE_TARGET / RK_BACKEND")
+    backend_help = "local (embedded), gce or ec2; default from COMPUTE_TARGET / RK_BACKEND"
+    p.add_argument("--backend", help=backend_help)
+    # accepted after the subcommand too; SUPPRESS keeps a value given before it
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--backend", default=argparse.SUPPRESS, help=backend_help)
     sub = p.add_subparsers(dest="cmd", metavar="COMMAND")
 
-    r = sub.add_parser("run", help="launch a command on a fresh VM; wait and pull unless --detach")
+    r = sub.add_parser("run", parents=[common], help="launch a command on a fresh VM; wait and pull unless --detach")
     r.add_argument("command", help="shell command, run in the unpacked project; write outputs to $RESULTS_DIR")
     r.add_argument("--spec", default="", help="experiment spec this run belongs to (names the run)")
     r.add_argument("--data-dirs", default="", help="comma-separated directories to ship beside the code")
@@ -40,27 +44,27 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--json", action="store_true", help="print a JSON summary on stdout")
     r.add_argument("--quiet", action="store_true", help="do not echo the remote log while waiting")
 
-    pl = sub.add_parser("pull", help="download a run's results (incremental, verified)")
+    pl = sub.add_parser("pull", parents=[common], help="download a run's results (incremental, verified)")
     pl.add_argument("run_id")
     pl.add_argument("--output-dir", help="default: results/<run-id>")
     pl.add_argument("--json", action="store_true")
 
-    st = sub.add_parser("status", help="one run's state, or all runs'")
+    st = sub.add_parser("status", parents=[common], help="one run's state, or all runs'")
     st.add_argument("run_id", nargs="?")
     st.add_argument("--json", action="store_true")
 
-    ls = sub.add_parser("ls", help="list runs in the bucket")
+    ls = sub.add_parser("ls", parents=[common], help="list runs in the bucket")
     ls.add_argument("--json", action="store_true")
 
-    lg = sub.add_parser("logs", help="print a run's log")
+    lg = sub.add_parser("logs", parents=[common], help="print a run's log")
     lg.add_argument("run_id")
     lg.add_argument("--follow", "-f", action="store_true", help="keep printing until the run ends")
 
-    t = sub.add_parser("terminate", help="delete a run's VM now")
+    t = sub.add_parser("terminate", parents=[common], help="delete a run's VM now")
     t.add_argument("run_id")
     t.add_argument("--json", action="store_true")
 
-    rp = sub.add_parser("reap", help="delete instances past their deadline or dead")
+    rp = sub.add_parser("reap", parents=[common], help="delete instances past their deadline or dead")
     rp.add_argument("--dry-run", action="store_true")
     rp.add_argument("--json", action="store_true")
     return p

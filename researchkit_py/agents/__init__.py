@@ -1,0 +1,1 @@
+"""Agents that can run a phase without an LLM."""

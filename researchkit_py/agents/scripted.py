@@ -1,0 +1,150 @@
+"""The scripted agent: every phase done by plain code, so the whole cycle runs without an LLM.
+
+It reads the same rendered prompt the LLM agents get, and obeys it: in RUN, a mandatory
+compute directive in the prompt is executed as written (its `cloud-run run …` command).
+Its log is JSON lines in the same shape as Claude Code's stream-json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shlex
+import subprocess
+import time
+from pathlib import Path
+
+from .. import research
+from ..errors import KitError, run_cli
+from ..spec import load_spec
+
+_T0 = time.time()
+
+
+def emit(kind: str, **fields) -> None:
+    print(json.dumps({"type": kind, **fields}), flush=True)
+
+
+def say(text: str) -> None:
+    emit("assistant", message={"content": [{"type": "text", "text": text}]})
+
+
+def finish(ok: bool, text: str) -> int:
+    emit("result", subtype="success" if ok else "error", is_error=not ok, result=text,
+         duration_ms=int((time.time() - _T0) * 1000))
+    return 0 if ok else 1
+
+
+def directive_command(prompt: str) -> list[str] | None:
+    """The `cloud-run run …` invocation a mandatory directive prescribes, as argv."""
+    if "(MANDATORY" not in prompt:
+        return None
+    m = re.search(r"Use cloud-run to execute the experiment:\n((?:.+\n?)+?)\n", prompt)
+    if not m:
+        return None
+    return shlex.split(m.group(1).replace("\\\n", " "))
+
+
+def stream(argv: list[str], env: dict[str, str]) -> int:
+    emit("assistant", message={"content": [{"type": "tool_use", "name": "Bash", "input": {"command": shlex.join(argv)}}]})
+    proc = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace")
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        emit("user", message={"content": [{"type": "tool_result", "content": line.rstrip()}]})
+    return proc.wait()
+
+
+def phase_frame(args) -> int:
+    spec = load_spec(args.spec)
+    problems = spec.problems()
+    if problems:
+        return finish(False, f"{args.spec} is missing: {'; '.join(problems)}")
+    return finish(True, f"{spec.id}: spec complete ({len(spec.criteria)} criteria, ~{spec.estimated_hours:g} h)")
+
+
+def phase_run(args, prompt: str) -> int:
+    spec = load_spec(args.spec)
+    if not spec.run_command:
+        return finish(False, f"{args.spec} has no command under '## Run'; add one in a ``` block")
+    results = Path(args.results)
+    results.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, "RESULTS_DIR": str(results)}
+    argv = directive_command(prompt)
+    if argv:
+        say("The compute directive is mandatory: running the experiment through cloud-run.")
+    else:
+        argv = ["bash", "-c", spec.run_command]
+        say(f"Running the experiment locally with RESULTS_DIR={results}.")
+    code = stream(argv, env)
+    if code != 0:
+        return finish(False, f"the experiment command exited {code}")
+    found = "metrics.json present" if (results / "metrics.json").exists() else "no metrics.json yet"
+    return finish(True, f"{spec.id}: run finished ({found})")
+
+
+def phase_read(args) -> int:
+    spec = load_spec(args.results + "/spec.md" if Path(args.results, "spec.md").exists() else args.spec)
+    spec.id = Path(args.spec).stem
+    verdict = research.write_analysis(spec, Path(args.results))
+    if verdict == "INCONCLUSIVE":
+        research.write_handoff(Path("HANDOFF.md"), spec, "The scripted READ could not reach a verdict.")
+    return finish(True, f"## Verdict: {verdict}")
+
+
+def phase_log(args) -> int:
+    spec = load_spec(args.spec)
+    verdict = research.append_log_entry(Path.cwd(), spec, Path(args.results))
+    research.mark_question(Path("QUESTIONS.md"), args.spec, verdict)
+    return finish(True, f"logged {spec.id}: {verdict}")
+
+
+def phase_survey(args) -> int:
+    words = {w for w in re.findall(r"[a-z]{4,}", args.question.lower())}
+    related = []
+    for p in sorted(Path("experiments").glob("exp-*.md")):
+        text = p.read_text(encoding="utf-8", errors="replace").lower()
+        if words & set(re.findall(r"[a-z]{4,}", text)):
+            related.append(p.stem)
+    out = Path(args.survey_file)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    lines = [f"# Survey: {args.question}", "", f"_{research.today()}_", ""]
+    if args.pi_directive:
+        lines += [f"PI directive: {args.pi_directive}", ""]
+    lines += ["## Related experiments"] + ([f"- {r}" for r in related] or ["- none yet"])
+    out.write_text("\n".join(lines) + "\n")
+    added = research.add_question(Path("QUESTIONS.md"), args.question)
+    return finish(True, f"wrote {out} ({len(related)} related experiments){'; question added' if added else ''}")
+
+
+def phase_synthesize(args) -> int:
+    out = research.write_synthesis(Path.cwd(), Path(args.results_root), args.reason)
+    return finish(True, f"wrote {out.name}")
+
+
+def main(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(prog="scripted-agent")
+    p.add_argument("phase", choices=["survey", "frame", "run", "read", "log", "synthesize"])
+    p.add_argument("--prompt", required=True)
+    p.add_argument("--spec", default="")
+    p.add_argument("--results", default="")
+    p.add_argument("--results-root", default="results")
+    p.add_argument("--question", default="")
+    p.add_argument("--pi-directive", default="")
+    p.add_argument("--survey-file", default="")
+    p.add_argument("--reason", default="")
+    args = p.parse_args(argv)
+    prompt = Path(args.prompt).read_text(encoding="utf-8")
+    emit("system", subtype="init", agent="scripted", phase=args.phase)
+    try:
+        if args.phase == "run":
+            return phase_run(args, prompt)
+        return globals()[f"phase_{args.phase}"](args)
+    except KitError as e:
+        finish(False, str(e))
+        raise
+
+
+if __name__ == "__main__":
+    run_cli("scripted-agent", main)
