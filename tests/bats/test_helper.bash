@@ -1,0 +1,100 @@
+# Shared setup: every test gets a sandbox project (a copy of examples/toy, a git repo),
+# its own HOME and state, and a PATH on which only our stubs stand in for agents and tools.
+# Stubs append one line per call to $EVENTS and keep their full arguments in $SANDBOX/calls/.
+
+bats_require_minimum_version 1.5.0
+
+KIT="$(cd "$BATS_TEST_DIRNAME/../.." && pwd)"
+EXP="$KIT/experiment.sh"
+SPEC="experiments/exp-001-toy-logreg.md"
+
+setup() {
+  SANDBOX="$(mktemp -d "${BATS_TMPDIR:-/tmp}/rk-bats.XXXXXX")"
+  export SANDBOX EVENTS="$SANDBOX/events"
+  export HOME="$SANDBOX/home" RK_STATE_HOME="$SANDBOX/state" NO_COLOR=1
+  mkdir -p "$HOME" "$SANDBOX/bin" "$SANDBOX/calls" "$SANDBOX/okit/tools"
+  touch "$EVENTS"
+  unset COMPUTE_TARGET EXP_AGENT KIT_STATE_DIR EXP_LOG_DIR ORCHESTRATION_KIT_ROOT EXP_TIME_BUDGET EXP_PROJECT_ROOT
+  cp -R "$KIT/examples/toy" "$SANDBOX/proj"
+  rm -f "$SANDBOX/proj/.orchestration-kit.env"
+  cd "$SANDBOX/proj"
+  git init -q
+  git -c user.name=t -c user.email=t@t add -A
+  git -c user.name=t -c user.email=t@t commit -qm init
+  install_stubs
+  export PATH="$SANDBOX/bin:/usr/local/bin:/usr/bin:/bin"
+}
+
+teardown() {
+  chmod -R u+w "$SANDBOX" 2>/dev/null || true
+  if [[ -z "${KEEP_SANDBOX:-}" ]]; then rm -rf "$SANDBOX"; fi
+}
+
+# The stub tools root the mandatory directive points at.
+use_stub_tools() { export ORCHESTRATION_KIT_ROOT="$SANDBOX/okit"; }
+
+install_stubs() {
+  # claude: record args; act out each phase the way a well-behaved agent would.
+  cat >"$SANDBOX/bin/claude" <<'STUB'
+#!/usr/bin/env bash
+n=$(ls "$SANDBOX/calls" | wc -l)
+printf '%s\n' "$@" >"$SANDBOX/calls/claude.$n"
+system=""; prev=""
+for a in "$@"; do [[ "$prev" == --append-system-prompt ]] && system="$a"; prev="$a"; done
+phase=$(sed -n 's/^# Phase: //p' <<<"$system" | head -n1)
+echo "claude $phase" >>"$EVENTS"
+results=$(sed -n 's/.*RESULTS_DIR=\([^ ]*\)\.$/\1/p; s/.*Evaluate \([^ ]*\)\/metrics.json.*/\1/p' <<<"$system" | head -n1)
+case "$phase" in
+  RUN)
+    stat -c '%a' experiments/*.md >"$SANDBOX/spec-mode-during-run"
+    if grep -q 'MANDATORY' <<<"$system"; then
+      "$ORCHESTRATION_KIT_ROOT/tools/cloud-run" run "python3 train.py" --output-dir "$results/" >/dev/null
+    else
+      mkdir -p "$results" && RESULTS_DIR="$results" python3 train.py >/dev/null
+    fi
+    [[ -z "${STUB_CLAUDE_SLEEP:-}" ]] || sleep "$STUB_CLAUDE_SLEEP"
+    [[ -z "${STUB_CLAUDE_FAIL:-}" ]] || exit "$STUB_CLAUDE_FAIL" ;;
+  READ) printf '# Analysis\n\n## Verdict: CONFIRMED\n' >"$results/analysis.md" ;;
+  LOG) echo "- logged" >>RESEARCH_LOG.md ;;
+esac
+echo '{"type":"system","subtype":"init","model":"stub"}'
+echo '{"type":"assistant","message":{"content":[{"type":"text","text":"working"}]}}'
+echo "{\"type\":\"result\",\"subtype\":\"success\",\"is_error\":false,\"result\":\"stub $phase done\"}"
+STUB
+  # codex: record args, print a JSONL session like `codex exec --json`.
+  cat >"$SANDBOX/bin/codex" <<'STUB'
+#!/usr/bin/env bash
+printf '%s\n' "$@" >"$SANDBOX/calls/codex.$(ls "$SANDBOX/calls" | wc -l)"
+echo "codex $1" >>"$EVENTS"
+echo '{"type":"item.completed","item":{"type":"agent_message","text":"codex did it"}}'
+echo '{"type":"turn.completed"}'
+STUB
+  cat >"$SANDBOX/bin/gh" <<'STUB'
+#!/usr/bin/env bash
+echo "gh $*" >>"$EVENTS"
+[[ "$1 $2" != "pr view" ]]
+STUB
+  # cloud-run: `run` writes results like a real run; `pull` records; both keep args.
+  cat >"$SANDBOX/okit/tools/cloud-run" <<'STUB'
+#!/usr/bin/env bash
+echo "cloud-run $*" >>"$EVENTS"
+cmd="$1"; shift
+out=""; prev=""
+for a in "$@"; do [[ "$prev" == --output-dir ]] && out="$a"; prev="$a"; done
+case "$cmd" in
+  run) mkdir -p "$out" && echo '{"accuracy": 0.95, "baseline_gap": 0.3}' >"$out/metrics.json"
+       echo "stub-run-1" >"$out/.cloud-run-id"; echo "stub-run-1"
+       exit "${STUB_CLOUD_RUN_EXIT:-0}" ;;
+  pull) exit "${STUB_PULL_EXIT:-0}" ;;
+esac
+STUB
+  cat >"$SANDBOX/okit/tools/artifact-store" <<'STUB'
+#!/usr/bin/env bash
+echo "artifact-store $*" >>"$EVENTS"
+STUB
+  chmod +x "$SANDBOX/bin/"* "$SANDBOX/okit/tools/"*
+}
+
+# The last recorded call of a stub, one argument per line.
+last_call() { local f; f=$(ls -t "$SANDBOX/calls/$1".* | head -n1); cat "$f"; }
+events() { cat "$EVENTS"; }
