@@ -311,17 +311,24 @@ with_git_identity() {
 }
 
 # ---------- composites ----------
-#: cycle <spec>                              FRAME → RUN → sync → READ → LOG
-run_cycle() {
-  local spec_file="${1:-}"
-  require_spec "$spec_file" "cycle <spec>"
-  note "${BOLD}Running experiment cycle: FRAME -> RUN -> READ -> LOG${NC}\n"
+# FRAME -> RUN -> sync -> READ: the sequence every composite shares (results come back
+# from the cloud before READ judges them).
+frame_to_read() {
+  local spec_file="$1"
   run_frame "$spec_file"
   note "\n${YELLOW}--- Frame complete. Running experiment... ---${NC}\n"
   run_run "$spec_file"
   sync_results "$spec_file"
   note "\n${YELLOW}--- Run complete. Analyzing results... ---${NC}\n"
   run_read "$spec_file"
+}
+
+#: cycle <spec>                              FRAME → RUN → sync → READ → LOG
+run_cycle() {
+  local spec_file="${1:-}"
+  require_spec "$spec_file" "cycle <spec>"
+  note "${BOLD}Running experiment cycle: FRAME -> RUN -> READ -> LOG${NC}\n"
+  frame_to_read "$spec_file"
   note "\n${YELLOW}--- Analysis complete. Logging... ---${NC}\n"
   run_log "$spec_file"
   note "\n${BOLD}${GREEN}Experiment cycle complete.${NC}"
@@ -334,12 +341,7 @@ run_full() {
   note "${BOLD}Running full research cycle: SURVEY -> FRAME -> RUN -> READ -> LOG${NC}\n"
   run_survey "$question"
   note "\n${YELLOW}--- Survey complete. Designing experiment... ---${NC}\n"
-  run_frame "$spec_file"
-  note "\n${YELLOW}--- Frame complete. Running experiment... ---${NC}\n"
-  run_run "$spec_file"
-  sync_results "$spec_file"
-  note "\n${YELLOW}--- Run complete. Analyzing results... ---${NC}\n"
-  run_read "$spec_file"
+  frame_to_read "$spec_file"
   note "\n${YELLOW}--- Analysis complete. Logging... ---${NC}\n"
   run_log "$spec_file"
   note "\n${BOLD}${GREEN}Full research cycle complete.${NC}"

@@ -101,12 +101,7 @@ run_program() {
     set +e
     (
       set -e
-      run_frame "$spec"
-      note "\n${YELLOW}--- Frame complete. Running experiment... ---${NC}\n"
-      run_run "$spec"
-      sync_results "$spec"
-      note "\n${YELLOW}--- Run complete. Analyzing results... ---${NC}\n"
-      run_read "$spec"
+      frame_to_read "$spec"
     )
     rc=$?
     set -e
