@@ -74,11 +74,6 @@ def cmd_prompt(phase: str, *rest: str) -> int:
     return 0
 
 
-def cmd_evaluate(spec_path: str, results: str) -> int:
-    print(f"## Verdict: {research.write_analysis(load_spec(spec_path), Path(results))}")
-    return 0
-
-
 def cmd_verdict(results: str) -> int:
     print(research.read_verdict(Path(results)) or "")
     return 0

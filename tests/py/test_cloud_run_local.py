@@ -135,7 +135,6 @@ def test_vm_killed_hard_reads_as_lost_and_is_reaped(project, tmp_path):
     wait_for(lambda: status(run_id)["phase"] == "RUN")
     for pid in session_pids(rec["session"]):  # preemption: everything dies at once, no trap runs
         os.kill(pid, signal.SIGKILL)
-    os.kill(rec["supervisor_pid"], signal.SIGKILL) if session_pids(rec["session"]) else None
     s = wait_for(lambda: (lambda st: st if st["phase"] == "FAILED" else None)(status(run_id)), timeout=15)
     assert (s["phase"], s["cause"]) == ("FAILED", "lost")
     assert instances(tmp_path) == []  # the reaper of the status calls removed the dead record
@@ -196,8 +195,7 @@ def test_interrupted_launch_leaves_a_record_and_no_vm(project, tmp_path, monkeyp
     from researchkit_py import lifecycle
     from researchkit_py.compute.local import LocalProvider
 
-    def interrupted(self, req):
-        super(LocalProvider, self)  # the request never completes
+    def interrupted(self, req):  # Ctrl-C while the instance request is in flight
         raise KeyboardInterrupt
 
     monkeypatch.setattr(LocalProvider, "create", interrupted)
