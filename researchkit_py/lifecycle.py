@@ -122,6 +122,7 @@ def plan_launch(ctx: Context, opts: LaunchOptions, *, upload: bool = True) -> La
 
 def launch(ctx: Context, opts: LaunchOptions) -> Launch:
     """Plan, write the manifest (before the VM exists, so the reaper can always find it), create."""
+    ctx.provider.prepare(ctx.store)
     plan = plan_launch(ctx, opts)
     prefix = runs.run_prefix(plan.run_id)
     ctx.store.write_json(f"{prefix}/manifest.json", plan.manifest.to_dict())

@@ -65,14 +65,14 @@ def get_bundle(key: str, dest: str) -> None:
     archive = Path(_env("RK_ROOT")) / "bundle.tar.gz"
     _store().get_file(key, archive)
     n = extract_bundle(archive, Path(dest))
-    print(f"researchkit: unpacked {n} files of {key}")
+    print(f"researchkit: unpacked {n} files of {key}", flush=True)
 
 
 def get_data(dest: str) -> None:
     from .storage.transfer import pull_tree
 
     stats = pull_tree(_store(), f"{_prefix()}/data", Path(dest))
-    print(f"researchkit: fetched {stats.files} data files ({stats.bytes} bytes)")
+    print(f"researchkit: fetched {stats.files} data files ({stats.bytes} bytes)", flush=True)
 
 
 def push_results(results_dir: str) -> None:
@@ -100,7 +100,7 @@ def finish(stage: str, cmd_rc: str, cause: str) -> None:
     msg = {"exit": f"command exited {rc}", "timeout": "command ran past its deadline",
            "boot_error": f"setup failed during {stage}", "upload_error": "results upload failed",
            "terminated": f"stopped during {stage}"}.get(cause, cause)
-    print(f"researchkit: {phase} ({msg})")
+    print(f"researchkit: {phase} ({msg})", flush=True)
     try:
         push_log()
     finally:
@@ -133,10 +133,10 @@ def self_delete_gce() -> None:
     for attempt in range(5):
         try:
             with urllib.request.urlopen(req, timeout=30) as r:
-                print(f"researchkit: deleting instance {name} ({r.status})")
+                print(f"researchkit: deleting instance {name} ({r.status})", flush=True)
                 return
         except Exception as e:  # noqa: BLE001 - keep trying: a running VM costs money
-            print(f"researchkit: self-delete attempt {attempt + 1} failed: {e}", file=sys.stderr)
+            print(f"researchkit: self-delete attempt {attempt + 1} failed: {e}", file=sys.stderr, flush=True)
             time.sleep(2 ** attempt)
     raise SystemExit("researchkit: self-delete failed; the deadline (maxRunDuration) will delete the VM")
 

@@ -10,7 +10,10 @@ from .base import Instance, InstanceRequest, Provider
 
 __all__ = ["Instance", "InstanceRequest", "Provider", "PROVIDERS", "get_provider"]
 
-PROVIDERS = {"local": "researchkit_py.compute.local:LocalProvider"}
+PROVIDERS = {
+    "local": "researchkit_py.compute.local:LocalProvider",
+    "gce": "researchkit_py.compute.gce:GCEProvider",
+}
 
 
 def get_provider(name: str, settings: Settings) -> Provider:

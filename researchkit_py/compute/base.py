@@ -47,6 +47,9 @@ class Provider(ABC):
     def default_store_url(self) -> str:
         """The bucket to use when RK_BUCKET is not set."""
 
+    def prepare(self, store) -> None:  # noqa: B027 - optional hook, a no-op by default
+        """Called once before a launch: e.g. create the bucket if the provider owns its default."""
+
     @abstractmethod
     def create(self, req: InstanceRequest) -> Instance:
         """Create the instance booting req.startup_script. Idempotent per req.run_id."""

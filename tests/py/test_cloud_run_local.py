@@ -62,7 +62,8 @@ def test_attached_run_pulls_results_and_leaves_nothing_running(project, tmp_path
     run_id = r.stdout.decode().strip()
     assert json.loads((out / "metrics.json").read_text()) == {"accuracy": 0.93}
     assert (out / ".cloud-run-id").read_text().strip() == run_id
-    assert "trained" in (out / ".cloud-run.log").read_text()
+    log = (out / ".cloud-run.log").read_text()
+    assert "trained" in log and log.rstrip().endswith("researchkit: DONE (command exited 0)")  # the last line too
     assert instances(tmp_path) == []
     s = status(run_id)
     assert (s["phase"], s["exit_code"], s["cause"]) == ("DONE", 0, "exit")

@@ -1,0 +1,248 @@
+"""Google Compute Engine provider (google-cloud-compute, REST transport, imported on first use).
+
+The VM boots our startup script from metadata, is labelled for the reaper, carries the
+cloud-enforced deadline (scheduling.maxRunDuration with instanceTerminationAction=DELETE)
+and a service account limited to storage and compute scopes.
+"""
+
+from __future__ import annotations
+
+import configparser
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..errors import CapacityError, KitError, ProviderError
+from .base import TOOL_LABEL, Instance, InstanceRequest, Provider
+
+SCOPES = ("https://www.googleapis.com/auth/devstorage.read_write", "https://www.googleapis.com/auth/compute")
+CAPACITY_CODES = ("ZONE_RESOURCE_POOL_EXHAUSTED", "ZONE_RESOURCE_POOL_EXHAUSTED_WITH_DETAILS", "QUOTA_EXCEEDED",
+                  "RESOURCE_POOL_EXHAUSTED", "STOCKOUT")
+
+
+@dataclass
+class VMConfig:
+    """What an instance is made of (the seed's VMConfig), defaults from configuration."""
+
+    name: str = ""
+    machine_type: str = "n2-standard-4"
+    zone: str = "us-central1-a"
+    image_family: str = "ubuntu-2204-lts"
+    image_project: str = "ubuntu-os-cloud"
+    disk_size_gb: int = 50
+    startup_script: str = ""
+    service_account: str = "default"
+    spot: bool = False
+    max_run_seconds: int = 4 * 3600
+    labels: dict[str, str] = field(default_factory=dict)
+    network: str = "global/networks/default"
+
+    @classmethod
+    def from_settings(cls, settings) -> VMConfig:
+        return cls(
+            machine_type=settings.get("GCE_MACHINE_TYPE") or cls.machine_type,
+            zone=settings.get("GCE_ZONE") or cls.zone,
+            image_family=settings.get("GCE_IMAGE_FAMILY") or cls.image_family,
+            image_project=settings.get("GCE_IMAGE_PROJECT") or cls.image_project,
+            disk_size_gb=int(settings.get("GCE_DISK_GB") or cls.disk_size_gb),
+            service_account=settings.get("GCE_SERVICE_ACCOUNT") or cls.service_account,
+            spot=(settings.get("GCE_SPOT") or "").lower() in ("1", "true", "yes"),
+        )
+
+    def instance_resource(self, zone: str):
+        from google.cloud import compute_v1
+
+        scheduling = compute_v1.Scheduling(
+            max_run_duration=compute_v1.Duration(seconds=self.max_run_seconds),
+            instance_termination_action="DELETE",
+        )
+        if self.spot:
+            scheduling.provisioning_model = "SPOT"
+        return compute_v1.Instance(
+            name=self.name,
+            machine_type=f"zones/{zone}/machineTypes/{self.machine_type}",
+            labels=self.labels,
+            metadata=compute_v1.Metadata(items=[compute_v1.Items(key="startup-script", value=self.startup_script)]),
+            scheduling=scheduling,
+            disks=[compute_v1.AttachedDisk(
+                boot=True, auto_delete=True,
+                initialize_params=compute_v1.AttachedDiskInitializeParams(
+                    source_image=f"projects/{self.image_project}/global/images/family/{self.image_family}",
+                    disk_size_gb=self.disk_size_gb),
+            )],
+            # an external address reaches GCS and PyPI without NAT; no inbound rule is needed
+            network_interfaces=[compute_v1.NetworkInterface(
+                network=self.network,
+                access_configs=[compute_v1.AccessConfig(name="External NAT", type_="ONE_TO_ONE_NAT")],
+            )],
+            service_accounts=[compute_v1.ServiceAccount(email=self.service_account, scopes=list(SCOPES))],
+        )
+
+
+def gcloud_config_project(home: str | None = None) -> str:
+    """core/project of the active gcloud configuration, read from its file (no gcloud needed)."""
+    base = Path(os.environ.get("CLOUDSDK_CONFIG") or Path(home or os.path.expanduser("~")) / ".config" / "gcloud")
+    try:
+        active = (base / "active_config").read_text().strip() or "default"
+    except OSError:
+        active = "default"
+    parser = configparser.ConfigParser()
+    try:
+        parser.read(base / "configurations" / f"config_{active}")
+    except configparser.Error:
+        return ""
+    return parser.get("core", "project", fallback="").strip()
+
+
+class GCEProvider(Provider):
+    name = "gce"
+    agent_import = "google.cloud.storage"
+    agent_packages = ("google-cloud-storage",)
+
+    def __init__(self, settings):
+        super().__init__(settings)
+        self.project = settings.get("GCE_PROJECT") or gcloud_config_project(settings.get("HOME"))
+        if not self.project:
+            raise KitError("no GCP project: pass --project, set GCE_PROJECT in .orchestration-kit.env, "
+                           "or run `gcloud config set project PROJECT_ID`")
+        self.config = VMConfig.from_settings(settings)
+        extra = [z.strip() for z in (settings.get("GCE_ZONES") or "").split(",") if z.strip()]
+        self.zones = [self.config.zone] + [z for z in extra if z != self.config.zone]
+        self.endpoint = settings.get("RK_GCE_API_ENDPOINT") or ""
+        self._client = None
+
+    @property
+    def client(self):
+        if self._client is None:
+            from google.api_core.client_options import ClientOptions
+            from google.cloud import compute_v1
+
+            try:
+                if self.endpoint:  # an emulator: no credentials
+                    from google.auth.credentials import AnonymousCredentials
+
+                    self._client = compute_v1.InstancesClient(
+                        client_options=ClientOptions(api_endpoint=self.endpoint),
+                        credentials=AnonymousCredentials(), transport="rest")
+                else:
+                    self._client = compute_v1.InstancesClient(transport="rest")
+            except Exception as e:  # DefaultCredentialsError
+                if e.__class__.__name__ == "DefaultCredentialsError":
+                    raise KitError("no Google credentials found; run `gcloud auth application-default login` "
+                                   "or set GOOGLE_APPLICATION_CREDENTIALS to a key file") from None
+                raise
+        return self._client
+
+    def default_store_url(self) -> str:
+        return f"gs://{self.project}-researchkit"
+
+    def prepare(self, store) -> None:
+        region = self.config.zone.rsplit("-", 1)[0]
+        if hasattr(store, "ensure_bucket") and store.ensure_bucket(region):
+            print(f"researchkit: created bucket {store.url} in {region} (uniform access, no public access)",
+                  file=sys.stderr)
+
+    def deadline_lines(self, max_seconds: int) -> str:
+        return f"# deadline: scheduling.maxRunDuration={int(max_seconds)}s with instanceTerminationAction=DELETE"
+
+    def self_delete_lines(self) -> str:
+        return 'PYTHONPATH="$RK_ROOT/agent" python3 -m researchkit_py.vm_agent self-delete gce || shutdown -h now'
+
+    # --- API calls -------------------------------------------------------------------
+    def create(self, req: InstanceRequest) -> Instance:
+        from google.cloud import compute_v1
+
+        cfg = VMConfig(**{**self.config.__dict__, "name": req.name, "startup_script": req.startup_script,
+                          "labels": req.labels, "max_run_seconds": req.max_seconds,
+                          "spot": req.spot or self.config.spot,
+                          "machine_type": req.machine_type or self.config.machine_type})
+        tried = []
+        for n, zone in enumerate(self.zones):
+            request = compute_v1.InsertInstanceRequest(
+                project=self.project, zone=zone, instance_resource=cfg.instance_resource(zone),
+                request_id=_request_id(req.run_id, n))
+            try:
+                with _translate(f"create {req.name} in {zone}"):
+                    self.client.insert(request=request).result(timeout=300)
+                return Instance(req.name, "PROVISIONING", req.labels, zone)
+            except CapacityError as e:
+                tried.append(f"{zone}: {e}")
+                self._delete_in_zone(req.name, zone)  # a half-made instance must not linger
+        raise CapacityError(f"no capacity for {cfg.machine_type} in {', '.join(self.zones)}; add zones to GCE_ZONES "
+                            f"or choose another --machine-type ({'; '.join(tried)})")
+
+    def get(self, name: str) -> Instance | None:
+        for inst in self.list(name_filter=name):
+            if inst.name == name:
+                return inst
+        return None
+
+    def list(self, name_filter: str = "") -> list[Instance]:
+        from google.cloud import compute_v1
+
+        filt = f"labels.{TOOL_LABEL[0]} = {TOOL_LABEL[1]}"
+        if name_filter:
+            filt = f"({filt}) AND (name = {name_filter})"
+        request = compute_v1.AggregatedListInstancesRequest(project=self.project, filter=filt)
+        out = []
+        with _translate("list instances"):
+            for _zone, scoped in self.client.aggregated_list(request=request):
+                for i in scoped.instances:
+                    out.append(Instance(i.name, _state(i.status), dict(i.labels), i.zone.rsplit("/", 1)[-1]))
+        return out
+
+    def delete(self, name: str) -> None:
+        inst = self.get(name)
+        if inst is not None:
+            self._delete_in_zone(name, inst.zone)
+
+    def _delete_in_zone(self, name: str, zone: str) -> None:
+        from google.api_core import exceptions
+
+        try:
+            with _translate(f"delete {name}"):
+                self.client.delete(project=self.project, zone=zone, instance=name).result(timeout=300)
+        except ProviderError as e:
+            if not isinstance(e.__cause__, exceptions.NotFound):
+                raise
+
+
+def _state(status: str) -> str:
+    # STOPPING/TERMINATED/SUSPENDED no longer run the command (TERMINATED still bills its disk
+    # until deleted; the reaper deletes it).
+    return {"PROVISIONING": "PROVISIONING", "STAGING": "PROVISIONING", "RUNNING": "RUNNING"}.get(status, "TERMINATED")
+
+
+def _request_id(run_id: str, attempt: int) -> str:
+    """A UUID per (run, zone attempt): a retried insert is deduplicated by GCE, never doubled."""
+    import uuid
+
+    return str(uuid.uuid5(uuid.NAMESPACE_URL, f"researchkit:{run_id}:{attempt}"))
+
+
+class _translate:
+    def __init__(self, what: str):
+        self.what = what
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, et, ev, tb):
+        if et is None:
+            return False
+        from google.api_core import exceptions
+
+        if not issubclass(et, exceptions.GoogleAPICallError):
+            return False
+        codes = {getattr(x, "code", None) or (x.get("reason") if isinstance(x, dict) else None) for x in ev.errors or []}
+        text = f"{ev.message}" if getattr(ev, "message", None) else str(ev)
+        capacity = sorted(codes & set(CAPACITY_CODES)) or [c for c in CAPACITY_CODES if c in text]
+        if capacity:
+            raise CapacityError(capacity[0]) from ev
+        if isinstance(ev, exceptions.NotFound):
+            raise ProviderError(f"cannot {self.what}: not found") from ev
+        if isinstance(ev, exceptions.Forbidden):
+            raise ProviderError(f"cannot {self.what}: permission denied ({text[:120]}); check the project and "
+                                "that your account may use Compute Engine") from ev
+        raise ProviderError(f"cannot {self.what}: {' '.join(text.split())[:200]}") from ev

@@ -1,0 +1,231 @@
+"""Fire-and-forget experiments on GCE: launch, and check on them later from the bucket.
+
+  python -m researchkit_py.detached --exp N [N ...] [--quick] [--project P] [--zone Z]
+                                    [--machine-type M] [--max-hours H] [--spot] [--dry-run]
+  python -m researchkit_py.detached list [--exp N] [--json]      (also: status)
+  python -m researchkit_py.detached download EXP [RUN] [--output-dir D]
+  python -m researchkit_py.detached logs EXP [RUN] [--follow]
+  python -m researchkit_py.detached kill EXP|RUN
+
+Each experiment gets its own VM (`rk-expN-<time>-<random>`), which runs it, uploads results
+and logs to gs://<bucket>/runs/<run-id>/ and deletes itself. What runs for experiment N:
+--command, else the run command of experiments/exp-00N-*.md, else RK_DETACHED_COMMAND
+(default `python scripts/run_experiment.py --exp {exp} {quick} --parallel`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+from .errors import KitError, run_cli
+
+DEFAULT_COMMAND = "python scripts/run_experiment.py --exp {exp} {quick} --parallel"
+LATER = ("list", "status", "download", "logs", "kill")
+
+
+def command_for(exp: int, quick: bool, explicit: str, settings) -> tuple[str, str]:
+    """(command, where it came from) for experiment `exp`."""
+    if explicit:
+        return explicit, "--command"
+    specs = sorted(Path(settings.root, "experiments").glob(f"exp-{exp:03d}-*.md"))
+    if specs:
+        from .spec import load_spec
+
+        spec = load_spec(specs[0])
+        if spec.run_command:
+            return spec.run_command, str(specs[0].relative_to(settings.root))
+    template = settings.get("RK_DETACHED_COMMAND") or DEFAULT_COMMAND
+    source = "RK_DETACHED_COMMAND" if settings.get("RK_DETACHED_COMMAND") else "the default"
+    try:
+        return " ".join(template.format(exp=exp, quick="--quick" if quick else "").split()), source
+    except (KeyError, IndexError, ValueError):
+        raise KitError(f"RK_DETACHED_COMMAND={template!r}: only {{exp}} and {{quick}} may appear in braces") from None
+
+
+def _context(args):
+    from .config import Settings
+    from .lifecycle import Context
+
+    overrides = {"GCE_PROJECT": args.project, "GCE_ZONE": args.zone, "GCE_MACHINE_TYPE": getattr(args, "machine_type", None)}
+    environ = {**os.environ, **{k: v for k, v in overrides.items() if v}}
+    return Context.open("gce", Settings(environ=environ))
+
+
+def launch_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m researchkit_py.detached", description=__doc__.split("\n")[0],
+                                epilog="later: list | status | download EXP [RUN] | logs EXP [RUN] [--follow] | kill EXP|RUN")
+    p.add_argument("--exp", type=int, nargs="+", required=True, metavar="N", help="experiment number(s): one VM each")
+    p.add_argument("--quick", action="store_true", help="pass --quick to the experiment")
+    p.add_argument("--command", default="", help="what to run instead (same for every --exp)")
+    p.add_argument("--project", help="GCP project (default: GCE_PROJECT, then gcloud's core/project)")
+    p.add_argument("--zone", help="zone (default: GCE_ZONE, us-central1-a); GCE_ZONES adds fallbacks")
+    p.add_argument("--machine-type", help="default: GCE_MACHINE_TYPE, n2-standard-4")
+    p.add_argument("--max-hours", type=float, help="the VM is deleted by then whatever happens (default RK_MAX_HOURS)")
+    p.add_argument("--spot", action="store_true", help="spot capacity (cheaper, may be preempted)")
+    p.add_argument("--dry-run", action="store_true", help="print the startup script and instance request; create nothing")
+    return p
+
+
+def later_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m researchkit_py.detached")
+    p.add_argument("--project")
+    p.add_argument("--zone")
+    sub = p.add_subparsers(dest="cmd", required=True)
+    for name in ("list", "status"):
+        s = sub.add_parser(name, help="runs per experiment, with their state (from the bucket)")
+        s.add_argument("--exp", type=int)
+        s.add_argument("--json", action="store_true")
+    d = sub.add_parser("download", help="download a run's results (latest of EXP by default)")
+    d.add_argument("exp", type=int)
+    d.add_argument("run", nargs="?")
+    d.add_argument("--output-dir")
+    lg = sub.add_parser("logs", help="print a run's log (latest of EXP by default)")
+    lg.add_argument("exp", type=int)
+    lg.add_argument("run", nargs="?")
+    lg.add_argument("--follow", "-f", action="store_true")
+    k = sub.add_parser("kill", help="delete the VM of a run, or of every live run of an experiment")
+    k.add_argument("target")
+    return p
+
+
+def main(argv: list[str]) -> int:
+    if argv and argv[0] in LATER:
+        args = later_parser().parse_args(argv)
+        return LATER_COMMANDS[args.cmd](args)
+    if not argv:
+        launch_parser().print_help(sys.stderr)
+        return 2
+    return launch(launch_parser().parse_args(argv))
+
+
+def launch(args) -> int:
+    from . import lifecycle
+
+    ctx = _context(args)
+    max_hours = args.max_hours if args.max_hours is not None else ctx.settings.get_float("RK_MAX_HOURS")
+    if not args.dry_run:
+        for name in lifecycle.reap(ctx):
+            lifecycle.say(f"reaped {name} (past its deadline or dead)")
+    launched = []
+    for exp in args.exp:
+        command, source = command_for(exp, args.quick, args.command, ctx.settings)
+        opts = lifecycle.LaunchOptions(command=command, max_hours=max_hours, spot=args.spot, experiment=f"exp{exp}",
+                                       label=f"exp{exp}", machine_type=args.machine_type or "", detached=True)
+        if args.dry_run:
+            plan = lifecycle.plan_launch(ctx, opts, upload=False)
+            print(plan.script)
+            from .compute.gce import VMConfig
+
+            cfg = VMConfig(**{**ctx.provider.config.__dict__, "name": plan.request.name, "labels": plan.request.labels,
+                              "startup_script": "<the script above>", "max_run_seconds": plan.request.max_seconds,
+                              "spot": args.spot or ctx.provider.config.spot,
+                              "machine_type": args.machine_type or ctx.provider.config.machine_type})
+            from google.cloud import compute_v1
+
+            resource = compute_v1.Instance.to_json(cfg.instance_resource(ctx.provider.zones[0]))
+            lifecycle.say(f"dry run, experiment {exp} ({command!r} from {source}): would insert into "
+                          f"projects/{ctx.provider.project}/zones/{ctx.provider.zones[0]}:\n{resource}\n"
+                          "nothing was created")
+            continue
+        plan = lifecycle.launch(ctx, opts)
+        launched.append((exp, plan))
+        print(plan.run_id)
+        lifecycle.say(f"Experiment {exp} launched: VM {plan.manifest.instance} in {plan.manifest.zone or ctx.provider.zones[0]} "
+                      f"runs {command!r} ({source})")
+    if launched:
+        bucket = ctx.store.url
+        lifecycle.say(
+            f"\nThe VM{'s' if len(launched) > 1 else ''} will install what they need, run, upload results and logs to "
+            f"{bucket}/runs/<run-id>/, and delete themselves (deadline: {max_hours:g} h).\nYou can close this terminal.\n\n"
+            "To check progress:\n"
+            "  python -m researchkit_py.detached list\n"
+            + "".join(f"  python -m researchkit_py.detached logs {e} --follow\n" for e, _ in launched)
+            + "Later:\n"
+            + "".join(f"  python -m researchkit_py.detached download {e}\n" for e, _ in launched))
+    return 0
+
+
+def _runs(ctx, exp: int | None) -> list[dict]:
+    from .lifecycle import list_runs
+
+    return list_runs(ctx, experiment=f"exp{exp}" if exp is not None else None)
+
+
+def _pick(ctx, exp: int, run: str | None) -> str:
+    rows = _runs(ctx, exp)
+    if run:
+        if run not in {r["run_id"] for r in rows}:
+            raise KitError(f"no run {run} of experiment {exp}; `list --exp {exp}` shows its runs")
+        return run
+    if not rows:
+        raise KitError(f"no runs of experiment {exp} in {ctx.store.url}; launch one with --exp {exp}")
+    return rows[-1]["run_id"]
+
+
+def cmd_list(args) -> int:
+    ctx = _context(args)
+    rows = _runs(ctx, args.exp)
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    if not rows:
+        print(f"no runs in {ctx.store.url}", file=sys.stderr)
+        return 0
+    print(f"{'EXP':<6}{'RUN':<34}{'STATE':<8}{'EXIT':<6}{'CAUSE':<12}{'ZONE':<16}CREATED")
+    for r in rows:
+        exit_code = "-" if r["exit_code"] is None else r["exit_code"]
+        print(f"{r['experiment']:<6}{r['run_id']:<34}{r['phase']:<8}{exit_code!s:<6}{r['cause'] or '-':<12}"
+              f"{r['zone'] or '-':<16}{r['created_at']}")
+    return 0
+
+
+def cmd_download(args) -> int:
+    from .lifecycle import pull, say
+
+    ctx = _context(args)
+    run_id = _pick(ctx, args.exp, args.run)
+    out = Path(args.output_dir or f"results/exp{args.exp}/{run_id}")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    stats, complete = pull(ctx, run_id, out)
+    say(f"Results of {run_id} in {out}: {stats.files} files downloaded ({stats.bytes} bytes), {stats.skipped} unchanged"
+        + ("" if complete else " — the run uploaded no results manifest; these may be incomplete"))
+    return 0 if complete else 1
+
+
+def cmd_logs(args) -> int:
+    from .lifecycle import read_log, wait
+
+    ctx = _context(args)
+    run_id = _pick(ctx, args.exp, args.run)
+    if args.follow:
+        wait(ctx, run_id, stream_log=True)
+    else:
+        sys.stdout.write(read_log(ctx, run_id).decode("utf-8", "replace"))
+    return 0
+
+
+def cmd_kill(args) -> int:
+    from .lifecycle import say, terminate
+
+    ctx = _context(args)
+    if args.target.isdigit():
+        targets = [r["run_id"] for r in _runs(ctx, int(args.target)) if r["phase"] not in ("DONE", "FAILED")]
+        if not targets:
+            raise KitError(f"experiment {args.target} has no live runs")
+    else:
+        targets = [args.target]
+    for run_id in targets:
+        status = terminate(ctx, run_id)
+        say(f"{run_id}: VM deleted; the run is {status.get('phase')} ({status.get('cause')})")
+    return 0
+
+
+LATER_COMMANDS = {"list": cmd_list, "status": cmd_list, "download": cmd_download, "logs": cmd_logs, "kill": cmd_kill}
+
+
+if __name__ == "__main__":
+    run_cli("detached", main)

@@ -1,0 +1,180 @@
+"""A small fake of the Compute Engine REST API: enough for google-cloud-compute's
+InstancesClient (transport="rest") to insert, get, list, aggregated-list and delete.
+
+Operations are returned already DONE (the client's poller would otherwise call the real
+endpoint). `requestId` is an idempotency key, as on GCE. Every request is logged. Faults:
+`fail_zones[zone] = "ZONE_RESOURCE_POOL_EXHAUSTED" | "QUOTA_EXCEEDED"` makes inserts in
+that zone fail (with `partial_zones` the half-made instance is left behind, as GCE can).
+Hooks `on_insert(instance)` / `on_delete(instance)` let a test boot and kill fake VMs.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import re
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import parse_qs, urlparse
+
+_ids = itertools.count(1000)
+
+
+class FakeGCE:
+    def __init__(self, host: str = "127.0.0.1", port: int = 0):
+        self.instances: dict[tuple[str, str, str], dict] = {}  # (project, zone, name) -> instance
+        self.request_ids: dict[str, dict] = {}
+        self.log: list[dict] = []
+        self.fail_zones: dict[str, str] = {}
+        self.partial_zones: set[str] = set()
+        self.on_insert = None
+        self.on_delete = None
+        self.lock = threading.RLock()
+        fake = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):  # quiet
+                pass
+
+            def _send(self, code: int, body: dict) -> None:
+                data = json.dumps(body).encode()
+                self.send_response(code)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def _handle(self, method: str) -> None:
+                url = urlparse(self.path)
+                length = int(self.headers.get("Content-Length") or 0)
+                body = json.loads(self.rfile.read(length) or b"{}") if length else {}
+                query = {k: v[0] for k, v in parse_qs(url.query).items()}
+                entry = {"method": method, "path": url.path, "query": query, "body": body,
+                         "auth": self.headers.get("Authorization", "")}
+                with fake.lock:
+                    fake.log.append(entry)
+                code, reply = fake.route(method, url.path, query, body)
+                self._send(code, reply)
+
+            def do_GET(self):
+                self._handle("GET")
+
+            def do_POST(self):
+                self._handle("POST")
+
+            def do_DELETE(self):
+                self._handle("DELETE")
+
+        # http.server's bind calls getfqdn(), which can hang where there is no DNS
+        class Server(ThreadingHTTPServer):
+            daemon_threads = True
+
+            def server_bind(self):
+                import socketserver
+
+                socketserver.TCPServer.server_bind(self)
+                self.server_name, self.server_port = self.server_address[:2]
+
+        self.server = Server((host, port), Handler)
+        self.url = f"http://{host}:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+    # --- routing ---------------------------------------------------------------------
+    def route(self, method: str, path: str, query: dict, body: dict) -> tuple[int, dict]:
+        m = re.fullmatch(r"/compute/v1/projects/([^/]+)/zones/([^/]+)/instances(?:/([^/]+))?", path)
+        if m:
+            project, zone, name = m.groups()
+            if method == "POST" and not name:
+                return self.insert(project, zone, body, query.get("requestId"))
+            if method == "GET" and name:
+                inst = self.instances.get((project, zone, name))
+                return (200, inst) if inst else _error(404, f"The resource 'projects/{project}/zones/{zone}/instances/{name}' was not found", "notFound")
+            if method == "GET":
+                items = [i for (p, z, _), i in self.instances.items() if p == project and z == zone and _match(i, query.get("filter", ""))]
+                return 200, {"items": items}
+            if method == "DELETE" and name:
+                return self.delete(project, zone, name)
+        m = re.fullmatch(r"/compute/v1/projects/([^/]+)/aggregated/instances", path)
+        if m and method == "GET":
+            project = m.group(1)
+            items: dict[str, dict] = {}
+            with self.lock:
+                for (p, z, _), inst in self.instances.items():
+                    if p == project and _match(inst, query.get("filter", "")):
+                        items.setdefault(f"zones/{z}", {"instances": []})["instances"].append(inst)
+            return 200, {"items": items}
+        m = re.fullmatch(r"/compute/v1/projects/([^/]+)/zones/([^/]+)/operations/([^/]+)", path)
+        if m:
+            return 200, _op(m.group(1), m.group(2), "get", m.group(3))
+        return _error(404, f"no route for {method} {path}", "notFound")
+
+    def insert(self, project: str, zone: str, body: dict, request_id: str | None) -> tuple[int, dict]:
+        with self.lock:
+            if request_id and request_id in self.request_ids:
+                return 200, self.request_ids[request_id]  # idempotent: the same operation, no second VM
+            name = body["name"]
+            key = (project, zone, name)
+            if key in self.instances:
+                return _error(409, f"The resource 'projects/{project}/zones/{zone}/instances/{name}' already exists", "alreadyExists")
+            failure = self.fail_zones.get(zone)
+            inst = {**body, "id": str(next(_ids)), "status": "RUNNING", "zone": f"https://compute/projects/{project}/zones/{zone}",
+                    "selfLink": f"projects/{project}/zones/{zone}/instances/{name}", "kind": "compute#instance"}
+            if failure and zone not in self.partial_zones:
+                op = _op(project, zone, "insert", name, failure)
+            else:
+                self.instances[key] = inst
+                op = _op(project, zone, "insert", name, failure)
+            if request_id:
+                self.request_ids[request_id] = op
+        if not failure and self.on_insert:
+            self.on_insert(project, zone, inst)
+        return 200, op
+
+    def delete(self, project: str, zone: str, name: str) -> tuple[int, dict]:
+        with self.lock:
+            inst = self.instances.pop((project, zone, name), None)
+        if inst is None:
+            return _error(404, f"The resource 'projects/{project}/zones/{zone}/instances/{name}' was not found", "notFound")
+        if self.on_delete:
+            self.on_delete(project, zone, inst)
+        return 200, _op(project, zone, "delete", name)
+
+    # --- what tests look at ------------------------------------------------------------
+    def inserts(self) -> list[dict]:
+        return [e for e in self.log if e["method"] == "POST" and e["path"].endswith("/instances")]
+
+    def names(self) -> list[str]:
+        with self.lock:
+            return sorted(name for (_, _, name) in self.instances)
+
+
+def _match(inst: dict, filt: str) -> bool:
+    """The filters our provider sends: `labels.K = V`, optionally AND `name = N`."""
+    for key, value in re.findall(r"([\w.-]+)\s*=\s*([\w.-]+)", filt):
+        if key.startswith("labels."):
+            if inst.get("labels", {}).get(key[7:]) != value:
+                return False
+        elif key == "name" and inst.get("name") != value:
+            return False
+    return True
+
+
+def _op(project: str, zone: str, kind: str, target: str, failure: str | None = None) -> dict:
+    op = {"kind": "compute#operation", "id": str(next(_ids)), "name": f"operation-{next(_ids)}", "status": "DONE",
+          "operationType": kind, "zone": f"projects/{project}/zones/{zone}",
+          "targetLink": f"projects/{project}/zones/{zone}/instances/{target}",
+          "selfLink": f"projects/{project}/zones/{zone}/operations/op"}
+    if failure:
+        status, message = (503, "SERVICE UNAVAILABLE") if failure != "QUOTA_EXCEEDED" else (403, "FORBIDDEN")
+        op.update(httpErrorStatusCode=status, httpErrorMessage=message,
+                  error={"errors": [{"code": failure, "message": f"{failure} in {zone}"}]})
+    return op
+
+
+def _error(code: int, message: str, reason: str) -> tuple[int, dict]:
+    return code, {"error": {"code": code, "message": message, "errors": [{"reason": reason, "message": message}]}}
