@@ -138,9 +138,10 @@ def launch(args) -> int:
                       f"runs {command!r} ({source})")
     if launched:
         bucket = ctx.store.url
+        many = len(launched) > 1
         lifecycle.say(
-            f"\nThe VM{'s' if len(launched) > 1 else ''} will install what they need, run, upload results and logs to "
-            f"{bucket}/runs/<run-id>/, and delete themselves (deadline: {max_hours:g} h).\nYou can close this terminal.\n\n"
+            f"\n{'Each VM' if many else 'The VM'} will install what it needs, run, upload results and logs to "
+            f"{bucket}/runs/<run-id>/, and delete itself (deadline: {max_hours:g} h).\nYou can close this terminal.\n\n"
             "To check progress:\n"
             "  python -m researchkit_py.detached list\n"
             + "".join(f"  python -m researchkit_py.detached logs {e} --follow\n" for e, _ in launched)

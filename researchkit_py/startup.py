@@ -212,10 +212,10 @@ mkdir -p "$RESULTS_DIR"
 # 3. The command, under its soft deadline, with a heartbeat that also ships the log.
 RK_STAGE=RUN
 rk status RUN
+echo "researchkit: running: $RK_COMMAND"
 rk heartbeat || true
 ( while sleep "$RK_HEARTBEAT"; do rk heartbeat || true; done ) &
 RK_HB_PID=$!
-echo "researchkit: running: $RK_COMMAND"
 RK_T0=$SECONDS
 set +e
 timeout --kill-after=30 "$RK_SOFT_DEADLINE" bash -c "$RK_COMMAND" &

@@ -90,6 +90,47 @@ def s3_bucket(moto_server, monkeypatch) -> str:
     return name
 
 
+@pytest.fixture(scope="session")
+def vm_network():
+    """The bridge fake VMs' namespaces join, or None (with the reason) where namespaces are unavailable."""
+    from fake_vm import VMNetwork
+
+    reason = VMNetwork.available()
+    if reason:
+        VM_ISOLATION["reason"] = reason
+        yield None
+        return
+    net = VMNetwork(subnet=os.getpid() % 200 + 20)
+    try:
+        yield net
+    finally:
+        net.stop()
+
+
+VM_ISOLATION = {"reason": ""}
+
+
+@pytest.fixture(scope="session")
+def vm_gcs(vm_network, gcs_server):
+    """The storage emulator the fake VMs reach: on the VM bridge when there is one."""
+    if vm_network is None:
+        yield gcs_server
+        return
+    server = FakeGCS(host=vm_network.host_ip)
+    yield server
+    server.stop()
+
+
+def pytest_terminal_summary(terminalreporter):
+    from fake_vm import FakeVMs
+
+    booted = FakeVMs.booted
+    if booted["netns"] or booted["process"]:
+        why = f" (network namespaces unavailable: {VM_ISOLATION['reason']})" if VM_ISOLATION["reason"] else ""
+        terminalreporter.write_line(f"fake VMs: {booted['netns']} booted in their own network namespace, "
+                                    f"{booted['process']} as plain processes{why}")
+
+
 @pytest.fixture(params=["local", "gcs", "s3"])
 def store(request, tmp_path):
     """The same Store contract, on each backend against its emulator."""

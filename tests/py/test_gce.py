@@ -9,6 +9,7 @@ import os
 import subprocess
 import sys
 import time
+import uuid
 from pathlib import Path
 
 import pytest
@@ -31,14 +32,21 @@ sys.exit(int(os.environ.get("EXIT_WITH", "0")) if a.exp == 9 else 0)
 
 
 @pytest.fixture
-def gce(project, gcs_bucket, gcs_server, monkeypatch, tmp_path):
+def gce(project, vm_network, vm_gcs, monkeypatch, tmp_path):
+    """Fake Compute API + storage emulator + fake VMs (in network namespaces where possible)."""
     (project / "scripts").mkdir()
     (project / "scripts" / "run_experiment.py").write_text(RUN_EXPERIMENT)
-    fake = FakeGCE()
-    vms = FakeVMs(fake, tmp_path / "vms", {"STORAGE_EMULATOR_HOST": gcs_server.url})
+    host = vm_network.host_ip if vm_network else "127.0.0.1"
+    fake = FakeGCE(host=host)
+    vms = FakeVMs(fake, tmp_path / "vms", {"STORAGE_EMULATOR_HOST": vm_gcs.url}, vm_network)
+    monkeypatch.setenv("STORAGE_EMULATOR_HOST", vm_gcs.url)
+    from researchkit_py.storage.gcs import gcs_client
+
+    bucket = f"b-{uuid.uuid4().hex[:12]}"
+    gcs_client().create_bucket(bucket)
     monkeypatch.setenv("GCE_PROJECT", "test-proj")
     monkeypatch.setenv("RK_GCE_API_ENDPOINT", fake.url)
-    monkeypatch.setenv("RK_BUCKET", f"gs://{gcs_bucket}/rk")
+    monkeypatch.setenv("RK_BUCKET", f"gs://{bucket}/rk")
     monkeypatch.setenv("RK_POLL_SECONDS", "0.2")
     monkeypatch.setenv("RK_SELF_DELETE_WAIT", "20")
     fake.vms = vms
@@ -125,14 +133,14 @@ def test_no_capacity_anywhere_is_one_line_and_leaves_nothing(gce):
     assert (row["phase"], row["cause"]) == ("FAILED", "boot_error")
 
 
-def test_dry_run_creates_nothing(gce, gcs_bucket):
+def test_dry_run_creates_nothing(gce):
     r = detached("--exp", "1", "--quick", "--dry-run", check=True)
     assert r.stdout.startswith("#!/bin/bash") and "python scripts/run_experiment.py --exp 1 --quick --parallel" in r.stdout
     assert '"maxRunDuration"' in r.stderr and "nothing was created" in r.stderr
     assert gce.log == []
     from researchkit_py.storage import open_store
 
-    assert open_store(f"gs://{gcs_bucket}/rk").list("") == []
+    assert open_store(os.environ["RK_BUCKET"]).list("") == []
 
 
 def test_no_project_says_what_to_set(monkeypatch, tmp_path, project):
@@ -245,7 +253,7 @@ def test_cloud_run_on_gce_attached_exit_code_and_pull(gce, tmp_path):
     assert gce.names() == []
 
 
-def test_default_bucket_is_created_private(gce, gcs_server, monkeypatch):
+def test_default_bucket_is_created_private(gce, monkeypatch):
     monkeypatch.delenv("RK_BUCKET")
     detached("--exp", "1", check=True)
     gce.vms.wait_all_gone()
@@ -274,3 +282,20 @@ def test_experiment_cycle_with_compute_target_gce(gce, project, tmp_path):
     assert gce.names() == []
     run_id = (toy / "results" / "exp-001-toy-logreg" / ".cloud-run-id").read_text().strip()
     assert run_id.startswith("exp-001-toy-logreg-")
+
+
+def test_vm_is_isolated_and_uses_the_real_metadata_name(gce, vm_network, gcs_server, tmp_path):
+    if vm_network is None:
+        pytest.skip("fake VMs cannot get their own network namespace here: needs root, bwrap and ip")
+    host_only = gcs_server.url  # listens on the host's 127.0.0.1: a VM must not reach it
+    probe = (f'mkdir -p "$RESULTS_DIR"; hostname > "$RESULTS_DIR/hostname"; ip route show default | wc -l > "$RESULTS_DIR/routes"; '
+             f'python3 -c "import urllib.request as u; u.urlopen(\'{host_only}\', timeout=2)" 2> /dev/null; '
+             f'echo $? > "$RESULTS_DIR/reach"')
+    run_id = detached("--exp", "5", "--command", probe, check=True).stdout.strip()
+    gce.vms.wait_all_gone()
+    detached("download", "5", "--output-dir", str(tmp_path / "o"), check=True)
+    assert (tmp_path / "o" / "hostname").read_text().strip() == f"rk-{run_id}"
+    assert (tmp_path / "o" / "routes").read_text().strip() == "0"
+    assert (tmp_path / "o" / "reach").read_text().strip() != "0"
+    meta_log = (gce.vms.vms[f"rk-{run_id}"]["root"] / "metadata.log").read_text()
+    assert "metadata.google.internal instance/service-accounts/default/token" in meta_log
