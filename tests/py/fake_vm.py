@@ -243,12 +243,13 @@ class FakeVMs:
 
 
 def _bind_back_python() -> list[str]:
-    """The image's Python may live under /root (pyenv), which the VM's tmpfs hides."""
-    real = Path(os.path.realpath(sys.executable))
-    if str(real).startswith("/root/"):
-        top = Path("/root") / real.relative_to("/root").parts[0]
-        return ["--ro-bind", str(top), str(top)]
-    return []
+    """The image's Python (a venv and the interpreter behind it) may live under /tmp or
+    /root (pyenv), which the VM's own tmpfs mounts hide: bind them back, read-only."""
+    out: list[str] = []
+    for path in sorted({sys.prefix, sys.base_prefix, os.path.dirname(os.path.realpath(sys.executable))}):
+        if path.startswith(("/tmp/", "/root/")):
+            out += ["--ro-bind", path, path]
+    return out
 
 
 def _wait_for_metadata(ns: str, timeout: float = 10) -> None:
