@@ -36,7 +36,11 @@ class Context:
     @classmethod
     def open(cls, backend: str | None = None, settings: Settings | None = None) -> Context:
         settings = settings or Settings()
-        name = backend or settings.get("RK_BACKEND") or TARGET_BACKEND.get(settings["COMPUTE_TARGET"], "local")
+        target = settings["COMPUTE_TARGET"] or "local"
+        if target not in TARGET_BACKEND:
+            raise KitError(f"COMPUTE_TARGET={target!r} is not one of {', '.join(TARGET_BACKEND)}; "
+                           "fix it in .orchestration-kit.env or the environment")
+        name = backend or settings.get("RK_BACKEND") or TARGET_BACKEND[target]
         provider = get_provider(name, settings)
         return cls(settings, provider, open_store(settings.get("RK_BUCKET") or provider.default_store_url()))
 

@@ -266,6 +266,13 @@ def test_output_dir_that_is_a_file_is_refused(project, tmp_path):
     assert r.exit_code == 1 and "is not a directory" in one_line_error(r)
 
 
+def test_unknown_compute_target_is_refused(project, tmp_path, monkeypatch):
+    monkeypatch.setenv("COMPUTE_TARGET", "azure")
+    r = cloud_run("run", "true")
+    assert r.exit_code == 1 and "COMPUTE_TARGET='azure' is not one of local, sandbox, gce, ec2" in one_line_error(r)
+    assert instances(tmp_path) == []
+
+
 def test_unreadable_config_is_one_line(project, tmp_path):
     (project / ".orchestration-kit.env").write_text("COMPUTE_TARGET=$(whoami)\n")
     r = cloud_run("ls")
