@@ -13,6 +13,7 @@ __all__ = ["Instance", "InstanceRequest", "Provider", "PROVIDERS", "get_provider
 PROVIDERS = {
     "local": "researchkit_py.compute.local:LocalProvider",
     "gce": "researchkit_py.compute.gce:GCEProvider",
+    "ec2": "researchkit_py.compute.ec2:EC2Provider",
 }
 
 

@@ -20,7 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from emulators import FakeGCS  # noqa: E402
 from fake_gce import FakeGCE  # noqa: E402
-from fake_vm import FakeVMs, VMNetwork  # noqa: E402
+from fake_vm import GCEVMs, VMNetwork  # noqa: E402
 
 
 def main() -> None:
@@ -31,7 +31,7 @@ def main() -> None:
     net = None if reason else VMNetwork(subnet=77)
     host = net.host_ip if net else "127.0.0.1"
     gcs, gce = FakeGCS(host=host), FakeGCE(host=host)
-    vms = FakeVMs(gce, Path(tempfile.mkdtemp(prefix="rk-emu-vms-")), {"STORAGE_EMULATOR_HOST": gcs.url}, net)
+    vms = GCEVMs(gce, Path(tempfile.mkdtemp(prefix="rk-emu-vms-")), {"STORAGE_EMULATOR_HOST": gcs.url}, net)
     import os
 
     os.environ["STORAGE_EMULATOR_HOST"] = gcs.url

@@ -31,34 +31,61 @@ from pathlib import Path
 
 
 class MetadataServer:
-    def __init__(self, name: str, zone: str, project: str, attributes: dict[str, str], host: str = "127.0.0.1",
-                 port: int = 0, log_path: str | None = None, background: bool = True):
-        token = f"fake-token-{name}"
-        values = {
-            "instance/name": name, "instance/zone": f"projects/123456/zones/{zone}", "project/project-id": project,
-            "instance/service-accounts/default/token": json.dumps({"access_token": token, "expires_in": 3600,
-                                                                  "token_type": "Bearer"}),
-            **{f"instance/attributes/{k}": v for k, v in attributes.items()},
-        }
+    """A VM's metadata server: GCE's computeMetadata/v1 (Metadata-Flavor check) or AWS IMDSv2
+    (session token required), from an identity dict: flavor, name, zone, project,
+    attributes (GCE) / instance_id, user_data, role (AWS)."""
+
+    def __init__(self, identity: dict, host: str = "127.0.0.1", port: int = 0, log_path: str | None = None,
+                 background: bool = True):
+        name, zone = identity["name"], identity["zone"]
+        if identity["flavor"] == "gce":
+            prefix, values = "/computeMetadata/v1/", {
+                "instance/name": name, "instance/zone": f"projects/123456/zones/{zone}",
+                "project/project-id": identity["project"],
+                "instance/service-accounts/default/token": json.dumps(
+                    {"access_token": f"fake-token-{name}", "expires_in": 3600, "token_type": "Bearer"}),
+                **{f"instance/attributes/{k}": v for k, v in identity.get("attributes", {}).items()}}
+        else:
+            role = identity.get("role", "researchkit-vm")
+            creds = {"Code": "Success", "Type": "AWS-HMAC", "AccessKeyId": "ASIAFAKEVMROLE", "SecretAccessKey": "vm-secret",
+                     "Token": "vm-session-token", "Expiration": "2099-01-01T00:00:00Z", "LastUpdated": "2026-01-01T00:00:00Z"}
+            prefix, values = "/latest/", {
+                "meta-data/instance-id": identity["instance_id"], "user-data": identity.get("user_data", ""),
+                "meta-data/placement/availability-zone": zone, "meta-data/placement/region": zone[:-1],
+                "meta-data/iam/security-credentials/": role, "meta-data/iam/security-credentials": role,
+                f"meta-data/iam/security-credentials/{role}": json.dumps(creds),
+                "meta-data/iam/info": json.dumps({"Code": "Success", "InstanceProfileArn": f"arn:aws:iam::1:instance-profile/{role}"})}
+        session = f"imds-token-{name}"
 
         class Handler(BaseHTTPRequestHandler):
             def log_message(self, *args):
                 pass
 
+            def _reply(self, code: int, body: str = "") -> None:
+                self.send_response(code)
+                if identity["flavor"] == "gce":
+                    self.send_header("Metadata-Flavor", "Google")
+                self.send_header("Content-Length", str(len(body.encode())))
+                self.end_headers()
+                self.wfile.write(body.encode())
+
+            def do_PUT(self):  # IMDSv2 session token
+                if identity["flavor"] == "aws" and self.path == "/latest/api/token":
+                    self._reply(200, session)
+                else:
+                    self._reply(404)
+
             def do_GET(self):
-                key = self.path.split("?")[0].removeprefix("/computeMetadata/v1/")
+                key = self.path.split("?")[0].removeprefix(prefix)
                 if log_path:
                     with open(log_path, "a") as f:
                         f.write(f"{self.headers.get('Host')} {key}\n")
-                if self.headers.get("Metadata-Flavor") != "Google":
-                    self.send_response(403)
-                    self.end_headers()
-                    return
+                if identity["flavor"] == "gce" and self.headers.get("Metadata-Flavor") != "Google":
+                    return self._reply(403)
+                if identity["flavor"] == "aws" and self.headers.get("X-aws-ec2-metadata-token") != session:
+                    return self._reply(401)
                 body = values.get(key)
-                self.send_response(200 if body is not None else 404)
-                self.send_header("Metadata-Flavor", "Google")
-                self.end_headers()
-                self.wfile.write((body or "").encode())
+                self._reply(200 if body is not None else 404, body or "")
 
         class Server(ThreadingHTTPServer):
             daemon_threads = True
@@ -70,7 +97,8 @@ class MetadataServer:
                 self.server_name, self.server_port = self.server_address[:2]
 
         self.server = Server((host, port), Handler)
-        self.url = f"http://{host}:{self.server.server_address[1]}/computeMetadata/v1"
+        self.base = f"http://{host}:{self.server.server_address[1]}"
+        self.url = self.base + prefix.rstrip("/")
         if background:
             threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
@@ -141,20 +169,17 @@ class VMNetwork:
 
 
 class FakeVMs:
-    """Boots a VM per inserted instance of `gce` (a FakeGCE); `storage_env` points at the emulator.
-    With a VMNetwork each VM gets its own namespace; without, a plain process group."""
+    """Boots VMs from startup scripts; with a VMNetwork each gets its own namespace, without,
+    a plain process group. `api_env` is what the image needs to reach the emulators."""
 
     booted = {"netns": 0, "process": 0}  # reported at the end of the test session
 
-    def __init__(self, gce, root: Path, storage_env: dict[str, str], network: VMNetwork | None = None):
-        self.gce, self.root, self.storage_env, self.network = gce, Path(root), storage_env, network
+    def __init__(self, root: Path, api_env: dict[str, str], network: VMNetwork | None = None):
+        self.root, self.api_env, self.network = Path(root), api_env, network
         self.vms: dict[str, dict] = {}
-        gce.on_insert = self.boot
-        gce.on_delete = self.on_delete
 
-    def boot(self, project: str, zone: str, instance: dict) -> None:
-        name = instance["name"]
-        attrs = {i["key"]: i["value"] for i in instance.get("metadata", {}).get("items", [])}
+    def boot(self, script: str, identity: dict) -> None:
+        name = identity["name"]
         vm_root = self.root / name
         (vm_root / "bin").mkdir(parents=True)
         (vm_root / "home").mkdir()
@@ -162,24 +187,25 @@ class FakeVMs:
             p = vm_root / "bin" / shim
             p.write_text(f"#!/bin/sh\necho \"{shim} $*\" >> '{vm_root}/poweroff'\n")
             p.chmod(0o755)
-        (vm_root / "startup-script").write_text(attrs.get("startup-script", ""))
-        env = {
-            "PATH": f"{vm_root / 'bin'}:{Path(sys.executable).parent}:/usr/local/bin:/usr/bin:/bin",
-            "HOME": str(vm_root / "home"), "LANG": "C.UTF-8", "RK_VM_ROOT": str(vm_root / "var"),
-            "RK_COMPUTE_API": f"{self.gce.url}/compute/v1", **self.storage_env,
-        }
-        vm = {"root": vm_root, "zone": zone, "console": open(vm_root / "console.log", "wb"), "meta": None, "net": None}
+        (vm_root / "startup-script").write_text(script)
+        env = {"PATH": f"{vm_root / 'bin'}:{Path(sys.executable).parent}:/usr/local/bin:/usr/bin:/bin",
+               "HOME": str(vm_root / "home"), "LANG": "C.UTF-8", "RK_VM_ROOT": str(vm_root / "var"), **self.api_env}
+        vm = {"root": vm_root, "zone": identity["zone"], "console": open(vm_root / "console.log", "wb"),
+              "meta": None, "net": None, "identity": identity}
         if self.network is None:
-            vm["meta"] = MetadataServer(name, zone, project, attrs, log_path=str(vm_root / "metadata.log"))
-            env["RK_METADATA_URL"] = vm["meta"].url
+            vm["meta"] = MetadataServer(identity, log_path=str(vm_root / "metadata.log"))
+            if identity["flavor"] == "gce":
+                env["RK_METADATA_URL"] = vm["meta"].url
+            else:
+                env["AWS_EC2_METADATA_SERVICE_ENDPOINT"] = vm["meta"].base + "/"
             argv = ["bash", str(vm_root / "startup-script")]
             FakeVMs.booted["process"] += 1
         else:
             ns, host_if, _addr = self.network.add()
             vm["net"] = (ns, host_if)
             cfg = vm_root / "metadata.json"
-            cfg.write_text(json.dumps({"name": name, "zone": zone, "project": project, "attributes": attrs,
-                                       "bind": "169.254.169.254", "port": 80, "log": str(vm_root / "metadata.log")}))
+            cfg.write_text(json.dumps({"identity": identity, "bind": "169.254.169.254", "port": 80,
+                                       "log": str(vm_root / "metadata.log")}))
             vm["meta_proc"] = subprocess.Popen(
                 ["ip", "netns", "exec", ns, sys.executable, str(Path(__file__).with_name("metadata_server.py")), str(cfg)],
                 stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=vm["console"],
@@ -189,16 +215,11 @@ class FakeVMs:
                     "--tmpfs", "/tmp", "--tmpfs", "/root", *_bind_back_python(), "--bind", str(vm_root), str(vm_root),
                     "--ro-bind", str(vm_root / "hosts"), "/etc/hosts", "--unshare-uts", "--hostname", name[:63],
                     "--die-with-parent", "--chdir", str(vm_root), "bash", str(vm_root / "startup-script")]
-            _wait_for_metadata(ns)
+            _wait_for_metadata(ns, identity["flavor"])
             FakeVMs.booted["netns"] += 1
         vm["proc"] = subprocess.Popen(argv, cwd=vm_root, env=env, stdin=subprocess.DEVNULL, stdout=vm["console"],
                                       stderr=vm["console"], start_new_session=True)
         self.vms[name] = vm
-
-    def on_delete(self, project: str, zone: str, instance: dict) -> None:
-        # like GCE: the VM is shut down shortly after the API accepts the delete (only the
-        # instance in that zone: a half-made namesake elsewhere has no VM)
-        threading.Timer(0.5, self.kill, args=(instance["name"], zone)).start()
 
     def kill(self, name: str, zone: str | None = None, sig: int = signal.SIGKILL) -> None:
         vm = self.vms.get(name)
@@ -209,25 +230,17 @@ class FakeVMs:
         except ProcessLookupError:
             pass
 
-    def preempt(self, name: str) -> None:
-        """The VM dies at once (no trap runs) and disappears from the API."""
-        self.kill(name)
-        with self.gce.lock:
-            for key in [k for k in self.gce.instances if k[2] == name]:
-                self.gce.instances.pop(key)
-
     def running(self, name: str) -> bool:
         vm = self.vms.get(name)
         return bool(vm) and vm["proc"].poll() is None
 
-    def wait_all_gone(self, timeout: float = 60) -> None:
-        end = time.time() + timeout
-        while time.time() < end:
-            if not self.gce.names() and not any(self.running(n) for n in self.vms):
-                return
-            time.sleep(0.1)
-        raise AssertionError(f"VMs still there after {timeout}s: {self.gce.names()}; consoles: "
-                             + "; ".join(f"{n}: {(v['root'] / 'console.log').read_text()[-500:]}" for n, v in self.vms.items()))
+    def powered_off(self, name: str) -> bool:
+        """The VM asked to power off now (not a scheduled `shutdown -h +N`)."""
+        p = self.vms[name]["root"] / "poweroff"
+        return p.exists() and any("+" not in line for line in p.read_text().splitlines())
+
+    def consoles(self) -> str:
+        return "; ".join(f"{n}: {(v['root'] / 'console.log').read_text()[-500:]}" for n, v in self.vms.items())
 
     def stop(self) -> None:
         for name, vm in self.vms.items():
@@ -242,6 +255,108 @@ class FakeVMs:
             vm["console"].close()
 
 
+class GCEVMs(FakeVMs):
+    """A VM per instance the fake Compute API inserts; its delete call ends it."""
+
+    def __init__(self, gce, root: Path, storage_env: dict[str, str], network: VMNetwork | None = None):
+        super().__init__(root, {"RK_COMPUTE_API": f"{gce.url}/compute/v1", **storage_env}, network)
+        self.gce = gce
+        gce.on_insert = self.on_insert
+        gce.on_delete = self.on_delete
+
+    def on_insert(self, project: str, zone: str, instance: dict) -> None:
+        attrs = {i["key"]: i["value"] for i in instance.get("metadata", {}).get("items", [])}
+        self.boot(attrs.get("startup-script", ""), {"flavor": "gce", "name": instance["name"], "zone": zone,
+                                                     "project": project, "attributes": attrs})
+
+    def on_delete(self, project: str, zone: str, instance: dict) -> None:
+        # like GCE: the VM is shut down shortly after the API accepts the delete (only the
+        # instance in that zone: a half-made namesake elsewhere has no VM)
+        threading.Timer(0.5, self.kill, args=(instance["name"], zone)).start()
+
+    def preempt(self, name: str) -> None:
+        """The VM dies at once (no trap runs) and disappears from the API."""
+        self.kill(name)
+        with self.gce.lock:
+            for key in [k for k in self.gce.instances if k[2] == name]:
+                self.gce.instances.pop(key)
+
+    def wait_all_gone(self, timeout: float = 60) -> None:
+        end = time.time() + timeout
+        while time.time() < end:
+            if not self.gce.names() and not any(self.running(n) for n in self.vms):
+                return
+            time.sleep(0.1)
+        raise AssertionError(f"VMs still there after {timeout}s: {self.gce.names()}; consoles: {self.consoles()}")
+
+
+class EC2VMs(FakeVMs):
+    """moto runs no user data: a poller boots its new instances from their user data
+    (gunzipped, as cloud-init does), and when a VM powers off, stops or terminates the
+    instance as its InstanceInitiatedShutdownBehavior says. Instances terminated through
+    the API lose their VM."""
+
+    def __init__(self, ec2, root: Path, storage_env: dict[str, str], network: VMNetwork | None = None):
+        super().__init__(root, storage_env, network)
+        self.ec2 = ec2
+        self.ids: dict[str, str] = {}  # name -> instance id
+        self.terminated_by_shutdown: list[str] = []
+        self._stop = threading.Event()
+        self.thread = threading.Thread(target=self._poll, daemon=True)
+        self.thread.start()
+
+    def _poll(self) -> None:
+        import base64
+        import gzip
+
+        while not self._stop.wait(0.2):
+            try:
+                pages = self.ec2.describe_instances(Filters=[{"Name": "tag:researchkit-tool", "Values": ["researchkit"]}])
+            except Exception:  # noqa: BLE001 - moto reset between tests
+                continue
+            for reservation in pages["Reservations"]:
+                for inst in reservation["Instances"]:
+                    name = {t["Key"]: t["Value"] for t in inst.get("Tags", [])}.get("Name", inst["InstanceId"])
+                    state = inst["State"]["Name"]
+                    if name not in self.vms and state in ("pending", "running"):
+                        raw = self.ec2.describe_instance_attribute(InstanceId=inst["InstanceId"], Attribute="userData")
+                        data = base64.b64decode(raw["UserData"].get("Value", ""))
+                        if data[:2] == b"\x1f\x8b":
+                            data = gzip.decompress(data)
+                        self.ids[name] = inst["InstanceId"]
+                        self.boot(data.decode(), {"flavor": "aws", "name": name, "instance_id": inst["InstanceId"],
+                                                  "zone": inst["Placement"]["AvailabilityZone"],
+                                                  "user_data": data.decode()})
+                    elif name in self.vms and state in ("shutting-down", "terminated", "stopped"):
+                        self.kill(name)
+                    elif name in self.vms and self.powered_off(name) and name not in self.terminated_by_shutdown:
+                        self.kill(name)
+                        behaviour = self.ec2.describe_instance_attribute(
+                            InstanceId=inst["InstanceId"], Attribute="instanceInitiatedShutdownBehavior")
+                        if behaviour["InstanceInitiatedShutdownBehavior"]["Value"] == "terminate":
+                            self.ec2.terminate_instances(InstanceIds=[inst["InstanceId"]])
+                            self.terminated_by_shutdown.append(name)
+                        else:
+                            self.ec2.stop_instances(InstanceIds=[inst["InstanceId"]])
+
+    def live(self) -> list[str]:
+        pages = self.ec2.describe_instances(Filters=[{"Name": "instance-state-name", "Values": ["pending", "running"]}])
+        return [i["InstanceId"] for r in pages["Reservations"] for i in r["Instances"]]
+
+    def wait_all_gone(self, timeout: float = 60) -> None:
+        end = time.time() + timeout
+        while time.time() < end:
+            if not self.live() and not any(self.running(n) for n in self.vms):
+                return
+            time.sleep(0.1)
+        raise AssertionError(f"instances still running after {timeout}s: {self.live()}; consoles: {self.consoles()}")
+
+    def stop(self) -> None:
+        self._stop.set()
+        self.thread.join(timeout=5)
+        super().stop()
+
+
 def _bind_back_python() -> list[str]:
     """The image's Python (a venv and the interpreter behind it) may live under /tmp or
     /root (pyenv), which the VM's own tmpfs mounts hide: bind them back, read-only."""
@@ -252,9 +367,11 @@ def _bind_back_python() -> list[str]:
     return out
 
 
-def _wait_for_metadata(ns: str, timeout: float = 10) -> None:
+def _wait_for_metadata(ns: str, flavor: str, timeout: float = 10) -> None:
     end = time.time() + timeout
-    probe = ("import urllib.request as u; u.urlopen(u.Request('http://169.254.169.254/computeMetadata/v1/instance/name',"
+    probe = ("import urllib.request as u; u.urlopen(u.Request('http://169.254.169.254/latest/api/token', method='PUT'),"
+             " timeout=1)" if flavor == "aws" else
+             "import urllib.request as u; u.urlopen(u.Request('http://169.254.169.254/computeMetadata/v1/instance/name',"
              " headers={'Metadata-Flavor': 'Google'}), timeout=1)")
     while time.time() < end:
         if subprocess.run(["ip", "netns", "exec", ns, sys.executable, "-c", probe], capture_output=True).returncode == 0:

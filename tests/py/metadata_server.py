@@ -10,6 +10,5 @@ from fake_vm import MetadataServer
 
 if __name__ == "__main__":
     cfg = json.load(open(sys.argv[1]))
-    server = MetadataServer(cfg["name"], cfg["zone"], cfg["project"], cfg["attributes"], host=cfg["bind"],
-                            port=cfg["port"], log_path=cfg["log"])
+    server = MetadataServer(cfg["identity"], host=cfg["bind"], port=cfg["port"], log_path=cfg["log"], background=False)
     server.server.serve_forever()

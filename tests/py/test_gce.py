@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 from fake_gce import FakeGCE
-from fake_vm import FakeVMs
+from fake_vm import GCEVMs
 
 REPO = Path(__file__).resolve().parents[2]
 RUN_EXPERIMENT = '''import argparse, json, os, sys
@@ -38,7 +38,7 @@ def gce(project, vm_network, vm_gcs, monkeypatch, tmp_path):
     (project / "scripts" / "run_experiment.py").write_text(RUN_EXPERIMENT)
     host = vm_network.host_ip if vm_network else "127.0.0.1"
     fake = FakeGCE(host=host)
-    vms = FakeVMs(fake, tmp_path / "vms", {"STORAGE_EMULATOR_HOST": vm_gcs.url}, vm_network)
+    vms = GCEVMs(fake, tmp_path / "vms", {"STORAGE_EMULATOR_HOST": vm_gcs.url}, vm_network)
     monkeypatch.setenv("STORAGE_EMULATOR_HOST", vm_gcs.url)
     from researchkit_py.storage.gcs import gcs_client
 

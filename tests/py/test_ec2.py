@@ -1,0 +1,198 @@
+"""EC2: boto3 against moto (EC2, SSM, S3), and fake VMs booted from the user data by a
+poller (moto runs none), powered off by the script and terminated because the instance's
+shutdown behaviour says so."""
+
+from __future__ import annotations
+
+import base64
+import gzip
+import json
+import os
+import subprocess
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+from emulators import Moto
+from fake_vm import EC2VMs
+
+REPO = Path(__file__).resolve().parents[2]
+FAKE_SECRET = "wJalrXUtnFEMI/K7MDENG/bPxRfiCYzEXAMPLEKEY"
+
+
+@pytest.fixture(scope="session")
+def vm_moto(vm_network, moto_server):
+    """moto where the fake VMs can reach it: on the VM bridge when there is one."""
+    if vm_network is None:
+        yield moto_server
+        return
+    server = Moto(host=vm_network.host_ip)
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def ec2(project, vm_network, vm_moto, monkeypatch, tmp_path):
+    vm_moto.reset()
+    env = {"AWS_ENDPOINT_URL": vm_moto.url, "AWS_REGION": "us-east-1"}
+    for k, v in {**env, "AWS_ACCESS_KEY_ID": "AKIAIOSFODNN7EXAMPLE", "AWS_SECRET_ACCESS_KEY": FAKE_SECRET}.items():
+        monkeypatch.setenv(k, v)
+    from researchkit_py.compute.ec2 import ec2_client
+    from researchkit_py.storage.s3 import s3_client
+
+    bucket = f"b-{uuid.uuid4().hex[:12]}"
+    s3_client().create_bucket(Bucket=bucket)
+    client = ec2_client()
+    ami = client.describe_images()["Images"][0]["ImageId"]
+    ec2_client("ssm").put_parameter(Name="/researchkit/test/ubuntu-ami", Value=ami, Type="String")
+    monkeypatch.setenv("EC2_AMI_PARAM", "/researchkit/test/ubuntu-ami")
+    ec2_client("iam").create_instance_profile(InstanceProfileName="researchkit-vm")
+    monkeypatch.setenv("EC2_INSTANCE_PROFILE", "researchkit-vm")
+    monkeypatch.setenv("RK_BUCKET", f"s3://{bucket}/rk")
+    monkeypatch.setenv("RK_SELF_DELETE_WAIT", "20")
+    monkeypatch.setenv("RK_POLL_SECONDS", "0.2")
+    vms = EC2VMs(client, tmp_path / "vms", env, vm_network)  # the VM gets no keys: IMDS gives it the role's
+    vms.ami = ami
+    yield vms
+    vms.stop()
+
+
+def cloud_run(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([str(REPO / "tools" / "cloud-run"), "--backend", "ec2", *args], capture_output=True,
+                          text=True, env=os.environ.copy(), timeout=180)
+
+
+def instances(vms) -> list[dict]:
+    pages = vms.ec2.describe_instances()
+    return [i for r in pages["Reservations"] for i in r["Instances"]]
+
+
+def test_launch_request_shape_and_no_secrets(ec2):
+    r = cloud_run("run", "sleep 30", "--detach", "--spec", "experiments/exp-007-big.md")
+    assert r.returncode == 0, r.stderr
+    run_id = r.stdout.strip()
+    (inst,) = instances(ec2)
+    tags = {t["Key"]: t["Value"] for t in inst["Tags"]}
+    assert tags["Name"] == f"rk-{run_id}" and tags["researchkit-tool"] == "researchkit"
+    assert tags["researchkit-run"] == run_id and tags["researchkit-exp"] == "exp-007-big"
+    assert int(tags["researchkit-expires"]) > time.time()
+    assert inst["ImageId"] == ec2.ami and inst["InstanceType"] == "c6i.xlarge"
+    assert inst["IamInstanceProfile"]["Arn"].endswith("/researchkit-vm")
+    assert "KeyName" not in inst and inst["ClientToken"] == f"{run_id}-0"
+    attr = ec2.ec2.describe_instance_attribute(InstanceId=inst["InstanceId"], Attribute="instanceInitiatedShutdownBehavior")
+    assert attr["InstanceInitiatedShutdownBehavior"]["Value"] == "terminate"
+    raw = base64.b64decode(ec2.ec2.describe_instance_attribute(InstanceId=inst["InstanceId"], Attribute="userData")["UserData"]["Value"])
+    assert len(raw) <= 16 * 1024 and raw[:2] == b"\x1f\x8b"
+    script = gzip.decompress(raw).decode()
+    code = [line for line in script.splitlines() if line.strip() and not line.startswith("#")]
+    assert code[0] == "set -euo pipefail" and code[1].startswith("shutdown -h +240 ")
+    for secret in (FAKE_SECRET, "AKIAIOSFODNN7EXAMPLE", "aws_secret_access_key"):
+        assert secret not in script and secret not in json.dumps(tags)
+    assert cloud_run("terminate", run_id).returncode == 0
+    ec2.wait_all_gone()
+
+
+def test_oversized_user_data_is_refused_before_calling_aws(ec2):
+    big = base64.b64encode(os.urandom(15000)).decode()  # incompressible
+    r = cloud_run("run", f"echo {big}")
+    assert r.returncode == 1
+    assert "over EC2's 16 KB user data limit" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    assert instances(ec2) == []
+
+
+def test_no_instance_profile_or_bucket_names_the_setting(ec2, monkeypatch):
+    monkeypatch.delenv("EC2_INSTANCE_PROFILE")
+    r = cloud_run("run", "true")
+    assert r.returncode == 1 and "set EC2_INSTANCE_PROFILE" in r.stderr
+    monkeypatch.delenv("RK_BUCKET")
+    r = cloud_run("ls")
+    assert r.returncode == 1 and "set RK_BUCKET=s3://" in r.stderr
+    assert instances(ec2) == []
+
+
+def test_spot_falls_back_to_on_demand_and_to_the_next_subnet(ec2, monkeypatch):
+    from botocore.exceptions import ClientError
+
+    from researchkit_py.compute.base import InstanceRequest
+    from researchkit_py.compute.ec2 import EC2Provider
+    from researchkit_py.config import Settings
+
+    vpc = ec2.ec2.create_vpc(CidrBlock="10.50.0.0/16")["Vpc"]["VpcId"]
+    subnets = [ec2.ec2.create_subnet(VpcId=vpc, CidrBlock=f"10.50.{i}.0/24")["Subnet"]["SubnetId"] for i in (1, 2)]
+    monkeypatch.setenv("EC2_SUBNETS", ",".join(subnets))
+    provider = EC2Provider(Settings())
+    real, calls = provider.client.run_instances, []
+
+    def capacity_limited(**kw):
+        market = "spot" if "InstanceMarketOptions" in kw else "on-demand"
+        calls.append((kw.get("SubnetId"), market, kw["ClientToken"]))
+        if kw.get("SubnetId") == subnets[0] or market == "spot":
+            raise ClientError({"Error": {"Code": "InsufficientInstanceCapacity", "Message": "none left"}}, "RunInstances")
+        return real(**kw)
+
+    monkeypatch.setattr(provider.client, "run_instances", capacity_limited)
+    ec2._stop.set()  # no VM needed here
+    inst = provider.create(InstanceRequest("rk-spot", "spot-run", "#!/bin/bash\ntrue", {"researchkit-tool": "researchkit"},
+                                           600, spot=True))
+    assert [(s, m) for s, m, _ in calls] == [(subnets[0], "spot"), (subnets[0], "on-demand"), (subnets[1], "spot"),
+                                             (subnets[1], "on-demand")]
+    assert len({t for _, _, t in calls}) == 4  # one idempotency token per attempt
+    assert inst.name == "rk-spot" and [i["SubnetId"] for i in instances(ec2)] == [subnets[1]]
+
+
+def test_run_on_a_fake_vm_terminates_itself_and_results_come_back(ec2, tmp_path):
+    cmd = 'mkdir -p "$RESULTS_DIR"; echo "{\\"loss\\": 0.1}" > "$RESULTS_DIR/metrics.json"; exit 3'
+    r = cloud_run("run", cmd, "--output-dir", str(tmp_path / "out"))
+    assert r.returncode == 3, r.stderr + ec2.consoles()
+    run_id = (tmp_path / "out" / ".cloud-run-id").read_text().strip()
+    assert json.loads((tmp_path / "out" / "metrics.json").read_text()) == {"loss": 0.1}
+    ec2.wait_all_gone()
+    assert ec2.terminated_by_shutdown == [f"rk-{run_id}"]  # the trap's shutdown, with behaviour terminate
+    (inst,) = instances(ec2)
+    assert inst["State"]["Name"] == "terminated"
+    meta_log = (ec2.vms[f"rk-{run_id}"]["root"] / "metadata.log").read_text()
+    assert "meta-data/iam/security-credentials/researchkit-vm" in meta_log  # credentials came from the role
+    status = json.loads(cloud_run("status", run_id, "--json").stdout)
+    assert (status["phase"], status["exit_code"], status["cause"]) == ("FAILED", 3, "exit")
+    assert "researchkit: FAILED" in cloud_run("logs", run_id).stdout
+
+
+def test_terminate_and_reap_on_ec2(ec2):
+    run_id = cloud_run("run", "sleep 120", "--detach").stdout.strip()
+    deadline = time.time() + 30
+    while json.loads(cloud_run("status", run_id, "--json").stdout)["phase"] != "RUN" and time.time() < deadline:
+        time.sleep(0.3)
+    listing = json.loads(cloud_run("ls", "--json").stdout)
+    assert [row["phase"] for row in listing] == ["RUN"]
+    assert cloud_run("terminate", run_id).returncode == 0
+    ec2.wait_all_gone()
+    assert json.loads(cloud_run("status", run_id, "--json").stdout)["phase"] == "FAILED"
+    # an instance past its deadline is reaped by the next invocation
+    second = cloud_run("run", "sleep 120", "--detach").stdout.strip()
+    (inst,) = [i for i in instances(ec2) if i["State"]["Name"] in ("pending", "running")]
+    ec2.ec2.create_tags(Resources=[inst["InstanceId"]], Tags=[{"Key": "researchkit-expires", "Value": "1"}])
+    r = cloud_run("reap")
+    assert r.stdout.strip() == f"deleted rk-{second}"
+    ec2.wait_all_gone()
+
+
+def test_experiment_cycle_with_compute_target_ec2(ec2, tmp_path):
+    import shutil
+
+    toy = tmp_path / "toy"
+    shutil.copytree(REPO / "examples" / "toy", toy)
+    (toy / ".orchestration-kit.env").write_text("COMPUTE_TARGET=ec2\n")
+    subprocess.run(["git", "init", "-q", str(toy)], check=True)
+    env = {**os.environ, "EXP_AGENT": "scripted", "EXP_PROJECT_ROOT": str(toy), "NO_COLOR": "1"}
+    r = subprocess.run([str(REPO / "experiment.sh"), "cycle", "experiments/exp-001-toy-logreg.md"], cwd=toy, env=env,
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stdout + r.stderr + ec2.consoles()
+    assert "── RUN exp-001-toy-logreg (compute: ec2) ──" in r.stdout
+    assert "Results synced: results/exp-001-toy-logreg/metrics.json exists" in r.stdout
+    assert "Verdict: CONFIRMED" in r.stdout
+    ec2.wait_all_gone()
+    (inst,) = instances(ec2)
+    assert inst["State"]["Name"] == "terminated"
+    raw = base64.b64decode(ec2.ec2.describe_instance_attribute(InstanceId=inst["InstanceId"], Attribute="userData")["UserData"]["Value"])
+    assert FAKE_SECRET not in gzip.decompress(raw).decode()
