@@ -25,6 +25,7 @@ load_settings() {
   local env_exports
   env_exports="$(kit env-file .orchestration-kit.env)" || exit 1
   eval "$env_exports"  # every value is shell-quoted by the helper; nothing from the file runs
+  TOOLS_ROOT_CONFIGURED="${ORCHESTRATION_KIT_ROOT:+1}"
   export COMPUTE_TARGET="${COMPUTE_TARGET:-local}"
   export KIT_STATE_DIR="${KIT_STATE_DIR:-.kit-state}"
   export EXP_LOG_DIR="${EXP_LOG_DIR:-$KIT_STATE_DIR/logs}"
@@ -200,10 +201,11 @@ run_run() {
   [[ $rc -eq 0 ]] || abort "RUN of $SPEC_ID failed (exit $rc); see $EXP_LOG_DIR/run.log"
 }
 
-# The preflight advisory for local runs, when a tools root provides it; cloud targets get
-# the mandatory directive instead (rendered with the prompt).
+# The preflight advisory for local runs when a tools root is configured (ORCHESTRATION_KIT_ROOT
+# set): without one, local RUN is exactly as it always was. Cloud targets get the mandatory
+# directive instead (rendered with the prompt).
 compute_advisory() {
-  if ! is_cloud_target && [[ -x "$ORCHESTRATION_KIT_ROOT/tools/preflight" ]]; then
+  if ! is_cloud_target && [[ -n "$TOOLS_ROOT_CONFIGURED" && -x "$ORCHESTRATION_KIT_ROOT/tools/preflight" ]]; then
     "$ORCHESTRATION_KIT_ROOT/tools/preflight" "$1" 2>/dev/null || true
   fi
 }

@@ -40,6 +40,7 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--env", action="append", default=[], metavar="K=V", help="environment for the command")
     r.add_argument("--machine-type", default="", help="instance type (provider-specific)")
     r.add_argument("--spot", action="store_true", help="use spot/preemptible capacity where supported")
+    r.add_argument("--max-cost", type=float, metavar="USD", help="refuse if price × --max-hours would exceed this")
     r.add_argument("--dry-run", action="store_true", help="print the startup script; create nothing")
     r.add_argument("--json", action="store_true", help="print a JSON summary on stdout")
     r.add_argument("--quiet", action="store_true", help="do not echo the remote log while waiting")
@@ -120,7 +121,7 @@ def cmd_run(ctx, args) -> int:
         data_dirs=[d for d in args.data_dirs.split(",") if d.strip()],
         max_hours=args.max_hours if args.max_hours is not None else ctx.settings.get_float("RK_MAX_HOURS"),
         env=parse_env_pairs(args.env), machine_type=args.machine_type, spot=args.spot,
-        experiment=Path(args.spec).stem if args.spec else "", detached=args.detach,
+        experiment=Path(args.spec).stem if args.spec else "", detached=args.detach, max_cost=args.max_cost,
     )
     if args.dry_run:
         plan = plan_launch(ctx, opts, upload=False)

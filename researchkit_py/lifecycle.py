@@ -60,6 +60,7 @@ class LaunchOptions:
     experiment: str = ""
     label: str = ""
     detached: bool = False
+    max_cost: float | None = None
     project_root: Path | None = None
 
 
@@ -81,9 +82,27 @@ def deadlines(max_hours: float) -> tuple[int, int]:
     return hard, max(1, hard - grace)
 
 
+def worst_case_cost(ctx: Context, opts: LaunchOptions) -> float | None:
+    """Price × max hours; None when the price is unknown (then only --max-cost insists on one)."""
+    from .preflight import price_per_hour
+
+    try:
+        price = price_per_hour(ctx.provider.name, opts.machine_type or ctx.provider.default_machine_type())
+    except KitError:
+        if opts.max_cost is not None:
+            raise
+        return None
+    return round(price * opts.max_hours, 2)
+
+
 def plan_launch(ctx: Context, opts: LaunchOptions, *, upload: bool = True) -> Launch:
     """Everything up to the instance request: run id, bundle, data, script, manifest."""
     root = opts.project_root or Path(ctx.settings.root)
+    worst = worst_case_cost(ctx, opts)
+    if opts.max_cost is not None and worst is not None and worst > opts.max_cost:
+        raise KitError(f"worst case ${worst:.2f} ({opts.max_hours:g} h of "
+                       f"{opts.machine_type or ctx.provider.default_machine_type()}) exceeds --max-cost "
+                       f"${opts.max_cost:.2f}; lower --max-hours or choose a cheaper --machine-type")
     for d in opts.data_dirs:
         if not (root / d).is_dir():
             raise KitError(f"--data-dirs: {d} is not a directory under {root}")
@@ -109,6 +128,7 @@ def plan_launch(ctx: Context, opts: LaunchOptions, *, upload: bool = True) -> La
         max_hours=opts.max_hours, heartbeat_seconds=heartbeat, machine_type=opts.machine_type,
         spec=opts.spec, experiment=opts.experiment, results_subdir=results_subdir,
         data_dirs=list(opts.data_dirs), env_keys=sorted(opts.env), detached=opts.detached,
+        worst_case_cost_usd=worst,
     )
     labels = {TOOL_LABEL[0]: TOOL_LABEL[1], "researchkit-run": run_id,
               "researchkit-expires": str(int(created + hard))}

@@ -167,8 +167,9 @@ rk_self_delete() {{
 {self_delete_lines}
 }}
 
+# From the agent's own directory: the project may hold another copy of researchkit_py.
 rk() {{
-  PYTHONPATH="$RK_ROOT/agent" "$RK_AGENT_PY" -m researchkit_py.vm_agent "$@"
+  (cd "$RK_ROOT/agent" && "$RK_AGENT_PY" -m researchkit_py.vm_agent "$@")
 }}
 
 # Whatever happens from here on, the last log and the status go up and the VM goes away.

@@ -47,6 +47,10 @@ class Provider(ABC):
     def default_store_url(self) -> str:
         """The bucket to use when RK_BUCKET is not set."""
 
+    def default_machine_type(self) -> str:
+        """The instance type used when a launch names none ("" for the embedded provider)."""
+        return ""
+
     def prepare(self, store) -> None:  # noqa: B027 - optional hook, a no-op by default
         """Called once before a launch: e.g. create the bucket if the provider owns its default."""
 

@@ -55,6 +55,9 @@ class EC2Provider(Provider):
     def default_store_url(self) -> str:
         raise KitError("no bucket for EC2 runs: set RK_BUCKET=s3://BUCKET/PREFIX in .orchestration-kit.env")
 
+    def default_machine_type(self) -> str:
+        return self.instance_type
+
     def deadline_lines(self, max_seconds: int) -> str:
         minutes = max(1, math.ceil(max_seconds / 60))
         return f"shutdown -h +{minutes} 'researchkit: hard deadline' || true  # terminates: shutdown behaviour"

@@ -137,6 +137,9 @@ class GCEProvider(Provider):
     def default_store_url(self) -> str:
         return f"gs://{self.project}-researchkit"
 
+    def default_machine_type(self) -> str:
+        return self.config.machine_type
+
     def prepare(self, store) -> None:
         region = self.config.zone.rsplit("-", 1)[0]
         if hasattr(store, "ensure_bucket") and store.ensure_bucket(region):
@@ -147,7 +150,7 @@ class GCEProvider(Provider):
         return f"# deadline: scheduling.maxRunDuration={int(max_seconds)}s with instanceTerminationAction=DELETE"
 
     def self_delete_lines(self) -> str:
-        return 'PYTHONPATH="$RK_ROOT/agent" python3 -m researchkit_py.vm_agent self-delete gce || shutdown -h now'
+        return '(cd "$RK_ROOT/agent" && python3 -m researchkit_py.vm_agent self-delete gce) || shutdown -h now'
 
     # --- API calls -------------------------------------------------------------------
     def create(self, req: InstanceRequest) -> Instance:

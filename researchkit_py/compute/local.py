@@ -37,7 +37,7 @@ class LocalProvider(Provider):
         return f"# deadline: the local supervisor ends this session after {int(max_seconds)} s"
 
     def self_delete_lines(self) -> str:
-        return 'PYTHONPATH="$RK_ROOT/agent" python3 -m researchkit_py.vm_agent self-delete local || rm -f "${RK_LOCAL_INSTANCE:-}"'
+        return '(cd "$RK_ROOT/agent" && python3 -m researchkit_py.vm_agent self-delete local) || rm -f "${RK_LOCAL_INSTANCE:-}"'
 
     def _record(self, name: str) -> Path:
         return self.records / f"{name}.json"
@@ -57,8 +57,8 @@ class LocalProvider(Provider):
         with open(vm_dir / "supervisor.log", "ab") as log:
             proc = subprocess.Popen(
                 [sys.executable, "-m", "researchkit_py.compute.local", str(self._record(req.name))],
-                stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True,
-                env={**os.environ, "PYTHONPATH": _package_parent()},
+                stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True, cwd=vm_dir,
+                env={**os.environ, "PYTHONPATH": _package_parent()},  # cwd: never a project's own copy
             )
         # the supervisor leads a new session that the script shares: killing that session is power-off
         record.update(supervisor_pid=proc.pid, supervisor_start=_start_time(proc.pid), session=proc.pid,

@@ -169,3 +169,12 @@ STUB
   [[ "$stderr" == *"RUN of exp-001-toy-logreg failed"* ]]
   grep -q "has no command under '## Run'" .kit-state/logs/run.log
 }
+
+@test "local RUN gets the preflight advisory when a tools root is configured; a cloud target gets the directive instead" {
+  ORCHESTRATION_KIT_ROOT="$KIT" EXP_AGENT=claude run -0 "$EXP" run "$SPEC"
+  last_call claude | grep -qx '## Compute Advisory (preflight)'
+  last_call claude | grep -qx 'Recommendation: LOCAL'
+  ORCHESTRATION_KIT_ROOT="$KIT" COMPUTE_TARGET=ec2 EXP_AGENT=claude run -0 "$EXP" run "$SPEC"
+  ! last_call claude | grep -q 'Compute Advisory'
+  last_call claude | grep -q 'Compute Directive (MANDATORY — EC2)'
+}
