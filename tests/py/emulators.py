@@ -50,8 +50,11 @@ class Moto:
     """moto's threaded server; AWS_ENDPOINT_URL=self.url."""
 
     def __init__(self, host: str = "127.0.0.1"):
+        import logging
+
         from moto.server import ThreadedMotoServer
 
+        logging.getLogger("werkzeug").setLevel(logging.ERROR)  # one line per request otherwise
         self.port = free_port()
         self.server = ThreadedMotoServer(ip_address=host, port=self.port, verbose=False)
         self.server.start()
