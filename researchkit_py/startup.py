@@ -23,7 +23,7 @@ AGENT_MODULES = (
     "__init__.py", "errors.py", "bundle.py", "vm_agent.py",
     "storage/__init__.py", "storage/base.py", "storage/paths.py", "storage/transfer.py", "storage/local.py",
 )
-BACKEND_MODULE = {"gs": "storage/gcs.py", "s3": "storage/s3.py"}
+BACKEND_MODULES = {"gs": ("storage/gcs.py",), "s3": ("storage/s3.py", "aws.py")}
 
 _ENV_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _SECRET_NAME = re.compile(r"SECRET|TOKEN|PASSW|CREDENTIAL|PRIVATE_KEY|ACCESS_KEY|API_KEY|SESSION_KEY", re.I)
@@ -84,9 +84,7 @@ def _compact(source: bytes) -> bytes:
 def agent_payload(store_url: str) -> str:
     """The agent's modules (and the one storage backend this run uses) as base64 tar.gz."""
     modules = list(AGENT_MODULES)
-    scheme = store_url.split("://", 1)[0]
-    if scheme in BACKEND_MODULE:
-        modules.append(BACKEND_MODULE[scheme])
+    modules += BACKEND_MODULES.get(store_url.split("://", 1)[0], ())
     raw = io.BytesIO()
     with tarfile.open(fileobj=raw, mode="w") as tar:
         for rel in modules:

@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import gzip
 import math
-import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 
+from ..aws import aws_client, error_code, no_credentials_is_kit_error
 from ..errors import CapacityError, KitError, ProviderError
 from .base import TOOL_LABEL, Instance, InstanceRequest, Provider
 
@@ -24,10 +26,7 @@ ALIVE = ("pending", "running")
 
 
 def ec2_client(service: str = "ec2"):
-    import boto3
-
-    return boto3.session.Session().client(service, region_name=os.environ.get("AWS_REGION") or
-                                          os.environ.get("AWS_DEFAULT_REGION") or "us-east-1")
+    return aws_client(service)
 
 
 class EC2Provider(Provider):
@@ -151,28 +150,19 @@ class EC2Provider(Provider):
                 self.client.terminate_instances(InstanceIds=ids)
 
 
-class _translate:
-    def __init__(self, what: str):
-        self.what = what
+@contextmanager
+def _translate(what: str) -> Iterator[None]:
+    from botocore import exceptions
 
-    def __enter__(self):
-        return self
-
-    def __exit__(self, et, ev, tb):
-        if et is None:
-            return False
-        from botocore import exceptions
-
-        if issubclass(et, exceptions.NoCredentialsError):
-            raise KitError("no AWS credentials found; run `aws configure` or `aws sso login`, or set AWS_PROFILE") from None
-        if issubclass(et, exceptions.ClientError):
-            code = ev.response.get("Error", {}).get("Code", "")
-            message = ev.response.get("Error", {}).get("Message", "")
+    with no_credentials_is_kit_error():
+        try:
+            yield
+        except exceptions.ClientError as e:
+            code, message = error_code(e), e.response.get("Error", {}).get("Message", "")
             if code in CAPACITY_CODES:
-                raise CapacityError(code) from ev
+                raise CapacityError(code) from e
             if code in ("UnauthorizedOperation", "AuthFailure", "InvalidClientTokenId"):
-                raise ProviderError(f"cannot {self.what}: {code}; check your AWS credentials and IAM permissions") from ev
-            raise ProviderError(f"cannot {self.what}: {code} {message[:160]}".rstrip()) from ev
-        if issubclass(et, exceptions.EndpointConnectionError):
-            raise ProviderError(f"cannot {self.what}: the EC2 endpoint is unreachable ({ev})") from ev
-        return False
+                raise ProviderError(f"cannot {what}: {code}; check your AWS credentials and IAM permissions") from e
+            raise ProviderError(f"cannot {what}: {code} {message[:160]}".rstrip()) from e
+        except exceptions.EndpointConnectionError as e:
+            raise ProviderError(f"cannot {what}: the EC2 endpoint is unreachable ({e})") from e

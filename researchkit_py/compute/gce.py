@@ -10,6 +10,8 @@ from __future__ import annotations
 import configparser
 import os
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -224,28 +226,21 @@ def _request_id(run_id: str, attempt: int) -> str:
     return str(uuid.uuid5(uuid.NAMESPACE_URL, f"researchkit:{run_id}:{attempt}"))
 
 
-class _translate:
-    def __init__(self, what: str):
-        self.what = what
+@contextmanager
+def _translate(what: str) -> Iterator[None]:
+    from google.api_core import exceptions
 
-    def __enter__(self):
-        return self
-
-    def __exit__(self, et, ev, tb):
-        if et is None:
-            return False
-        from google.api_core import exceptions
-
-        if not issubclass(et, exceptions.GoogleAPICallError):
-            return False
-        codes = {getattr(x, "code", None) or (x.get("reason") if isinstance(x, dict) else None) for x in ev.errors or []}
-        text = f"{ev.message}" if getattr(ev, "message", None) else str(ev)
+    try:
+        yield
+    except exceptions.GoogleAPICallError as e:
+        codes = {getattr(x, "code", None) or (x.get("reason") if isinstance(x, dict) else None) for x in e.errors or []}
+        text = " ".join(str(getattr(e, "message", None) or e).split())
         capacity = sorted(codes & set(CAPACITY_CODES)) or [c for c in CAPACITY_CODES if c in text]
         if capacity:
-            raise CapacityError(capacity[0]) from ev
-        if isinstance(ev, exceptions.NotFound):
-            raise ProviderError(f"cannot {self.what}: not found") from ev
-        if isinstance(ev, exceptions.Forbidden):
-            raise ProviderError(f"cannot {self.what}: permission denied ({text[:120]}); check the project and "
-                                "that your account may use Compute Engine") from ev
-        raise ProviderError(f"cannot {self.what}: {' '.join(text.split())[:200]}") from ev
+            raise CapacityError(capacity[0]) from e
+        if isinstance(e, exceptions.NotFound):
+            raise ProviderError(f"cannot {what}: not found") from e
+        if isinstance(e, exceptions.Forbidden):
+            raise ProviderError(f"cannot {what}: permission denied ({text[:120]}); check the project and "
+                                "that your account may use Compute Engine") from e
+        raise ProviderError(f"cannot {what}: {text[:200]}") from e

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import os
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from ..errors import KitError, NotFound
@@ -129,24 +130,16 @@ class GCSStore(Store):
         return True
 
 
-class _not_found:
+@contextmanager
+def _not_found(key: str, url: str, bucket: bool = False) -> Iterator[None]:
     """Translate the SDK's NotFound into ours, naming the object or the bucket."""
+    from google.api_core import exceptions
 
-    def __init__(self, key: str, url: str, bucket: bool = False):
-        self.key, self.url, self.bucket = key, url, bucket
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, et, ev, tb):
-        if et is None:
-            return False
-        from google.api_core import exceptions
-
-        if issubclass(et, exceptions.NotFound):
-            if self.bucket or "bucket does not exist" in str(ev).lower():
-                raise KitError(f"bucket {self.url} does not exist; create it or set RK_BUCKET") from None
-            raise NotFound(f"no object {self.key} in {self.url}") from None
-        if issubclass(et, exceptions.Forbidden):
-            raise KitError(f"access to {self.url} denied; check the bucket's permissions for your account") from None
-        return False
+    try:
+        yield
+    except exceptions.NotFound as e:
+        if bucket or "bucket does not exist" in str(e).lower():
+            raise KitError(f"bucket {url} does not exist; create it or set RK_BUCKET") from None
+        raise NotFound(f"no object {key} in {url}") from None
+    except exceptions.Forbidden:
+        raise KitError(f"access to {url} denied; check the bucket's permissions for your account") from None

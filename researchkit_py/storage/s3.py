@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
+from ..aws import aws_client, error_code, no_credentials_is_kit_error
 from ..errors import KitError, NotFound
 from .base import ObjectInfo, Store, join_key
 
@@ -15,11 +16,7 @@ SINGLE_PART_LIMIT = 256 * 1024 * 1024
 
 
 def s3_client(pool_size: int = 32):
-    import boto3
-    from botocore.config import Config
-
-    config = Config(max_pool_connections=pool_size, retries={"mode": "standard", "max_attempts": 3})
-    return boto3.session.Session().client("s3", region_name=os.environ.get("AWS_REGION", "us-east-1"), config=config)
+    return aws_client("s3", pool_size)
 
 
 class S3Store(Store):
@@ -92,26 +89,19 @@ class S3Store(Store):
         return False
 
 
-class _translate:
-    def __init__(self, key: str, url: str, bucket: bool = False):
-        self.key, self.url, self.bucket = key, url, bucket
+@contextmanager
+def _translate(key: str, url: str, bucket: bool = False) -> Iterator[None]:
+    from botocore import exceptions
 
-    def __enter__(self):
-        return self
-
-    def __exit__(self, et, ev, tb):
-        if et is None:
-            return False
-        from botocore import exceptions
-
-        if issubclass(et, exceptions.NoCredentialsError):
-            raise KitError("no AWS credentials found; run `aws configure` or `aws sso login`, or set AWS_PROFILE") from None
-        if issubclass(et, exceptions.ClientError):
-            code = ev.response.get("Error", {}).get("Code", "")
+    with no_credentials_is_kit_error():
+        try:
+            yield
+        except exceptions.ClientError as e:
+            code = error_code(e)
             if code == "NoSuchBucket":
-                raise KitError(f"bucket {self.url} does not exist; create it or set RK_BUCKET") from None
+                raise KitError(f"bucket {url} does not exist; create it or set RK_BUCKET") from None
             if code in ("NoSuchKey", "404", "NotFound"):
-                raise NotFound(f"no object {self.key} in {self.url}") from None
+                raise NotFound(f"no object {key} in {url}") from None
             if code in ("AccessDenied", "403", "InvalidAccessKeyId", "SignatureDoesNotMatch"):
-                raise KitError(f"access to {self.url} denied ({code}); check your AWS credentials and the bucket policy") from None
-        return False
+                raise KitError(f"access to {url} denied ({code}); check your AWS credentials and the bucket policy") from None
+            raise

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 from emulators import Moto
 from fake_vm import EC2VMs
+from toy import assert_cycle_synced_and_confirmed, run_toy_cycle
 
 REPO = Path(__file__).resolve().parents[2]
 FAKE_SECRET = "wJalrXUtnFEMI/K7MDENG/bPxRfiCYzEXAMPLEKEY"
@@ -178,19 +179,8 @@ def test_terminate_and_reap_on_ec2(ec2):
 
 
 def test_experiment_cycle_with_compute_target_ec2(ec2, tmp_path):
-    import shutil
-
-    toy = tmp_path / "toy"
-    shutil.copytree(REPO / "examples" / "toy", toy)
-    (toy / ".orchestration-kit.env").write_text("COMPUTE_TARGET=ec2\n")
-    subprocess.run(["git", "init", "-q", str(toy)], check=True)
-    env = {**os.environ, "EXP_AGENT": "scripted", "EXP_PROJECT_ROOT": str(toy), "NO_COLOR": "1"}
-    r = subprocess.run([str(REPO / "experiment.sh"), "cycle", "experiments/exp-001-toy-logreg.md"], cwd=toy, env=env,
-                       capture_output=True, text=True, timeout=300)
-    assert r.returncode == 0, r.stdout + r.stderr + ec2.consoles()
-    assert "── RUN exp-001-toy-logreg (compute: ec2) ──" in r.stdout
-    assert "Results synced: results/exp-001-toy-logreg/metrics.json exists" in r.stdout
-    assert "Verdict: CONFIRMED" in r.stdout
+    _, r = run_toy_cycle(tmp_path, "ec2")
+    assert_cycle_synced_and_confirmed(r, "ec2")
     ec2.wait_all_gone()
     (inst,) = instances(ec2)
     assert inst["State"]["Name"] == "terminated"

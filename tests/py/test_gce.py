@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 from fake_gce import FakeGCE
 from fake_vm import GCEVMs
+from toy import assert_cycle_synced_and_confirmed, run_toy_cycle
 
 REPO = Path(__file__).resolve().parents[2]
 RUN_EXPERIMENT = '''import argparse, json, os, sys
@@ -263,20 +264,9 @@ def test_default_bucket_is_created_private(gce, monkeypatch):
     assert [b.name for b in gcs_client().list_blobs(bucket, prefix="runs/")]
 
 
-def test_experiment_cycle_with_compute_target_gce(gce, project, tmp_path):
-    import shutil
-
-    toy = tmp_path / "toy"
-    shutil.copytree(REPO / "examples" / "toy", toy)
-    (toy / ".orchestration-kit.env").write_text("COMPUTE_TARGET=gce\n")
-    subprocess.run(["git", "init", "-q", str(toy)], check=True)
-    env = {**os.environ, "EXP_AGENT": "scripted", "EXP_PROJECT_ROOT": str(toy), "NO_COLOR": "1"}
-    r = subprocess.run([str(REPO / "experiment.sh"), "cycle", "experiments/exp-001-toy-logreg.md"], cwd=toy, env=env,
-                       capture_output=True, text=True, timeout=300)
-    assert r.returncode == 0, r.stdout + r.stderr
-    assert "── RUN exp-001-toy-logreg (compute: gce) ──" in r.stdout
-    assert "Results synced: results/exp-001-toy-logreg/metrics.json exists" in r.stdout
-    assert "Verdict: CONFIRMED" in r.stdout
+def test_experiment_cycle_with_compute_target_gce(gce, tmp_path):
+    toy, r = run_toy_cycle(tmp_path, "gce")
+    assert_cycle_synced_and_confirmed(r, "gce")
     (insert,) = gce.inserts()
     assert insert["body"]["labels"]["researchkit-exp"] == "exp-001-toy-logreg"
     assert gce.names() == []
