@@ -88,10 +88,6 @@ def read_questions(path: Path) -> list[Question]:
     return out
 
 
-def next_question(path: Path) -> Question | None:
-    return next((q for q in read_questions(path) if not q.done), None)
-
-
 def mark_question(path: Path, spec: str, verdict: str) -> bool:
     """Tick the open question whose spec this is; True if one was found."""
     lines = path.read_text(encoding="utf-8").splitlines() if path.exists() else []

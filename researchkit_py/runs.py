@@ -87,11 +87,6 @@ class RunManifest:
     def to_dict(self) -> dict:
         return asdict(self)
 
-    @classmethod
-    def from_dict(cls, d: dict) -> RunManifest:
-        known = {f for f in cls.__dataclass_fields__}
-        return cls(**{k: v for k, v in d.items() if k in known})
-
 
 def effective_status(manifest: dict, status: dict | None, heartbeat: float | None,
                      instance_alive: bool, at: float | None = None) -> dict:
