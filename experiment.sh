@@ -63,14 +63,16 @@ require_spec() {
   [[ -f "$1" ]] || abort "spec $1 not found; specs live in experiments/ (copy templates/experiment-spec.md)"
 }
 
-# Sets SPEC_ID, SPEC_TITLE, RESULTS_PATH, RUN_COMMAND, EST_HOURS, RUN_BUDGET_SECONDS, SPEC_MAX_HOURS.
+# Sets SPEC_ID, SPEC_TITLE, RESULTS_PATH and RUN_BUDGET_SECONDS from the spec.
 load_spec() {
   local assignments
+  SPEC_ID="" SPEC_TITLE="" RESULTS_PATH="" RUN_BUDGET_SECONDS=""
   assignments="$(kit spec-env "$1")" || exit 1
   eval "$assignments"
 }
 
-results_dir_for_spec() { local SPEC_ID RESULTS_PATH; load_spec "$1"; echo "$RESULTS_PATH"; }
+# $RESULTS_ROOT/<spec file stem>: the same path spec-env's RESULTS_PATH names, without parsing the spec.
+results_dir_for_spec() { local name; name="$(basename "$1")"; echo "$RESULTS_ROOT/${name%.*}"; }
 
 # ---------- guardrails: files locked for a phase, restored on any exit ----------
 LOCK_RECORDS=()

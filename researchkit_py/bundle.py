@@ -95,10 +95,10 @@ def make_bundle(root: Path, max_mb: float = 200, extra_exclude: tuple[str, ...] 
             info.uname = info.gname = ""
             with open(p, "rb") as f:
                 tar.addfile(info, f)
+    data = gzip.compress(raw.getvalue(), mtime=0)  # mtime=0 and no file name: reproducible
     fd, tmp = tempfile.mkstemp(prefix="rk-bundle-", suffix=".tar.gz")
-    with os.fdopen(fd, "wb") as out, gzip.GzipFile(fileobj=out, mode="wb", mtime=0, filename="") as gz:
-        gz.write(raw.getvalue())
-    data = Path(tmp).read_bytes()
+    with os.fdopen(fd, "wb") as out:
+        out.write(data)
     return Bundle(Path(tmp), hashlib.sha256(data).hexdigest(), len(data), len(files))
 
 

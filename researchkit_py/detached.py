@@ -118,13 +118,11 @@ def launch(args) -> int:
         if args.dry_run:
             plan = lifecycle.plan_launch(ctx, opts, upload=False)
             print(plan.script)
-            from .compute.gce import VMConfig
+            from dataclasses import replace
 
-            cfg = VMConfig(**{**ctx.provider.config.__dict__, "name": plan.request.name, "labels": plan.request.labels,
-                              "startup_script": "<the script above>", "max_run_seconds": plan.request.max_seconds,
-                              "spot": args.spot or ctx.provider.config.spot,
-                              "machine_type": args.machine_type or ctx.provider.config.machine_type})
             from google.cloud import compute_v1
+
+            cfg = replace(ctx.provider.vm_config(plan.request), startup_script="<the script above>")
 
             resource = compute_v1.Instance.to_json(cfg.instance_resource(ctx.provider.zones[0]))
             lifecycle.say(f"dry run, experiment {exp} ({command!r} from {source}): would insert into "

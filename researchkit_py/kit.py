@@ -32,12 +32,7 @@ def cmd_spec_env(spec_path: str) -> int:
     results = _results_root() / spec.id
     est = spec.estimated_hours
     budget = os.environ.get("EXP_TIME_BUDGET") or (str(max(600, int(est * 3600 * 2))) if est else "")
-    values = {
-        "SPEC_ID": spec.id, "SPEC_TITLE": spec.title, "RESULTS_PATH": str(results),
-        "RUN_COMMAND": spec.run_command, "EST_HOURS": "" if est is None else f"{est:g}",
-        "RUN_BUDGET_SECONDS": budget,
-        "SPEC_MAX_HOURS": spec.budget.get("max_gpu_hours", "") or spec.budget.get("max_hours", ""),
-    }
+    values = {"SPEC_ID": spec.id, "SPEC_TITLE": spec.title, "RESULTS_PATH": str(results), "RUN_BUDGET_SECONDS": budget}
     for k, v in values.items():
         print(f"{k}={shlex.quote(v)}")
     return 0

@@ -12,7 +12,7 @@ import os
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from ..errors import CapacityError, KitError, ProviderError
@@ -155,13 +155,16 @@ class GCEProvider(Provider):
         return '(cd "$RK_ROOT/agent" && python3 -m researchkit_py.vm_agent self-delete gce) || shutdown -h now'
 
     # --- API calls -------------------------------------------------------------------
+    def vm_config(self, req: InstanceRequest) -> VMConfig:
+        """The configured defaults, completed by one launch's request."""
+        return replace(self.config, name=req.name, startup_script=req.startup_script, labels=req.labels,
+                       max_run_seconds=req.max_seconds, spot=req.spot or self.config.spot,
+                       machine_type=req.machine_type or self.config.machine_type)
+
     def create(self, req: InstanceRequest) -> Instance:
         from google.cloud import compute_v1
 
-        cfg = VMConfig(**{**self.config.__dict__, "name": req.name, "startup_script": req.startup_script,
-                          "labels": req.labels, "max_run_seconds": req.max_seconds,
-                          "spot": req.spot or self.config.spot,
-                          "machine_type": req.machine_type or self.config.machine_type})
+        cfg = self.vm_config(req)
         tried = []
         for n, zone in enumerate(self.zones):
             request = compute_v1.InsertInstanceRequest(

@@ -143,7 +143,8 @@ def pull_tree(store: Store, prefix: str, local_dir: Path, *, expected: list[dict
     plan = [(e, safe_join(local_dir, e["path"])) for e in wanted]  # validate all keys first
     stats, todo = TransferStats(), []
     for entry, dest in plan:
-        if dest.is_file() and not dest.is_symlink():
+        exists = dest.is_file() and not dest.is_symlink()
+        if exists:
             size, md5, sha = digests(dest)
             same = size == entry["size"] and (
                 sha == entry.get("sha256") if "sha256" in entry else entry.get("md5") is not None and md5 == entry["md5"]
@@ -152,11 +153,11 @@ def pull_tree(store: Store, prefix: str, local_dir: Path, *, expected: list[dict
                 stats.skipped += 1
                 continue
             stats.kept.append(entry["path"])
-        todo.append((entry, dest))
-    bar = _Progress(sum(e["size"] for e, _ in todo), label)
+        todo.append((entry, dest, exists))  # an existing, different file is preserved as .orig
+    bar = _Progress(sum(e["size"] for e, _, _ in todo), label)
     mode = _file_mode()
 
-    def job(entry: dict, dest: Path) -> Callable[[], None]:
+    def job(entry: dict, dest: Path, preserve: bool) -> Callable[[], None]:
         def go() -> None:
             dest.parent.mkdir(parents=True, exist_ok=True)
             fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=".rk-part-")
@@ -168,7 +169,7 @@ def pull_tree(store: Store, prefix: str, local_dir: Path, *, expected: list[dict
                     size, _, sha = digests(Path(tmp))
                     if sha != entry["sha256"] or size != entry["size"]:
                         raise KitError(f"{entry['path']}: downloaded content does not match its manifest checksum; pull again")
-                if dest.is_file() and not dest.is_symlink() and entry["path"] in stats.kept:
+                if preserve:
                     os.replace(dest, _free_name(dest))
                 os.replace(tmp, dest)
             finally:
@@ -179,7 +180,7 @@ def pull_tree(store: Store, prefix: str, local_dir: Path, *, expected: list[dict
         return go
 
     try:
-        _run_parallel((job(e, d) for e, d in todo), threads)
+        _run_parallel((job(*t) for t in todo), threads)
     finally:
         bar.close()
     return stats
