@@ -25,7 +25,7 @@ from pathlib import Path
 from .config import Settings
 from .errors import KitError, UsageError, run_cli
 from .storage import Store, open_store
-from .storage.transfer import digests
+from .storage.transfer import file_digest
 
 MANIFEST = ".artifacts.json"
 CACHE = ".artifact-cache"
@@ -63,7 +63,7 @@ class ArtifactStore:
                 return {**entry, "path": str(path), "uploaded": False}
         if not path.is_file():
             raise KitError(f"{path} is not a file")
-        size, _, sha = digests(path)
+        size, sha = file_digest(path)
         key = f"artifacts/{sha}"
         uploaded = not self.store.exists(key)
         if uploaded:
@@ -119,13 +119,13 @@ class ArtifactStore:
                 continue
             cached = self._cache_path(entry["sha256"])
             downloaded = False
-            if not cached.is_file() or digests(cached)[2] != entry["sha256"]:
+            if not cached.is_file() or file_digest(cached)[1] != entry["sha256"]:
                 self._ensure_cache()
                 fd, tmp = tempfile.mkstemp(dir=self.cache, prefix=".part-")
                 os.close(fd)
                 try:
                     self.store.get_file(entry["key"], Path(tmp))
-                    if digests(Path(tmp))[2] != entry["sha256"]:
+                    if file_digest(Path(tmp))[1] != entry["sha256"]:
                         raise KitError(f"{entry['key']} in the bucket does not match its sha256; it was altered")
                     os.replace(tmp, cached)
                     downloaded = True
@@ -146,7 +146,7 @@ class ArtifactStore:
             if not target.is_file():
                 out.append({"path": str(d / name), "ok": False, "why": "missing: run `artifact-store hydrate`"})
                 continue
-            size, _, sha = digests(target)
+            size, sha = file_digest(target)
             ok = sha == entry["sha256"] and size == entry["size"]
             out.append({"path": str(d / name), "ok": ok, "why": "" if ok else "content differs from the manifest"})
         return out

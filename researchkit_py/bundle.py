@@ -102,23 +102,24 @@ def make_bundle(root: Path, max_mb: float = 200, extra_exclude: tuple[str, ...] 
     return Bundle(Path(tmp), hashlib.sha256(data).hexdigest(), len(data), len(files))
 
 
-def upload_bundle(store: Store, bundle: Bundle) -> bool:
-    """Upload unless an object of that name (hence that content) is already there."""
+def upload_bundle(store: Store, bundle: Bundle) -> int:
+    """Upload unless an object of that name (hence that content) is already there; returns
+    the bytes sent (0 for unchanged code)."""
     if store.exists(bundle.key):
-        return False
+        return 0
     store.put_file(bundle.path, bundle.key)
-    return True
+    return bundle.path.stat().st_size
 
 
 def extract_bundle(archive: Path, dest: Path) -> int:
     """Extract only regular files and directories, each checked to land inside dest."""
-    from .storage.paths import safe_join
+    from .storage.paths import SafeRoot
 
     dest.mkdir(parents=True, exist_ok=True)
-    n = 0
+    root, n = SafeRoot(dest), 0
     with tarfile.open(archive, "r:gz") as tar:
         for member in tar:
-            target = safe_join(dest, member.name)
+            target = root.join(member.name)
             if member.isdir():
                 target.mkdir(parents=True, exist_ok=True)
             elif member.isfile():

@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 
 from . import runs
-from .errors import KitError, run_cli
+from .errors import KitError, ProviderError, run_cli
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -48,6 +48,7 @@ def _parser() -> argparse.ArgumentParser:
     pl = sub.add_parser("pull", parents=[common], help="download a run's results (incremental, verified)")
     pl.add_argument("run_id")
     pl.add_argument("--output-dir", help="default: results/<run-id>")
+    pl.add_argument("--verify", action="store_true", help="re-read the bucket and re-hash every local file")
     pl.add_argument("--json", action="store_true")
 
     st = sub.add_parser("status", parents=[common], help="one run's state, or all runs'")
@@ -97,14 +98,14 @@ def main(argv: list[str]) -> int:
     if not args.cmd:
         _parser().print_help(sys.stderr)
         return 2
-    from .lifecycle import Context, reap, say
+    from .lifecycle import Context, reap_if_due, say
 
     ctx = Context.open(args.backend)
     if args.cmd != "reap" and not getattr(args, "dry_run", False):
         try:
-            for name in reap(ctx):
+            for name in reap_if_due(ctx, force=args.cmd == "run"):
                 say(f"cloud-run: reaped {name} (past its deadline or dead)")
-        except KitError as e:
+        except ProviderError as e:  # the API refused: say so, and go on (credentials missing is an error)
             say(f"cloud-run: warning: could not check for expired instances: {e}")
     return globals()[f"cmd_{args.cmd}"](ctx, args)
 
@@ -134,11 +135,11 @@ def cmd_run(ctx, args) -> int:
     plan = launch(ctx, opts)
     run_id = plan.run_id
     say(f"cloud-run: launched {run_id} on {ctx.provider.name} (instance {plan.manifest.instance}, "
-        f"deadline {plan.manifest.expires_at}, code {'uploaded' if plan.bundle_uploaded else 'unchanged'})")
+        f"deadline {plan.manifest.expires_at}, code {f'uploaded, {plan.code_uploaded_bytes} bytes' if plan.code_uploaded_bytes else 'unchanged'})")
     if args.detach:
         if args.json:
             _emit_json({"run_id": run_id, "instance": plan.manifest.instance, "provider": ctx.provider.name,
-                        "bucket": ctx.store.url})
+                        "bucket": ctx.store.url, "code_uploaded_bytes": plan.code_uploaded_bytes})
         else:
             print(run_id)
             say(f"  follow:  cloud-run logs {run_id} --follow\n  state:   cloud-run status {run_id}\n"
@@ -171,7 +172,7 @@ def cmd_pull(ctx, args) -> int:
     from .lifecycle import pull, run_state, say
 
     out = Path(args.output_dir or f"results/{runs.check_run_id(args.run_id)}")
-    stats, complete = pull(ctx, args.run_id, out)
+    stats, complete = pull(ctx, args.run_id, out, verify=args.verify)
     if args.json:
         _emit_json({"run_id": args.run_id, "output_dir": str(out), "files": stats.files, "bytes": stats.bytes,
                     "unchanged": stats.skipped, "complete": complete})

@@ -21,7 +21,7 @@ import os
 import sys
 from pathlib import Path
 
-from .errors import KitError, run_cli
+from .errors import KitError, ProviderError, run_cli
 
 DEFAULT_COMMAND = "python scripts/run_experiment.py --exp {exp} {quick} --parallel"
 LATER = ("list", "status", "download", "logs", "kill")
@@ -46,13 +46,23 @@ def command_for(exp: int, quick: bool, explicit: str, settings) -> tuple[str, st
         raise KitError(f"RK_DETACHED_COMMAND={template!r}: only {{exp}} and {{quick}} may appear in braces") from None
 
 
-def _context(args):
+def _context(args, *, launching: bool = False):
+    """The GCE context; the reaper layer runs first, as for every invocation (see reap_if_due)."""
     from .config import Settings
-    from .lifecycle import Context
+    from .lifecycle import Context, reap_if_due, say
 
     overrides = {"GCE_PROJECT": args.project, "GCE_ZONE": args.zone, "GCE_MACHINE_TYPE": getattr(args, "machine_type", None)}
     environ = {**os.environ, **{k: v for k, v in overrides.items() if v}}
-    return Context.open("gce", Settings(environ=environ))
+    ctx = Context.open("gce", Settings(environ=environ))
+    if not getattr(args, "dry_run", False):
+        try:
+            for name in reap_if_due(ctx, force=launching):
+                say(f"reaped {name} (past its deadline or dead)")
+        except ProviderError as e:  # the API refused: say so, and go on (credentials missing is an error)
+            if launching:
+                raise
+            say(f"warning: could not check for expired instances: {e}")
+    return ctx
 
 
 def launch_parser() -> argparse.ArgumentParser:
@@ -105,11 +115,8 @@ def main(argv: list[str]) -> int:
 def launch(args) -> int:
     from . import lifecycle
 
-    ctx = _context(args)
+    ctx = _context(args, launching=True)
     max_hours = args.max_hours if args.max_hours is not None else ctx.settings.get_float("RK_MAX_HOURS")
-    if not args.dry_run:
-        for name in lifecycle.reap(ctx):
-            lifecycle.say(f"reaped {name} (past its deadline or dead)")
     launched = []
     for exp in args.exp:
         command, source = command_for(exp, args.quick, args.command, ctx.settings)

@@ -17,7 +17,7 @@ from .compute.base import TOOL_LABEL
 from .config import Settings
 from .errors import KitError, NotFound, UsageError
 from .startup import ScriptPlan, render_startup_script
-from .storage import Store, open_store
+from .storage import Store, join_key, open_store
 from .storage.transfer import TransferStats, pull_tree, put_tree
 
 TARGET_BACKEND = {"local": "local", "sandbox": "local", "gce": "gce", "ec2": "ec2"}
@@ -69,7 +69,7 @@ class Launch:
     run_id: str
     manifest: runs.RunManifest
     script: str
-    bundle_uploaded: bool = False
+    code_uploaded_bytes: int = 0
     request: InstanceRequest | None = None
 
 
@@ -137,7 +137,7 @@ def plan_launch(ctx: Context, opts: LaunchOptions, *, upload: bool = True) -> La
     request = InstanceRequest(manifest.instance, run_id, script, labels, hard, opts.machine_type, opts.spot)
     launch = Launch(run_id, manifest, script, request=request)
     if upload:
-        launch.bundle_uploaded = upload_bundle(ctx.store, bundle)
+        launch.code_uploaded_bytes = upload_bundle(ctx.store, bundle)
         for d in opts.data_dirs:
             put_tree(ctx.store, root / d, f"{runs.run_prefix(run_id)}/data/{d.strip('/')}", label=f"data {d}")
     os.unlink(bundle.path)
@@ -268,22 +268,69 @@ def check_output_dir(output_dir: Path) -> Path:
     return output_dir
 
 
-def pull(ctx: Context, run_id: str, output_dir: Path) -> tuple[TransferStats, bool]:
-    """Fetch a run's results, verified against results.manifest.json; (stats, complete)."""
+PULL_STATE = ".cloud-run-state.json"
+
+
+def pull(ctx: Context, run_id: str, output_dir: Path, *, verify: bool = False) -> tuple[TransferStats, bool]:
+    """Fetch a run's results, verified against results.manifest.json; (stats, complete).
+
+    `.cloud-run-state.json` in output_dir remembers what the last pull installed (size,
+    mtime, sha256 per file). Unchanged local files are then not hashed again, and pulling a
+    finished run whose results are all still in place needs no request at all: once its
+    status is final nothing writes to its results or log again. `verify` ignores the state.
+    """
     output_dir = check_output_dir(output_dir)
+    state = {} if verify else _read_pull_state(output_dir, run_id)
+    if state.get("final") and all(_stat(output_dir, p) == v[:2] for p, v in state["files"].items()):
+        return TransferStats(skipped=len(state["files"])), True
     read_manifest(ctx, run_id)
     prefix = runs.run_prefix(run_id)
+    status = ctx.store.read_json_or_none(f"{prefix}/status.json") or {}  # before the rest: final then means final
     results = ctx.store.read_json_or_none(f"{prefix}/results.manifest.json")
     output_dir.mkdir(parents=True, exist_ok=True)
-    stats = pull_tree(ctx.store, f"{prefix}/results", output_dir,
-                      expected=results["files"] if results else None, label=f"pull {run_id}")
+    packs = [join_key(prefix, p) for p in results.get("packs", [])] if results else []
+    stats = pull_tree(ctx.store, f"{prefix}/results", output_dir, expected=results["files"] if results else None,
+                      packs=packs, known=state.get("files", {}), label=f"pull {run_id}")
     (output_dir / ".cloud-run-id").write_text(run_id + "\n")
     log = read_log(ctx, run_id)
     if log:
         (output_dir / ".cloud-run.log").write_bytes(log)
     for rel in stats.kept:
         say(f"cloud-run: your local {output_dir / rel} differed from the run's; kept it as {rel}.orig")
+    if results:
+        final = status.get("phase") in runs.FINAL
+        files = {p: [*_stat(output_dir, p), sha] for p, sha in stats.installed.items()}
+        _write_json_atomic(output_dir / PULL_STATE, {"run_id": run_id, "final": final, "files": files})
     return stats, results is not None
+
+
+def _stat(root: Path, rel: str) -> list[int] | None:
+    import stat
+
+    try:
+        st = (root / rel).lstat()
+    except OSError:
+        return None
+    return [st.st_size, st.st_mtime_ns] if stat.S_ISREG(st.st_mode) else None
+
+
+def _read_pull_state(output_dir: Path, run_id: str) -> dict:
+    import json
+
+    try:
+        state = json.loads((output_dir / PULL_STATE).read_text())
+    except (OSError, ValueError):
+        return {}
+    ok = isinstance(state, dict) and state.get("run_id") == run_id and isinstance(state.get("files"), dict)
+    return state if ok else {}
+
+
+def _write_json_atomic(path: Path, value: dict) -> None:
+    import json
+
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(value))
+    os.replace(tmp, path)
 
 
 # --- stopping ------------------------------------------------------------------------
@@ -299,6 +346,27 @@ def terminate(ctx: Context, run_id: str) -> dict:
                   "message": "terminated by the user", "updated_at": runs.iso(runs.now())}
         ctx.store.write_json(f"{prefix}/status.json", status)
     return status
+
+
+def reap_if_due(ctx: Context, *, force: bool = False) -> list[str]:
+    """The reaper layer, run by every invocation: at most once per RK_REAP_INTERVAL seconds
+    (default 300) per provider and bucket on this machine, and always when `force`d (launches).
+    Listing instances costs a cloud SDK client and an API call; a few minutes' delay is
+    nothing next to the VM's own deadline, which the cloud enforces."""
+    import hashlib
+
+    key = hashlib.sha256(f"{ctx.provider.name} {ctx.store.url}".encode()).hexdigest()[:16]
+    stamp = ctx.settings.state_home() / "reaped" / key
+    interval = ctx.settings.get_float("RK_REAP_INTERVAL", 300)
+    try:
+        if not force and time.time() - stamp.stat().st_mtime < interval:
+            return []
+    except OSError:
+        pass
+    names = reap(ctx)
+    stamp.parent.mkdir(parents=True, exist_ok=True)
+    stamp.touch()
+    return names
 
 
 def reap(ctx: Context, dry_run: bool = False) -> list[str]:

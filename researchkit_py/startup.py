@@ -223,9 +223,9 @@ mkdir -p "$RESULTS_DIR"
 
 # 3. The command, under its soft deadline, with a heartbeat that also ships the log.
 RK_STAGE=RUN
-rk status RUN
 echo "researchkit: running: $RK_COMMAND"
-rk heartbeat || true
+rk heartbeat || true  # the log says what runs before the status does: a VM lost right after still tells
+rk status RUN
 ( while sleep "$RK_HEARTBEAT"; do rk heartbeat || true; done ) &
 RK_HB_PID=$!
 RK_T0=$SECONDS

@@ -76,16 +76,14 @@ def get_data(dest: str) -> None:
 
 
 def push_results(results_dir: str) -> None:
-    """Upload results, then results.manifest.json last: its presence means 'complete'."""
-    from .storage.transfer import put_tree, tree_manifest
+    """Upload results (and packs of the small ones), then results.manifest.json last: its
+    presence means 'complete'."""
+    from .storage.transfer import put_results
 
-    root = Path(results_dir)
-    store = _store()
-    entries = tree_manifest(root) if root.is_dir() else []
-    stats = put_tree(store, root, f"{_prefix()}/results") if entries else None
-    store.write_json(f"{_prefix()}/results.manifest.json", {"run_id": _env("RK_RUN_ID"), "files": entries})
-    print(f"researchkit: uploaded {stats.files if stats else 0} result files "
-          f"({stats.bytes if stats else 0} bytes, {len(entries)} in manifest)")
+    manifest, stats = put_results(_store(), Path(results_dir), _prefix(), Path(_env("RK_ROOT")) / "packs")
+    _store().write_json(f"{_prefix()}/results.manifest.json", {"run_id": _env("RK_RUN_ID"), **manifest})
+    print(f"researchkit: uploaded {stats.files} result files ({stats.bytes} bytes, "
+          f"{len(manifest['files'])} in manifest, {len(manifest['packs'])} packs)")
 
 
 def finish(stage: str, cmd_rc: str, cause: str) -> None:

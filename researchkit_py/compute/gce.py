@@ -3,6 +3,10 @@
 The VM boots our startup script from metadata, is labelled for the reaper, carries the
 cloud-enforced deadline (scheduling.maxRunDuration with instanceTerminationAction=DELETE)
 and a service account limited to storage and compute scopes.
+
+Reads (the aggregated list behind `get`, `ls`, `status` and the reaper) are one REST call
+through google-auth's session: google-cloud-compute takes over 2 s to import (it loads every
+Compute service's types), which `cloud-run status` must not pay. Writes use the SDK.
 """
 
 from __future__ import annotations
@@ -113,6 +117,7 @@ class GCEProvider(Provider):
         self.zones = [self.config.zone] + [z for z in extra if z != self.config.zone]
         self.endpoint = settings.get("RK_GCE_API_ENDPOINT") or ""
         self._client = None
+        self._session = None
 
     @property
     def client(self):
@@ -120,20 +125,9 @@ class GCEProvider(Provider):
             from google.api_core.client_options import ClientOptions
             from google.cloud import compute_v1
 
-            try:
-                if self.endpoint:  # an emulator: no credentials
-                    from google.auth.credentials import AnonymousCredentials
-
-                    self._client = compute_v1.InstancesClient(
-                        client_options=ClientOptions(api_endpoint=self.endpoint),
-                        credentials=AnonymousCredentials(), transport="rest")
-                else:
-                    self._client = compute_v1.InstancesClient(transport="rest")
-            except Exception as e:  # DefaultCredentialsError
-                if e.__class__.__name__ == "DefaultCredentialsError":
-                    raise KitError("no Google credentials found; run `gcloud auth application-default login` "
-                                   "or set GOOGLE_APPLICATION_CREDENTIALS to a key file") from None
-                raise
+            options = ClientOptions(api_endpoint=self.endpoint) if self.endpoint else None
+            self._client = compute_v1.InstancesClient(client_options=options, credentials=_credentials(self.endpoint),
+                                                      transport="rest")
         return self._client
 
     def default_store_url(self) -> str:
@@ -187,18 +181,42 @@ class GCEProvider(Provider):
         return None
 
     def list(self, name_filter: str = "") -> list[Instance]:
-        from google.cloud import compute_v1
-
         filt = f"labels.{TOOL_LABEL[0]} = {TOOL_LABEL[1]}"
         if name_filter:
             filt = f"({filt}) AND (name = {name_filter})"
-        request = compute_v1.AggregatedListInstancesRequest(project=self.project, filter=filt)
-        out = []
-        with _translate("list instances"):
-            for _zone, scoped in self.client.aggregated_list(request=request):
-                for i in scoped.instances:
-                    out.append(Instance(i.name, _state(i.status), dict(i.labels), i.zone.rsplit("/", 1)[-1]))
-        return out
+        url = f"{(self.endpoint or 'https://compute.googleapis.com').rstrip('/')}/compute/v1/projects/{self.project}" \
+              "/aggregated/instances"
+        params, out = {"filter": filt}, []
+        while True:
+            page = self._get_json(url, params, "list instances")
+            for scoped in page.get("items", {}).values():
+                for i in scoped.get("instances", []):
+                    out.append(Instance(i["name"], _state(i.get("status", "")), dict(i.get("labels", {})),
+                                        i.get("zone", "").rsplit("/", 1)[-1]))
+            if not page.get("nextPageToken"):
+                return out
+            params["pageToken"] = page["nextPageToken"]
+
+    def _get_json(self, url: str, params: dict, what: str) -> dict:
+        import requests
+
+        if self._session is None:
+            from google.auth.transport.requests import AuthorizedSession
+
+            self._session = AuthorizedSession(_credentials(self.endpoint))
+        try:
+            r = self._session.get(url, params=params, timeout=60)
+        except requests.RequestException as e:
+            raise ProviderError(f"cannot {what}: {e.__class__.__name__} reaching {url.split('/compute/')[0]}; "
+                                "check your network") from e
+        if r.status_code == 403:
+            raise ProviderError(f"cannot {what}: permission denied; check the project ({self.project}) and that "
+                                "your account may use Compute Engine")
+        if r.status_code == 404:
+            raise ProviderError(f"cannot {what}: project {self.project} not found; check GCE_PROJECT")
+        if r.status_code != 200:
+            raise ProviderError(f"cannot {what}: HTTP {r.status_code} {' '.join(r.text.split())[:200]}")
+        return r.json()
 
     def delete(self, name: str) -> None:
         inst = self.get(name)
@@ -214,6 +232,22 @@ class GCEProvider(Provider):
         except ProviderError as e:
             if not isinstance(e.__cause__, exceptions.NotFound):
                 raise
+
+
+def _credentials(endpoint: str):
+    """Anonymous for an emulator, else the application default credentials."""
+    if endpoint:
+        from google.auth.credentials import AnonymousCredentials
+
+        return AnonymousCredentials()
+    import google.auth
+    from google.auth.exceptions import DefaultCredentialsError
+
+    try:
+        return google.auth.default(scopes=[SCOPES[1]])[0]
+    except DefaultCredentialsError:
+        raise KitError("no Google credentials found; run `gcloud auth application-default login` "
+                       "or set GOOGLE_APPLICATION_CREDENTIALS to a key file") from None
 
 
 def _state(status: str) -> str:

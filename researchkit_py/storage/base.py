@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-from ..errors import NotFound, StorageError
+from ..errors import KitError, NotFound, StorageError
 
 T = TypeVar("T")
 
@@ -46,6 +46,10 @@ class Store(ABC):
     def _get_bytes(self, key: str) -> bytes: ...
 
     @abstractmethod
+    def _get_range(self, key: str, start: int, end: int) -> bytes:
+        """Bytes [start, end) of the object."""
+
+    @abstractmethod
     def _list(self, prefix: str) -> Iterator[ObjectInfo]: ...
 
     @abstractmethod
@@ -70,6 +74,12 @@ class Store(ABC):
 
     def get_bytes(self, key: str) -> bytes:
         return self._retry(lambda: self._get_bytes(key), f"read {key}")
+
+    def get_range(self, key: str, start: int, end: int) -> bytes:
+        data = self._retry(lambda: self._get_range(key, start, end), f"read {key}")
+        if len(data) != end - start:
+            raise StorageError(f"{self.url}/{key} is shorter than its manifest says; the run record is damaged")
+        return data
 
     def list(self, prefix: str = "") -> list[ObjectInfo]:
         return self._retry(lambda: list(self._list(prefix)), f"list {prefix or '/'}")
@@ -105,9 +115,7 @@ class Store(ABC):
         for attempt in range(retries + 1):
             try:
                 return op()
-            except NotFound:
-                raise
-            except StorageError:
+            except KitError:  # already says what to fix (a missing object or bucket, no credentials)
                 raise
             except Exception as e:  # noqa: BLE001 - classified just below
                 if not self._is_transient(e) or attempt == retries:

@@ -70,6 +70,10 @@ class GCSStore(Store):
         with _not_found(key, self.url):
             return self._blob(key).download_as_bytes()
 
+    def _get_range(self, key: str, start: int, end: int) -> bytes:
+        with _not_found(key, self.url):  # the SDK's end is inclusive; ours is not
+            return self._blob(key).download_as_bytes(start=start, end=end - 1, checksum=None)
+
     def _list(self, prefix: str) -> Iterator[ObjectInfo]:
         full = join_key(self.prefix, prefix) + ("/" if prefix.endswith("/") else "")
         cut = len(self.prefix) + 1 if self.prefix else 0

@@ -50,6 +50,14 @@ class LocalStore(Store):
         except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
             raise NotFound(f"no object {key} in {self.url}") from None
 
+    def _get_range(self, key: str, start: int, end: int) -> bytes:
+        try:
+            with open(self._path(key), "rb") as f:
+                f.seek(start)
+                return f.read(end - start)
+        except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+            raise NotFound(f"no object {key} in {self.url}") from None
+
     def _list(self, prefix: str) -> Iterator[ObjectInfo]:
         # A prefix is a string prefix, as in the clouds: list the deepest directory it names.
         base = self.root / prefix.rpartition("/")[0] if "/" in prefix else self.root

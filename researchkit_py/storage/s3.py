@@ -44,8 +44,12 @@ class S3Store(Store):
             self.client.upload_file(str(local), self.bucket, self._key(key), Config=self._transfer_config())
 
     def _get_file(self, key: str, local: Path) -> None:
+        # One GET streamed to disk: download_file would first HEAD every object for its size.
         with _translate(key, self.url):
-            self.client.download_file(self.bucket, self._key(key), str(local), Config=self._transfer_config())
+            body = self.client.get_object(Bucket=self.bucket, Key=self._key(key))["Body"]
+            with open(local, "wb") as f:
+                for chunk in body.iter_chunks(1 << 20):
+                    f.write(chunk)
 
     def _put_bytes(self, key: str, data: bytes) -> None:
         with _translate(key, self.url):
@@ -54,6 +58,11 @@ class S3Store(Store):
     def _get_bytes(self, key: str) -> bytes:
         with _translate(key, self.url):
             return self.client.get_object(Bucket=self.bucket, Key=self._key(key))["Body"].read()
+
+    def _get_range(self, key: str, start: int, end: int) -> bytes:
+        with _translate(key, self.url):
+            resp = self.client.get_object(Bucket=self.bucket, Key=self._key(key), Range=f"bytes={start}-{end - 1}")
+            return resp["Body"].read()
 
     def _list(self, prefix: str) -> Iterator[ObjectInfo]:
         full = join_key(self.prefix, prefix) + ("/" if prefix.endswith("/") else "")
@@ -81,7 +90,8 @@ class S3Store(Store):
         from botocore import exceptions
 
         if isinstance(exc, (exceptions.EndpointConnectionError, exceptions.ConnectionClosedError,
-                            exceptions.ReadTimeoutError, ConnectionError, TimeoutError)):
+                            exceptions.ReadTimeoutError, exceptions.IncompleteReadError,
+                            exceptions.ResponseStreamingError, ConnectionError, TimeoutError)):
             return True
         if isinstance(exc, exceptions.ClientError):
             status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)

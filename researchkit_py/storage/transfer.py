@@ -1,4 +1,11 @@
-"""Tree transfers: parallel, incremental (size + checksum), atomic, never outside the target."""
+"""Tree transfers: parallel, incremental, atomic, never outside the target.
+
+Results go up twice over, cheaply: every file as its own object (what someone browsing the
+bucket, `aws s3 sync` or `gsutil` sees), and the small ones also concatenated into a few
+*packs* that results.manifest.json indexes. A pull then fetches each run of small files with
+one ranged read instead of one request per file: with thousands of small files, per-request
+latency, not bandwidth, is what costs time.
+"""
 
 from __future__ import annotations
 
@@ -14,9 +21,12 @@ from pathlib import Path
 
 from ..errors import KitError
 from .base import Store, join_key
-from .paths import safe_join
+from .paths import SafeRoot
 
 DEFAULT_THREADS = int(os.environ.get("RK_TRANSFER_THREADS", "16"))
+PACK_FILE_LIMIT = 1 << 20  # files up to this size also go into a pack
+PACK_SIZE = 64 << 20  # a pack is closed once it holds this much
+RANGE_SIZE = 8 << 20  # the most one ranged read of a pack fetches
 
 
 @dataclass
@@ -24,25 +34,27 @@ class TransferStats:
     files: int = 0
     bytes: int = 0
     skipped: int = 0
+    requests: int = 0  # object reads or writes issued (ranged reads of packs included)
     kept: list[str] = field(default_factory=list)  # local files preserved as *.orig
+    installed: dict[str, str] = field(default_factory=dict)  # path -> sha256 of what is now in place
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
-    def add(self, size: int) -> None:
+    def add(self, files: int, size: int) -> None:
         with self._lock:
-            self.files += 1
+            self.files += files
             self.bytes += size
+            self.requests += 1
 
 
-def digests(path: Path) -> tuple[int, str, str]:
-    """(size, md5 hex, sha256 hex) in one read."""
-    md5, sha = hashlib.md5(usedforsecurity=False), hashlib.sha256()
+def file_digest(path: Path, algo: str = "sha256") -> tuple[int, str]:
+    """(size, hex digest) in one read."""
+    h = hashlib.new(algo, usedforsecurity=False)
     size = 0
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
-            md5.update(chunk)
-            sha.update(chunk)
+            h.update(chunk)
             size += len(chunk)
-    return size, md5.hexdigest(), sha.hexdigest()
+    return size, h.hexdigest()
 
 
 def walk_files(root: Path) -> list[str]:
@@ -61,7 +73,7 @@ def tree_manifest(root: Path) -> list[dict]:
     """[{path, size, sha256}] for every file under root: what results.manifest.json holds."""
     entries = []
     for rel in walk_files(root):
-        size, _, sha = digests(root / rel)
+        size, sha = file_digest(root / rel)
         entries.append({"path": rel, "size": size, "sha256": sha})
     return entries
 
@@ -101,7 +113,7 @@ def put_tree(store: Store, local_dir: Path, prefix: str, *, threads: int = DEFAU
     remote = {o.key: o for o in store.list(join_key(prefix) + "/")}
     stats, todo = TransferStats(), []
     for rel in walk_files(local_dir):
-        size, md5, _ = digests(local_dir / rel)
+        size, md5 = file_digest(local_dir / rel, "md5")
         key = join_key(prefix, rel)
         have = remote.get(key)
         if have and have.size == size and have.md5 == md5:
@@ -113,7 +125,7 @@ def put_tree(store: Store, local_dir: Path, prefix: str, *, threads: int = DEFAU
     def job(rel: str, key: str, size: int) -> Callable[[], None]:
         def go() -> None:
             store.put_file(local_dir / rel, key)
-            stats.add(size)
+            stats.add(1, size)
             bar.update(size)
         return go
 
@@ -124,15 +136,56 @@ def put_tree(store: Store, local_dir: Path, prefix: str, *, threads: int = DEFAU
     return stats
 
 
+def put_results(store: Store, root: Path, run_prefix: str, scratch: Path) -> tuple[dict, TransferStats]:
+    """Upload a results tree as `pull` wants it; returns (the results manifest, stats).
+
+    Files go to run_prefix/results/, packs of the small ones to run_prefix/packs/ (built in
+    scratch). The caller writes the manifest last: its presence means 'complete'.
+    """
+    entries = tree_manifest(root) if root.is_dir() else []
+    stats = put_tree(store, root, f"{run_prefix}/results") if entries else TransferStats()
+    packs = _write_packs(root, entries, scratch)
+    if packs:
+        put_tree(store, scratch, f"{run_prefix}/packs")
+    return {"files": entries, "packs": [f"packs/{p}" for p in packs]}, stats  # pack keys relative to the run
+
+
+def _write_packs(root: Path, entries: list[dict], scratch: Path) -> list[str]:
+    """Concatenate the small files into packs; note `pack` (index) and `offset` in their entries."""
+    small = [e for e in entries if e["size"] <= PACK_FILE_LIMIT]
+    if len(small) < 2:
+        return []
+    scratch.mkdir(parents=True, exist_ok=True)
+    names: list[str] = []
+    out = None
+    try:
+        for e in small:
+            if out is None or out.tell() >= PACK_SIZE:
+                if out is not None:
+                    out.close()
+                names.append(f"{len(names):04d}.pack")
+                out = open(scratch / names[-1], "wb")
+            e["pack"], e["offset"] = len(names) - 1, out.tell()
+            out.write((root / e["path"]).read_bytes())
+    finally:
+        if out is not None:
+            out.close()
+    return names
+
+
 def pull_tree(store: Store, prefix: str, local_dir: Path, *, expected: list[dict] | None = None,
+              packs: list[str] | None = None, known: dict[str, list] | None = None,
               threads: int = DEFAULT_THREADS, label: str = "download") -> TransferStats:
     """Download prefix/ into local_dir.
 
-    With `expected` (a results manifest) only those files are fetched, each verified by
-    sha256; without it, whatever is listed (compared by MD5 where the backend has one).
-    Files already present and identical are skipped. A local file that differs is kept as
-    `<name>.orig` (never overwritten silently). Keys that would land outside local_dir are
-    refused before anything is written.
+    With `expected` (a results manifest's files) only those are fetched, each verified by
+    sha256 — runs of packed files by one ranged read of their pack (`packs`: the packs' keys,
+    which the entries' `pack` indexes);
+    without it, whatever is listed (compared by MD5 where the backend has one). Files already
+    present and identical are skipped; `known` ({path: [size, mtime_ns, sha256]} of a previous
+    pull) spares hashing those whose size and mtime have not changed. A local file that differs is kept as `<name>.orig`
+    (never overwritten silently). Keys that would land outside local_dir are refused before
+    anything is written.
     """
     local_dir = Path(local_dir)
     if expected is None:
@@ -140,50 +193,102 @@ def pull_tree(store: Store, prefix: str, local_dir: Path, *, expected: list[dict
         wanted = [{"path": o.key[len(base):], "size": o.size, "md5": o.md5} for o in store.list(base)]
     else:
         wanted = expected
-    plan = [(e, safe_join(local_dir, e["path"])) for e in wanted]  # validate all keys first
+    root = SafeRoot(local_dir)
+    plan = [(e, root.join(e["path"])) for e in wanted]  # validate all keys first
     stats, todo = TransferStats(), []
+    known = known or {}
     for entry, dest in plan:
         exists = dest.is_file() and not dest.is_symlink()
+        if exists and _unchanged(entry, dest, known.get(entry["path"])):
+            stats.skipped += 1
+            if "sha256" in entry:
+                stats.installed[entry["path"]] = entry["sha256"]
+            continue
         if exists:
-            size, md5, sha = digests(dest)
-            same = size == entry["size"] and (
-                sha == entry.get("sha256") if "sha256" in entry else entry.get("md5") is not None and md5 == entry["md5"]
-            )
-            if same:
-                stats.skipped += 1
-                continue
             stats.kept.append(entry["path"])
         todo.append((entry, dest, exists))  # an existing, different file is preserved as .orig
     bar = _Progress(sum(e["size"] for e, _, _ in todo), label)
     mode = _file_mode()
 
-    def job(entry: dict, dest: Path, preserve: bool) -> Callable[[], None]:
+    def install(entry: dict, dest: Path, preserve: bool, write: Callable[[Path], None],
+                data: bytes | None = None) -> None:
+        """Write dest atomically through a temporary file (`write` fills it), verified first."""
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        fd, name = tempfile.mkstemp(dir=dest.parent, prefix=".rk-part-")
+        os.close(fd)
+        tmp = Path(name)
+        os.chmod(tmp, mode)  # as if created normally, not mkstemp's 0600
+        try:
+            write(tmp)
+            if "sha256" in entry:
+                size, sha = file_digest(tmp) if data is None else (len(data), hashlib.sha256(data).hexdigest())
+                if sha != entry["sha256"] or size != entry["size"]:
+                    raise KitError(f"{entry['path']}: downloaded content does not match its manifest checksum; pull again")
+            if preserve:
+                os.replace(dest, _free_name(dest))
+            os.replace(tmp, dest)
+        finally:
+            if tmp.exists():
+                tmp.unlink()
+        if "sha256" in entry:
+            with stats._lock:
+                stats.installed[entry["path"]] = entry["sha256"]
+        bar.update(entry["size"])
+
+    def single(entry: dict, dest: Path, preserve: bool) -> Callable[[], None]:
         def go() -> None:
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=".rk-part-")
-            os.close(fd)
-            os.chmod(tmp, mode)  # as if created normally, not mkstemp's 0600
-            try:
-                store.get_file(join_key(prefix, entry["path"]), Path(tmp))
-                if "sha256" in entry:
-                    size, _, sha = digests(Path(tmp))
-                    if sha != entry["sha256"] or size != entry["size"]:
-                        raise KitError(f"{entry['path']}: downloaded content does not match its manifest checksum; pull again")
-                if preserve:
-                    os.replace(dest, _free_name(dest))
-                os.replace(tmp, dest)
-            finally:
-                if os.path.exists(tmp):
-                    os.unlink(tmp)
-            stats.add(entry["size"])
-            bar.update(entry["size"])
+            install(entry, dest, preserve, lambda tmp: store.get_file(join_key(prefix, entry["path"]), tmp))
+            stats.add(1, entry["size"])
         return go
 
+    def segment(key: str, items: list[tuple[dict, Path, bool]]) -> Callable[[], None]:
+        def go() -> None:
+            start = items[0][0]["offset"]
+            data = store.get_range(key, start, items[-1][0]["offset"] + items[-1][0]["size"])
+            for entry, dest, preserve in items:
+                piece = data[entry["offset"] - start:entry["offset"] - start + entry["size"]]
+                install(entry, dest, preserve, lambda tmp, piece=piece: tmp.write_bytes(piece), piece)
+            stats.add(len(items), sum(e["size"] for e, _, _ in items))
+        return go
+
+    singles, runs = _segments(todo, packs or [])
     try:
-        _run_parallel((job(*t) for t in todo), threads)
+        _run_parallel([single(*t) for t in singles] + [segment(k, items) for k, items in runs], threads)
     finally:
         bar.close()
     return stats
+
+
+def _unchanged(entry: dict, dest: Path, known: list | None) -> bool:
+    """Is the local file the entry's content? Trust a previous pull's record while the file's
+    size and mtime are what it recorded (as rsync and git do); hash it otherwise."""
+    if known and "sha256" in entry and known[2:] == [entry["sha256"]]:
+        st = dest.lstat()
+        if [st.st_size, st.st_mtime_ns] == known[:2]:
+            return True
+    algo = "sha256" if "sha256" in entry else "md5"
+    size, digest = file_digest(dest, algo)
+    return size == entry["size"] and digest == entry.get(algo)
+
+
+def _segments(todo: list, packs: list[str]) -> tuple[list, list]:
+    """Split the downloads into single objects and runs of adjacent packed files (one ranged read each)."""
+    def packed(entry: dict) -> bool:
+        pack, offset = entry.get("pack"), entry.get("offset")
+        return isinstance(pack, int) and 0 <= pack < len(packs) and isinstance(offset, int) and offset >= 0
+
+    singles = [t for t in todo if not packed(t[0])]
+    runs: list[tuple[str, list]] = []
+    for item in sorted((t for t in todo if packed(t[0])), key=lambda t: (t[0]["pack"], t[0]["offset"])):
+        entry = item[0]
+        if runs:
+            first, last = runs[-1][1][0][0], runs[-1][1][-1][0]
+            if (last["pack"] == entry["pack"] and last["offset"] + last["size"] == entry["offset"]
+                    and entry["offset"] + entry["size"] - first["offset"] <= RANGE_SIZE):
+                runs[-1][1].append(item)
+                continue
+        runs.append((packs[entry["pack"]], [item]))
+    return singles, runs
 
 
 def _file_mode() -> int:

@@ -35,6 +35,7 @@ def isolated(tmp_path, monkeypatch):
     monkeypatch.setenv("RK_HEARTBEAT_SECONDS", "1")
     monkeypatch.setenv("RK_POLL_SECONDS", "0.1")
     monkeypatch.setenv("RK_LOCAL_GRACE", "3")
+    monkeypatch.setenv("RK_REAP_INTERVAL", "0")  # every invocation reaps; test_reaper_runs_at_most_... checks the default
     monkeypatch.setenv("PYTHONPATH", str(REPO))
     yield tmp_path
 

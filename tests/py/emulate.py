@@ -41,9 +41,10 @@ def start_gce(host: str, net, root: Path):
     return exports, [vms.stop, gce.stop, gcs.stop]
 
 
-def start_ec2(host: str, net, root: Path):
-    moto = Moto(host=host)
-    aws = {"AWS_ENDPOINT_URL": moto.url, "AWS_REGION": "us-east-1", "AWS_ACCESS_KEY_ID": "emulator",
+def prepare_ec2(moto_url: str) -> dict[str, str]:
+    """A bucket, an AMI parameter and an instance profile in moto; the settings that use them
+    (also set in this process)."""
+    aws = {"AWS_ENDPOINT_URL": moto_url, "AWS_REGION": "us-east-1", "AWS_ACCESS_KEY_ID": "emulator",
            "AWS_SECRET_ACCESS_KEY": "emulator"}
     os.environ.update(aws)
     from researchkit_py.compute.ec2 import ec2_client
@@ -51,13 +52,19 @@ def start_ec2(host: str, net, root: Path):
 
     bucket = f"emu-{uuid.uuid4().hex[:8]}"
     s3_client().create_bucket(Bucket=bucket)
-    client = ec2_client()
-    ami = client.describe_images()["Images"][0]["ImageId"]
+    ami = ec2_client().describe_images()["Images"][0]["ImageId"]
     ec2_client("ssm").put_parameter(Name="/researchkit/emulator/ami", Value=ami, Type="String")
     ec2_client("iam").create_instance_profile(InstanceProfileName="researchkit-vm")
-    vms = EC2VMs(client, root, {"AWS_ENDPOINT_URL": moto.url, "AWS_REGION": "us-east-1"}, net)
-    exports = {**aws, "RK_BUCKET": f"s3://{bucket}/researchkit", "EC2_INSTANCE_PROFILE": "researchkit-vm",
-               "EC2_AMI_PARAM": "/researchkit/emulator/ami"}
+    return {**aws, "RK_BUCKET": f"s3://{bucket}/researchkit", "EC2_INSTANCE_PROFILE": "researchkit-vm",
+            "EC2_AMI_PARAM": "/researchkit/emulator/ami"}
+
+
+def start_ec2(host: str, net, root: Path):
+    moto = Moto(host=host)
+    exports = prepare_ec2(moto.url)
+    from researchkit_py.compute.ec2 import ec2_client
+
+    vms = EC2VMs(ec2_client(), root, {"AWS_ENDPOINT_URL": moto.url, "AWS_REGION": "us-east-1"}, net)
     return exports, [vms.stop, moto.stop]
 
 

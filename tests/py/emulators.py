@@ -65,3 +65,21 @@ class Moto:
 
     def stop(self) -> None:
         self.server.stop()
+
+
+class MotoProcess:
+    """moto's server in a process of its own, so that it competes for no interpreter lock
+    with its clients (what a benchmark needs)."""
+
+    def __init__(self, host: str = "127.0.0.1"):
+        import sys
+
+        self.port = free_port()
+        self.url = f"http://{host}:{self.port}"
+        self.proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", host, "-p", str(self.port)],
+                                     stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_http(f"{self.url}/moto-api/", timeout=30)
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(timeout=10)

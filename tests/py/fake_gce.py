@@ -6,6 +6,8 @@ endpoint). `requestId` is an idempotency key, as on GCE. Every request is logged
 `fail_zones[zone] = "ZONE_RESOURCE_POOL_EXHAUSTED" | "QUOTA_EXCEEDED"` makes inserts in
 that zone fail (with `partial_zones` the half-made instance is left behind, as GCE can).
 Hooks `on_insert(instance)` / `on_delete(instance)` let a test boot and kill fake VMs.
+Like GCE, an instance whose `scheduling.maxRunDuration` has passed is deleted when its
+instanceTerminationAction is DELETE (`enforce_deadlines = False` plays a cloud that does not).
 """
 
 from __future__ import annotations
@@ -29,6 +31,8 @@ class FakeGCE:
         self.partial_zones: set[str] = set()
         self.on_insert = None
         self.on_delete = None
+        self.enforce_deadlines = True
+        self.timers: list[threading.Timer] = []
         self.lock = threading.RLock()
         fake = self
 
@@ -81,6 +85,8 @@ class FakeGCE:
         self.thread.start()
 
     def stop(self) -> None:
+        for timer in self.timers:
+            timer.cancel()
         self.server.shutdown()
         self.server.server_close()
 
@@ -133,6 +139,13 @@ class FakeGCE:
                 self.request_ids[request_id] = op
         if not failure and self.on_insert:
             self.on_insert(project, zone, inst)
+        scheduling = body.get("scheduling", {})
+        limit = scheduling.get("maxRunDuration", {}).get("seconds")
+        if not failure and limit and scheduling.get("instanceTerminationAction") == "DELETE" and self.enforce_deadlines:
+            timer = threading.Timer(int(limit), self.delete, args=(project, zone, name))
+            timer.daemon = True
+            timer.start()
+            self.timers.append(timer)
         return 200, op
 
     def delete(self, project: str, zone: str, name: str) -> tuple[int, dict]:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -177,6 +178,7 @@ class FakeVMs:
     def __init__(self, root: Path, api_env: dict[str, str], network: VMNetwork | None = None):
         self.root, self.api_env, self.network = Path(root), api_env, network
         self.vms: dict[str, dict] = {}
+        self.enforce_deadlines, self.minute_seconds = True, 60.0
 
     def boot(self, script: str, identity: dict) -> None:
         name = identity["name"]
@@ -185,7 +187,7 @@ class FakeVMs:
         (vm_root / "home").mkdir()
         for shim in ("shutdown", "poweroff", "halt"):
             p = vm_root / "bin" / shim
-            p.write_text(f"#!/bin/sh\necho \"{shim} $*\" >> '{vm_root}/poweroff'\n")
+            p.write_text(f"#!/bin/sh\necho \"{shim} $* @$(date +%s)\" >> '{vm_root}/poweroff'\n")
             p.chmod(0o755)
         (vm_root / "startup-script").write_text(script)
         env = {"PATH": f"{vm_root / 'bin'}:{Path(sys.executable).parent}:/usr/local/bin:/usr/bin:/bin",
@@ -235,9 +237,18 @@ class FakeVMs:
         return bool(vm) and vm["proc"].poll() is None
 
     def powered_off(self, name: str) -> bool:
-        """The VM asked to power off now (not a scheduled `shutdown -h +N`)."""
+        """The VM asked to power off now, or a `shutdown -h +N` it scheduled is due (N minutes
+        of `minute_seconds` each; `enforce_deadlines = False` plays a VM where it never fires)."""
         p = self.vms[name]["root"] / "poweroff"
-        return p.exists() and any("+" not in line for line in p.read_text().splitlines())
+        if not p.exists():
+            return False
+        for line in p.read_text().splitlines():
+            m = re.search(r" \+(\d+) .*@(\d+)$", line)
+            if not m:
+                return True
+            if self.enforce_deadlines and time.time() >= int(m.group(2)) + int(m.group(1)) * self.minute_seconds:
+                return True
+        return False
 
     def consoles(self) -> str:
         return "; ".join(f"{n}: {(v['root'] / 'console.log').read_text()[-500:]}" for n, v in self.vms.items())

@@ -166,6 +166,33 @@ def test_second_pull_of_many_files_moves_nothing(project, tmp_path):
     assert (again["files"], again["bytes"], again["unchanged"]) == (0, 0, 300)
 
 
+def test_pull_of_a_finished_run_trusts_its_state_until_a_file_changes(project, tmp_path):
+    cmd = 'mkdir -p "$RESULTS_DIR/s"; for i in $(seq 1 20); do echo "$i" > "$RESULTS_DIR/s/f$i.txt"; done'
+    out = tmp_path / "r"
+    run_id = cloud_run("run", cmd, "--output-dir", str(out), "--quiet").stdout.decode().strip()
+    state = json.loads((out / ".cloud-run-state.json").read_text())
+    assert (state["run_id"], state["final"], len(state["files"])) == (run_id, True, 20)
+    # a finished run, everything in place: no request at all (a missing bucket would fail otherwise)
+    moved = bucket(tmp_path).rename(tmp_path / "elsewhere")
+    again = json.loads(cloud_run("pull", run_id, "--output-dir", str(out), "--json").stdout)
+    assert (again["files"], again["bytes"], again["unchanged"], again["complete"]) == (0, 0, 20, True)
+    moved.rename(bucket(tmp_path))
+    # an edited file is noticed by its size or mtime, kept, and fetched again
+    (out / "s" / "f3.txt").write_text("mine, longer\n")
+    (out / "s" / "f4.txt").unlink()
+    fixed = json.loads(cloud_run("pull", run_id, "--output-dir", str(out), "--json").stdout)
+    assert (fixed["files"], fixed["unchanged"]) == (2, 18)
+    assert (out / "s" / "f3.txt").read_text() == "3\n" and (out / "s" / "f3.txt.orig").read_text() == "mine, longer\n"
+    # same size and mtime but other bytes escape the state; --verify re-hashes everything
+    target = out / "s" / "f5.txt"
+    st = target.stat()
+    target.write_text("X\n")
+    os.utime(target, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert json.loads(cloud_run("pull", run_id, "--output-dir", str(out), "--json").stdout)["files"] == 0
+    verified = json.loads(cloud_run("pull", run_id, "--output-dir", str(out), "--json", "--verify").stdout)
+    assert verified["files"] == 1 and target.read_text() == "5\n"
+
+
 def test_terminate_stops_a_running_vm(project, tmp_path):
     marker = f"rk-term-{os.getpid()}"
     run_id = cloud_run("run", f"exec -a {marker} sleep 300", "--detach").stdout.decode().strip()
@@ -181,15 +208,36 @@ def test_terminate_stops_a_running_vm(project, tmp_path):
 
 def test_reaper_deletes_instances_past_their_deadline(project, tmp_path):
     run_id = cloud_run("run", "sleep 300", "--detach").stdout.decode().strip()
-    rec_path = tmp_path / "state" / "local" / "instances" / f"rk-{run_id}.json"
-    rec = json.loads(rec_path.read_text())
-    rec["labels"]["researchkit-expires"] = str(int(time.time()) - 1)
-    rec_path.write_text(json.dumps(rec))
+    rec = expire(tmp_path, run_id)
     dry = json.loads(cloud_run("reap", "--dry-run", "--json").stdout)
     assert dry == {"dry_run": True, "instances": [f"rk-{run_id}"]}
     assert instances(tmp_path) == [f"rk-{run_id}.json"]
     assert cloud_run("reap").stdout.decode().strip() == f"deleted rk-{run_id}"
     assert instances(tmp_path) == [] and not session_pids(rec["session"])
+
+
+def expire(tmp_path, run_id: str) -> dict:
+    rec_path = tmp_path / "state" / "local" / "instances" / f"rk-{run_id}.json"
+    rec = json.loads(rec_path.read_text())
+    rec["labels"]["researchkit-expires"] = str(int(time.time()) - 1)
+    rec_path.write_text(json.dumps(rec))
+    return rec
+
+
+def test_reaper_runs_at_most_every_interval_but_always_before_a_launch(project, tmp_path, monkeypatch):
+    monkeypatch.delenv("RK_REAP_INTERVAL")  # the default: 300 s
+    first = cloud_run("run", "sleep 300", "--detach").stdout.decode().strip()
+    second = cloud_run("run", "sleep 300", "--detach").stdout.decode().strip()
+    expire(tmp_path, first)
+    assert "reaped" not in cloud_run("ls").stderr.decode()  # the launch just reaped: not due yet
+    assert f"rk-{first}.json" in instances(tmp_path)
+    third = cloud_run("run", "sleep 300", "--detach")  # a launch always reaps
+    assert f"reaped rk-{first}" in third.stderr.decode() and f"rk-{first}.json" not in instances(tmp_path)
+    expire(tmp_path, second)
+    stamp = next((tmp_path / "state" / "reaped").iterdir())
+    os.utime(stamp, (time.time() - 301, time.time() - 301))  # five minutes later
+    assert f"reaped rk-{second}" in cloud_run("ls").stderr.decode()
+    cloud_run("terminate", third.stdout.decode().strip())
 
 
 def test_interrupted_launch_leaves_a_record_and_no_vm(project, tmp_path, monkeypatch):

@@ -167,3 +167,51 @@ def test_bad_bucket_urls(url):
 
     with pytest.raises(KitError):
         open_store(url)
+
+
+def pull_results(store, manifest, dest):
+    packs = [f"runs/r/{p}" for p in manifest["packs"]]
+    return pull_tree(store, "runs/r/results", dest, expected=manifest["files"], packs=packs)
+
+
+def test_results_pull_reads_small_files_from_packs(store, tmp_path, monkeypatch):
+    import researchkit_py.storage.transfer as transfer
+
+    monkeypatch.setattr(transfer, "RANGE_SIZE", 4000)  # several ranged reads, not one
+    src = tmp_path / "src"
+    make_tree(src, n=40)
+    (src / "big.bin").write_bytes(os.urandom(3 << 20))  # over the pack limit: its own object
+    manifest, up = transfer.put_results(store, src, "runs/r", tmp_path / "scratch")
+    assert up.files == 41 and len(manifest["packs"]) == 1
+    assert "pack" not in next(e for e in manifest["files"] if e["path"] == "big.bin")
+
+    dest = tmp_path / "dest"
+    stats = pull_results(store, manifest, dest)
+    assert tree_manifest(dest) == tree_manifest(src)
+    assert stats.files == 41 and 3 <= stats.requests < 20, stats  # 40 small files in a few ranged reads
+
+    # only what changed locally is fetched again, the differing local file kept
+    (dest / "d1" / "f5.txt").write_text("mine")
+    (dest / "d2" / "f6.txt").unlink()
+    again = pull_results(store, manifest, dest)
+    assert (again.files, again.skipped, again.kept) == (2, 39, ["d1/f5.txt"])
+    assert (dest / "d1" / "f5.txt.orig").read_text() == "mine"
+    assert tree_manifest(dest / "d2") == tree_manifest(src / "d2")
+
+
+def test_damaged_pack_installs_nothing_and_hostile_indexes_fall_back(store, tmp_path):
+    from researchkit_py.storage.transfer import put_results
+
+    src = tmp_path / "src"
+    make_tree(src, n=6)
+    manifest, _ = put_results(store, src, "runs/r", tmp_path / "scratch")
+    store.put_bytes("runs/r/packs/0000.pack", b"\0" * 10_000)  # same length or more, wrong bytes
+    with pytest.raises(Exception, match="does not match its manifest"):
+        pull_results(store, manifest, tmp_path / "d")
+    assert not [p for p in (tmp_path / "d").rglob("*") if p.is_file()]
+
+    for i, bad in enumerate(({"pack": 7}, {"pack": "0"}, {"offset": -5}, {"offset": "0"})):
+        files = [{**e, **bad} for e in manifest["files"]]  # not a usable pack index: per-object reads
+        dest = tmp_path / f"d{i}"
+        stats = pull_results(store, {**manifest, "files": files}, dest)
+        assert stats.requests == 6 and tree_manifest(dest) == tree_manifest(src)
