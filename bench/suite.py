@@ -82,6 +82,7 @@ class Bench:
 def make_results(root: Path, small: int, big: int, seed: int) -> tuple[int, int]:
     """`small` files of 1–64 KB in directories of 100, plus `big` files of 20 MB."""
     rnd = random.Random(seed)
+    root.mkdir(parents=True, exist_ok=True)
     total = 0
     for i in range(small):
         p = root / f"d{i // 100:03d}" / f"f{i:05d}.bin"
@@ -295,6 +296,7 @@ def main() -> None:
         s3_bucket = s3_url.removeprefix("s3://").split("/")[0]
         env = {**os.environ, **exports, "HOME": str(scratch), "RK_STATE_HOME": str(scratch / "state"),
                "RK_NO_PROGRESS": "1", "GCE_PROJECT": "bench", "RK_GCE_API_ENDPOINT": gce.url}
+        env.pop("PYTHONDONTWRITEBYTECODE", None)  # as on a user's machine: Python keeps its compiled modules
         b = Bench(scratch, env)
         proj = scratch / "proj"
         shutil.copytree(REPO / "examples" / "toy", proj)

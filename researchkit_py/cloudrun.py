@@ -111,7 +111,7 @@ def main(argv: list[str]) -> int:
 
 
 def cmd_run(ctx, args) -> int:
-    from .lifecycle import LaunchOptions, check_output_dir, ensure_gone, launch, plan_launch, pull, say, wait
+    from .lifecycle import LaunchOptions, check_output_dir, launch, plan_launch, say
     from .startup import parse_env_pairs
 
     output_dir = Path(args.output_dir) if args.output_dir else None
@@ -134,6 +134,18 @@ def cmd_run(ctx, args) -> int:
     _terminate_on_sigterm()
     plan = launch(ctx, opts)
     run_id = plan.run_id
+    try:
+        return _after_launch(ctx, args, plan, output_dir)
+    except KeyboardInterrupt:  # from here on the VM runs its course and deletes itself
+        say(f"\ncloud-run: stopped waiting; {run_id} goes on. `cloud-run status {run_id}`, "
+            f"or `cloud-run terminate {run_id}` to stop it")
+        return 130
+
+
+def _after_launch(ctx, args, plan, output_dir: Path | None) -> int:
+    from .lifecycle import ensure_gone, pull, say, wait
+
+    run_id = plan.run_id
     say(f"cloud-run: launched {run_id} on {ctx.provider.name} (instance {plan.manifest.instance}, "
         f"deadline {plan.manifest.expires_at}, code {f'uploaded, {plan.code_uploaded_bytes} bytes' if plan.code_uploaded_bytes else 'unchanged'})")
     if args.detach:
@@ -147,12 +159,7 @@ def cmd_run(ctx, args) -> int:
         return 0
     if not args.json:
         print(run_id, flush=True)
-    try:
-        state = wait(ctx, run_id, stream_log=not args.quiet)
-    except KeyboardInterrupt:
-        say(f"\ncloud-run: stopped waiting; {run_id} goes on. `cloud-run status {run_id}`, "
-            f"or `cloud-run terminate {run_id}` to stop it")
-        return 130
+    state = wait(ctx, run_id, stream_log=not args.quiet)
     ensure_gone(ctx, plan.manifest.instance)
     code = runs.client_exit_code(state)
     summary = {"run_id": run_id, "phase": state.get("phase"), "cause": state.get("cause"),

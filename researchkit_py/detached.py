@@ -23,7 +23,8 @@ from pathlib import Path
 
 from .errors import KitError, ProviderError, run_cli
 
-DEFAULT_COMMAND = "python scripts/run_experiment.py --exp {exp} {quick} --parallel"
+DEFAULT_SCRIPT = "scripts/run_experiment.py"
+DEFAULT_COMMAND = f"python {DEFAULT_SCRIPT} --exp {{exp}} {{quick}} --parallel"
 LATER = ("list", "status", "download", "logs", "kill")
 
 
@@ -40,6 +41,9 @@ def command_for(exp: int, quick: bool, explicit: str, settings) -> tuple[str, st
             return spec.run_command, str(specs[0].relative_to(settings.root))
     template = settings.get("RK_DETACHED_COMMAND") or DEFAULT_COMMAND
     source = "RK_DETACHED_COMMAND" if settings.get("RK_DETACHED_COMMAND") else "the default"
+    if template == DEFAULT_COMMAND and not Path(settings.root, DEFAULT_SCRIPT).is_file():
+        raise KitError(f"experiment {exp} has no command: no experiments/exp-{exp:03d}-*.md with a `## Run` command, "
+                       f"no RK_DETACHED_COMMAND, no {DEFAULT_SCRIPT}; pass --command \"...\"")
     try:
         return " ".join(template.format(exp=exp, quick="--quick" if quick else "").split()), source
     except (KeyError, IndexError, ValueError):

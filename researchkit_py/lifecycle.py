@@ -11,12 +11,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import runs
-from .bundle import make_bundle, upload_bundle
 from .compute import InstanceRequest, Provider, get_provider
 from .compute.base import TOOL_LABEL
 from .config import Settings
-from .errors import KitError, NotFound, UsageError
-from .startup import ScriptPlan, render_startup_script
+from .errors import KitError, NotFound, ProviderError, StorageError, UsageError
 from .storage import Store, join_key, open_store
 from .storage.transfer import TransferStats, pull_tree, put_tree
 
@@ -32,6 +30,7 @@ class Context:
     settings: Settings
     provider: Provider
     store: Store
+    default_bucket: bool = False  # the provider's own bucket (created on first launch), not RK_BUCKET
 
     @classmethod
     def open(cls, backend: str | None = None, settings: Settings | None = None) -> Context:
@@ -42,7 +41,8 @@ class Context:
                            "fix it in .orchestration-kit.env or the environment")
         name = backend or settings.get("RK_BACKEND") or TARGET_BACKEND[target]
         provider = get_provider(name, settings)
-        return cls(settings, provider, open_store(settings.get("RK_BUCKET") or provider.default_store_url()))
+        bucket = settings.get("RK_BUCKET")
+        return cls(settings, provider, open_store(bucket or provider.default_store_url()), default_bucket=not bucket)
 
     def poll_seconds(self) -> float:
         return self.settings.get_float("RK_POLL_SECONDS", 0.2 if self.provider.name == "local" else 2.0)
@@ -78,7 +78,7 @@ def deadlines(max_hours: float) -> tuple[int, int]:
     if max_hours <= 0:
         raise UsageError("--max-hours must be positive")
     hard = max(1, math.ceil(max_hours * 3600))
-    grace = min(300, max(2, hard // 20))
+    grace = min(300, max(10, hard // 20))  # the trap's uploads and self-delete need a few seconds
     return hard, max(1, hard - grace)
 
 
@@ -110,6 +110,9 @@ def plan_launch(ctx: Context, opts: LaunchOptions, *, upload: bool = True) -> La
     run_id = runs.new_run_id(label)
     hard, soft = deadlines(opts.max_hours)
     heartbeat = ctx.settings.get_int("RK_HEARTBEAT_SECONDS", 2 if ctx.provider.name == "local" else 30)
+    from .bundle import make_bundle, upload_bundle  # launch-only: kept off the path of pull and status
+    from .startup import ScriptPlan, render_startup_script
+
     bundle = make_bundle(root, ctx.settings.get_float("RK_MAX_BUNDLE_MB"),
                          extra_exclude=tuple(f"{d.strip('/')}/*" for d in opts.data_dirs))
     results_subdir = ctx.settings["RK_RESULTS_SUBDIR"]
@@ -117,7 +120,6 @@ def plan_launch(ctx: Context, opts: LaunchOptions, *, upload: bool = True) -> La
         run_id=run_id, store_url=ctx.store.url, provider=ctx.provider.name, bundle_key=bundle.key,
         command=opts.command, soft_deadline_seconds=soft, heartbeat_seconds=heartbeat,
         deadline_lines=ctx.provider.deadline_lines(hard), self_delete_lines=ctx.provider.self_delete_lines(),
-        agent_import=ctx.provider.agent_import, agent_packages=ctx.provider.agent_packages,
         env=opts.env, results_subdir=results_subdir, has_data=bool(opts.data_dirs),
         vm_python=ctx.settings.get("RK_VM_PYTHON", ""),
     ))
@@ -146,15 +148,17 @@ def plan_launch(ctx: Context, opts: LaunchOptions, *, upload: bool = True) -> La
 
 def launch(ctx: Context, opts: LaunchOptions) -> Launch:
     """Plan, write the manifest (before the VM exists, so the reaper can always find it), create."""
-    ctx.provider.prepare(ctx.store)
+    if ctx.default_bucket:  # a bucket the user named is never created: a typo must not make a new one
+        ctx.provider.prepare(ctx.store)
     plan = plan_launch(ctx, opts)
     prefix = runs.run_prefix(plan.run_id)
-    ctx.store.write_json(f"{prefix}/manifest.json", plan.manifest.to_dict())
     assert plan.request is not None
     try:
+        ctx.store.write_json(f"{prefix}/manifest.json", plan.manifest.to_dict())
         instance = ctx.provider.create(plan.request)
     except BaseException as e:
-        # Leave nothing running and a record that says why.
+        # Leave nothing running and a record that says why (an interruption may come while
+        # the manifest's write or the instance request is in flight: both may have happened).
         try:
             ctx.provider.delete(plan.manifest.instance)
         finally:
@@ -225,15 +229,26 @@ def read_log(ctx: Context, run_id: str) -> bytes:
 def wait(ctx: Context, run_id: str, stream_log: bool = True) -> dict:
     """Poll until the run is final (or lost), echoing new log output to stderr."""
     manifest = read_manifest(ctx, run_id)
-    shown, poll = 0, ctx.poll_seconds()
+    shown, poll, warned = 0, ctx.poll_seconds(), ""
+    give_up = runs.parse_iso(manifest["expires_at"]) + 600
     while True:
-        state = run_state(ctx, run_id, manifest)
-        if stream_log:
-            log = read_log(ctx, run_id)
-            if len(log) > shown:
-                sys.stderr.write(log[shown:].decode("utf-8", "replace"))
-                sys.stderr.flush()
-                shown = len(log)
+        try:
+            state = run_state(ctx, run_id, manifest)
+            log = read_log(ctx, run_id) if stream_log else b""
+        except (ProviderError, StorageError) as e:
+            # A blip of the API or the bucket must not end a night-long wait; the VM goes on
+            # either way. Past the run's deadline there is nothing left to wait for.
+            if time.time() > give_up:
+                raise
+            if str(e) != warned:
+                say(f"cloud-run: warning: {e}; still waiting")
+                warned = str(e)
+            time.sleep(poll)
+            continue
+        if len(log) > shown:
+            sys.stderr.write(log[shown:].decode("utf-8", "replace"))
+            sys.stderr.flush()
+            shown = len(log)
         if state.get("phase") in runs.FINAL:
             return state
         time.sleep(poll)
@@ -308,7 +323,7 @@ def _stat(root: Path, rel: str) -> list[int] | None:
     import stat
 
     try:
-        st = (root / rel).lstat()
+        st = os.lstat(os.path.join(root, rel))  # not pathlib: this runs for every file of every pull
     except OSError:
         return None
     return [st.st_size, st.st_mtime_ns] if stat.S_ISREG(st.st_mode) else None

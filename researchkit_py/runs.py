@@ -7,7 +7,6 @@ or long after it, is under runs/<run-id>/.
 from __future__ import annotations
 
 import re
-import secrets
 import time
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
@@ -44,6 +43,8 @@ def new_run_id(label: str = "run") -> str:
     """`<label>-YYYYMMDD-HHMMSS-<8 hex>`: sorts by time, never collides in practice,
     and is a valid GCE instance name / EC2 tag value once prefixed with `rk-`."""
     stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
+    import secrets
+
     return f"{slug(label)}-{stamp}-{secrets.token_hex(4)}"
 
 

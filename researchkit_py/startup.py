@@ -23,7 +23,13 @@ AGENT_MODULES = (
     "__init__.py", "errors.py", "bundle.py", "vm_agent.py",
     "storage/__init__.py", "storage/base.py", "storage/paths.py", "storage/transfer.py", "storage/local.py",
 )
-BACKEND_MODULES = {"gs": ("storage/gcs.py",), "s3": ("storage/s3.py", "aws.py")}
+# What the agent needs for the run's bucket, whatever the provider: its modules, a module whose
+# import proves the SDK is on the VM, and the packages that provide it otherwise.
+BACKENDS: dict[str, tuple[tuple[str, ...], str, tuple[str, ...]]] = {
+    "gs": (("storage/gcs.py",), "google.cloud.storage", ("google-cloud-storage",)),
+    "s3": (("storage/s3.py", "aws.py"), "boto3", ("boto3",)),
+}
+NO_SDK: tuple[tuple[str, ...], str, tuple[str, ...]] = ((), "json", ())
 
 _ENV_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _SECRET_NAME = re.compile(r"SECRET|TOKEN|PASSW|CREDENTIAL|PRIVATE_KEY|ACCESS_KEY|API_KEY|SESSION_KEY", re.I)
@@ -41,8 +47,6 @@ class ScriptPlan:
     heartbeat_seconds: int
     deadline_lines: str  # provider snippet, runs first
     self_delete_lines: str  # provider snippet, body of rk_self_delete
-    agent_import: str = "json"  # a module whose import proves the agent's SDK is present
-    agent_packages: tuple[str, ...] = ()
     env: dict[str, str] = field(default_factory=dict)
     results_subdir: str = "results"
     has_data: bool = False
@@ -83,8 +87,7 @@ def _compact(source: bytes) -> bytes:
 
 def agent_payload(store_url: str) -> str:
     """The agent's modules (and the one storage backend this run uses) as base64 tar.gz."""
-    modules = list(AGENT_MODULES)
-    modules += BACKEND_MODULES.get(store_url.split("://", 1)[0], ())
+    modules = [*AGENT_MODULES, *_backend(store_url)[0]]
     raw = io.BytesIO()
     with tarfile.open(fileobj=raw, mode="w") as tar:
         for rel in modules:
@@ -95,6 +98,10 @@ def agent_payload(store_url: str) -> str:
     gz = gzip.compress(raw.getvalue(), compresslevel=9, mtime=0)
     b64 = base64.b64encode(gz).decode()
     return "\n".join(b64[i:i + 76] for i in range(0, len(b64), 76))
+
+
+def _backend(store_url: str) -> tuple[tuple[str, ...], str, tuple[str, ...]]:
+    return BACKENDS.get(store_url.split("://", 1)[0], NO_SDK)
 
 
 def render_startup_script(plan: ScriptPlan) -> str:
@@ -118,8 +125,8 @@ def render_startup_script(plan: ScriptPlan) -> str:
         heartbeat=max(1, int(plan.heartbeat_seconds)),
         has_data=1 if plan.has_data else 0,
         q_vm_python=q(plan.vm_python),
-        q_agent_import=q(f"import {plan.agent_import}"),
-        q_packages=" ".join(q(p) for p in plan.agent_packages) or "''",
+        q_agent_import=q(f"import {_backend(plan.store_url)[1]}"),
+        q_packages=" ".join(q(p) for p in _backend(plan.store_url)[2]) or "''",
         payload=agent_payload(plan.store_url),
         exports=exports,
     )
@@ -202,9 +209,8 @@ rk status BOOT
 
 # 2. Code, data and requirements.
 RK_STAGE=SETUP
-rk status SETUP
 RK_WORK="$RK_ROOT/work"
-rk get-bundle "$RK_BUNDLE_KEY" "$RK_WORK"
+rk status SETUP -- get-bundle "$RK_BUNDLE_KEY" "$RK_WORK"
 if [[ "$RK_HAS_DATA" == 1 ]]; then rk get-data "$RK_WORK"; fi
 cd "$RK_WORK"
 if [[ -n "$RK_VM_PYTHON" ]]; then
@@ -224,8 +230,7 @@ mkdir -p "$RESULTS_DIR"
 # 3. The command, under its soft deadline, with a heartbeat that also ships the log.
 RK_STAGE=RUN
 echo "researchkit: running: $RK_COMMAND"
-rk heartbeat || true  # the log says what runs before the status does: a VM lost right after still tells
-rk status RUN
+rk heartbeat -- status RUN  # the log says what runs before the status does: a VM lost right after still tells
 ( while sleep "$RK_HEARTBEAT"; do rk heartbeat || true; done ) &
 RK_HB_PID=$!
 RK_T0=$SECONDS
@@ -244,7 +249,6 @@ echo "researchkit: command exited $RK_CMD_RC"
 
 # 4. Results, then the checksum manifest that marks them complete.
 RK_STAGE=UPLOAD
-rk status UPLOAD
-rk push-results "$RESULTS_DIR"
+rk status UPLOAD -- push-results "$RESULTS_DIR"
 RK_STAGE=DONE
 """

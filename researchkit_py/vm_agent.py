@@ -23,10 +23,16 @@ def _env(name: str) -> str:
     return value
 
 
-def _store():
-    from .storage import open_store
+_STORE = None
 
-    return open_store(_env("RK_STORE"))
+
+def _store():
+    global _STORE
+    if _STORE is None:  # one client per process: commands may be chained (see main)
+        from .storage import open_store
+
+        _STORE = open_store(_env("RK_STORE"))
+    return _STORE
 
 
 def _prefix() -> str:
@@ -146,8 +152,14 @@ def self_delete_local() -> None:
 
 
 def main(argv: list[str]) -> int:
+    """Run one command, or several separated by `--` (one Python start for all: on a small VM
+    each start costs a fraction of a second)."""
+    if "--" in argv:
+        i = argv.index("--")
+        return main(argv[:i]) or main(argv[i + 1:])
     if not argv:
-        print("usage: vm_agent status|heartbeat|get-bundle|get-data|push-results|finish|self-delete", file=sys.stderr)
+        print("usage: vm_agent status|heartbeat|get-bundle|get-data|push-results|finish|self-delete [-- ...]",
+              file=sys.stderr)
         return 2
     cmd, args = argv[0], argv[1:]
     if cmd == "status":

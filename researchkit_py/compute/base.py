@@ -37,8 +37,6 @@ class Instance:
 class Provider(ABC):
     name: ClassVar[str]
     #: Python module that proves the VM's python3 can already talk to the bucket.
-    agent_import: ClassVar[str] = "json"
-    agent_packages: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, settings: Settings):
         self.settings = settings

@@ -31,8 +31,6 @@ def ec2_client(service: str = "ec2"):
 
 class EC2Provider(Provider):
     name = "ec2"
-    agent_import = "boto3"
-    agent_packages = ("boto3",)
 
     def __init__(self, settings):
         super().__init__(settings)
@@ -164,5 +162,7 @@ def _translate(what: str) -> Iterator[None]:
             if code in ("UnauthorizedOperation", "AuthFailure", "InvalidClientTokenId"):
                 raise ProviderError(f"cannot {what}: {code}; check your AWS credentials and IAM permissions") from e
             raise ProviderError(f"cannot {what}: {code} {message[:160]}".rstrip()) from e
-        except exceptions.EndpointConnectionError as e:
-            raise ProviderError(f"cannot {what}: the EC2 endpoint is unreachable ({e})") from e
+        except exceptions.NoCredentialsError:
+            raise
+        except exceptions.BotoCoreError as e:  # unreachable, timed out, or an answer that is not EC2's
+            raise ProviderError(f"cannot {what}: {e.__class__.__name__}: {' '.join(str(e).split())[:160]}") from e

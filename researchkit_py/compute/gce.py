@@ -103,8 +103,6 @@ def gcloud_config_project(home: str | None = None) -> str:
 
 class GCEProvider(Provider):
     name = "gce"
-    agent_import = "google.cloud.storage"
-    agent_packages = ("google-cloud-storage",)
 
     def __init__(self, settings):
         super().__init__(settings)

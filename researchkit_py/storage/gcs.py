@@ -31,6 +31,7 @@ def gcs_client(project: str | None = None, pool_size: int = 32):
                 "or set GOOGLE_APPLICATION_CREDENTIALS to a key file"
             ) from None
         raise
+    _larger_download_pieces()
     # One connection per transfer thread, instead of requests' default pool of 10.
     import requests.adapters
 
@@ -40,7 +41,22 @@ def gcs_client(project: str | None = None, pool_size: int = 32):
     return client
 
 
+def _larger_download_pieces() -> None:
+    """The SDK reads downloads 8 KB at a time, a Python loop per piece: 20,000 rounds for a
+    160 MB pull, which makes it CPU-bound (bench/ measured 1.7 s → 0.9 s for 2,000 files and
+    100 MB with 1 MB pieces). Its checksums still cover every byte."""
+    try:
+        from google.cloud.storage._media.requests import _request_helpers
+    except ImportError:  # an SDK that moved it: keep its default
+        return
+    if getattr(_request_helpers, "_SINGLE_GET_CHUNK_SIZE", 1 << 20) < 1 << 20:
+        _request_helpers._SINGLE_GET_CHUNK_SIZE = 1 << 20
+
+
 class GCSStore(Store):
+    """Every call passes retry=None: the SDK's own retries (up to 120 s per call) would multiply
+    with ours in Store._retry, which alone decides how long a bucket may refuse (RK_STORAGE_RETRIES)."""
+
     def __init__(self, bucket: str, prefix: str = "", project: str | None = None):
         self.bucket_name, self.prefix = bucket, prefix.strip("/")
         self.url = f"gs://{bucket}" + (f"/{self.prefix}" if self.prefix else "")
@@ -57,35 +73,35 @@ class GCSStore(Store):
         return self.bucket.blob(join_key(self.prefix, key))
 
     def _put_file(self, local: Path, key: str) -> None:
-        self._blob(key).upload_from_filename(str(local))
+        self._blob(key).upload_from_filename(str(local), retry=None)
 
     def _get_file(self, key: str, local: Path) -> None:
         with _not_found(key, self.url):
-            self._blob(key).download_to_filename(str(local))
+            self._blob(key).download_to_filename(str(local), retry=None)
 
     def _put_bytes(self, key: str, data: bytes) -> None:
-        self._blob(key).upload_from_string(data)
+        self._blob(key).upload_from_string(data, retry=None)
 
     def _get_bytes(self, key: str) -> bytes:
         with _not_found(key, self.url):
-            return self._blob(key).download_as_bytes()
+            return self._blob(key).download_as_bytes(retry=None)
 
     def _get_range(self, key: str, start: int, end: int) -> bytes:
         with _not_found(key, self.url):  # the SDK's end is inclusive; ours is not
-            return self._blob(key).download_as_bytes(start=start, end=end - 1, checksum=None)
+            return self._blob(key).download_as_bytes(start=start, end=end - 1, checksum=None, retry=None)
 
     def _list(self, prefix: str) -> Iterator[ObjectInfo]:
         full = join_key(self.prefix, prefix) + ("/" if prefix.endswith("/") else "")
         cut = len(self.prefix) + 1 if self.prefix else 0
         with _not_found(prefix, self.url, bucket=True):
-            for blob in self.bucket.client.list_blobs(self.bucket_name, prefix=full or None):
+            for blob in self.bucket.client.list_blobs(self.bucket_name, prefix=full or None, retry=None):
                 md5 = base64.b64decode(blob.md5_hash).hex() if blob.md5_hash else None
                 yield ObjectInfo(blob.name[cut:], int(blob.size or 0), md5)
 
     def _list_dirs(self, prefix: str) -> Iterator[str]:
         full = join_key(self.prefix, prefix) + "/"
         with _not_found(prefix, self.url, bucket=True):
-            it = self.bucket.client.list_blobs(self.bucket_name, prefix=full, delimiter="/")
+            it = self.bucket.client.list_blobs(self.bucket_name, prefix=full, delimiter="/", retry=None)
             for page in it.pages:
                 for p in page.prefixes:
                     yield p[len(full):].rstrip("/")
@@ -94,7 +110,7 @@ class GCSStore(Store):
         from google.api_core import exceptions
 
         try:
-            self._blob(key).delete()
+            self._blob(key).delete(retry=None)
         except exceptions.NotFound:
             pass
 

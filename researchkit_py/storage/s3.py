@@ -87,7 +87,12 @@ class S3Store(Store):
             self.client.delete_object(Bucket=self.bucket, Key=self._key(key))
 
     def _is_transient(self, exc: BaseException) -> bool:
+        from boto3.exceptions import S3UploadFailedError
         from botocore import exceptions
+
+        if isinstance(exc, S3UploadFailedError):  # upload_file wraps what the service said
+            cause = exc.__cause__ or exc.__context__
+            return cause is None or self._is_transient(cause)
 
         if isinstance(exc, (exceptions.EndpointConnectionError, exceptions.ConnectionClosedError,
                             exceptions.ReadTimeoutError, exceptions.IncompleteReadError,

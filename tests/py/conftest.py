@@ -15,7 +15,9 @@ REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(Path(__file__).parent))
 
-from emulators import FakeGCS, Moto  # noqa: E402
+from emulators import FAKE_SECRET, FakeGCS, Moto  # noqa: E402
+from fake_gce import FakeGCE  # noqa: E402
+from fake_vm import EC2VMs, GCEVMs  # noqa: E402
 
 SCRUB = ("COMPUTE_TARGET", "RK_", "EXP_", "KIT_", "AWS_", "GOOGLE_", "GCE_", "CLOUDSDK_", "STORAGE_EMULATOR_HOST",
          "ORCHESTRATION_KIT_ROOT")
@@ -120,6 +122,111 @@ def vm_gcs(vm_network, gcs_server):
     server = FakeGCS(host=vm_network.host_ip)
     yield server
     server.stop()
+
+
+@pytest.fixture
+def gce(project, vm_network, vm_gcs, monkeypatch, tmp_path):
+    """Fake Compute API + storage emulator + fake VMs (in network namespaces where possible)."""
+    host = vm_network.host_ip if vm_network else "127.0.0.1"
+    fake = FakeGCE(host=host)
+    vms = GCEVMs(fake, tmp_path / "vms", {"STORAGE_EMULATOR_HOST": vm_gcs.url}, vm_network)
+    monkeypatch.setenv("STORAGE_EMULATOR_HOST", vm_gcs.url)
+    from researchkit_py.storage.gcs import gcs_client
+
+    bucket = f"b-{uuid.uuid4().hex[:12]}"
+    gcs_client().create_bucket(bucket)
+    monkeypatch.setenv("GCE_PROJECT", "test-proj")
+    monkeypatch.setenv("RK_GCE_API_ENDPOINT", fake.url)
+    monkeypatch.setenv("RK_BUCKET", f"gs://{bucket}/rk")
+    monkeypatch.setenv("RK_POLL_SECONDS", "0.2")
+    monkeypatch.setenv("RK_SELF_DELETE_WAIT", "20")
+    fake.vms = vms
+    yield fake
+    vms.stop()
+    fake.stop()
+
+
+@pytest.fixture(scope="session")
+def vm_moto(vm_network, moto_server):
+    """moto where the fake VMs can reach it: on the VM bridge when there is one."""
+    if vm_network is None:
+        yield moto_server
+        return
+    server = Moto(host=vm_network.host_ip)
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def ec2(project, vm_network, vm_moto, monkeypatch, tmp_path):
+    vm_moto.reset()
+    env = {"AWS_ENDPOINT_URL": vm_moto.url, "AWS_REGION": "us-east-1"}
+    for k, v in {**env, "AWS_ACCESS_KEY_ID": "AKIAIOSFODNN7EXAMPLE", "AWS_SECRET_ACCESS_KEY": FAKE_SECRET}.items():
+        monkeypatch.setenv(k, v)
+    from researchkit_py.compute.ec2 import ec2_client
+    from researchkit_py.storage.s3 import s3_client
+
+    bucket = f"b-{uuid.uuid4().hex[:12]}"
+    s3_client().create_bucket(Bucket=bucket)
+    client = ec2_client()
+    ami = client.describe_images()["Images"][0]["ImageId"]
+    ec2_client("ssm").put_parameter(Name="/researchkit/test/ubuntu-ami", Value=ami, Type="String")
+    monkeypatch.setenv("EC2_AMI_PARAM", "/researchkit/test/ubuntu-ami")
+    ec2_client("iam").create_instance_profile(InstanceProfileName="researchkit-vm")
+    monkeypatch.setenv("EC2_INSTANCE_PROFILE", "researchkit-vm")
+    monkeypatch.setenv("RK_BUCKET", f"s3://{bucket}/rk")
+    monkeypatch.setenv("RK_SELF_DELETE_WAIT", "20")
+    monkeypatch.setenv("RK_POLL_SECONDS", "0.2")
+    vms = EC2VMs(client, tmp_path / "vms", env, vm_network)  # the VM gets no keys: IMDS gives it the role's
+    vms.ami = ami
+    yield vms
+    vms.stop()
+
+
+# --- the fault matrix table (scripts/fault-matrix sets RK_FAULT_TABLE) ----------------------
+FAULT_CELLS: dict[tuple[str, str], dict] = {}
+
+
+def pytest_runtest_logreport(report):
+    if "test_faults.py::test_F" not in report.nodeid:
+        return
+    name, _, params = report.nodeid.split("::")[1].partition("[")
+    fault = name.split("_")[1]
+    provider = next(p for p in params.rstrip("]").split("-") if p in ("local", "gce", "ec2"))
+    cell = FAULT_CELLS.setdefault((fault, provider), {"ok": True, "seconds": 0.0, "tests": set()})
+    cell["ok"] = cell["ok"] and not report.failed
+    cell["seconds"] += report.duration
+    cell["tests"].add(report.nodeid)
+
+
+def pytest_sessionfinish(session):
+    path = os.environ.get("RK_FAULT_TABLE")
+    if not path or not FAULT_CELLS:
+        return
+    import platform
+    import time
+
+    from test_faults import FAULTS, PROVIDERS
+
+    lines = ["# Fault matrix", "",
+             "Generated from tests/py/test_faults.py by `scripts/fault-matrix` (or any pytest run with "
+             "RK_FAULT_TABLE set; CI runs the module with the rest of the suite) on "
+             f"{time.strftime('%Y-%m-%d')}, {os.cpu_count()} cores, Python {platform.python_version()}. "
+             "Each cell: the run's own checks plus no instance left after a reaper pass, log and status.json "
+             "in the bucket, the true exit code and cause, nothing written outside the output directory, and "
+             "no credential in any rendered script or instance metadata. Seconds are the cell's wall time.", "",
+             "| fault | " + " | ".join(PROVIDERS) + " |", "|---|" + "---|" * len(PROVIDERS)]
+    for fault, what in FAULTS.items():
+        cells = []
+        for provider in PROVIDERS:
+            c = FAULT_CELLS.get((fault, provider))
+            cells.append("not run" if c is None else
+                         f"{'pass' if c['ok'] else '**FAIL**'} {c['seconds']:.1f} s" +
+                         (f" ({len(c['tests'])} runs)" if len(c["tests"]) > 1 else ""))
+        lines.append(f"| **{fault}** {what} | " + " | ".join(cells) + " |")
+    failed = sum(not c["ok"] for c in FAULT_CELLS.values())
+    lines += ["", f"{len(FAULT_CELLS) - failed} of {len(FAULT_CELLS)} cells pass.", ""]
+    Path(path).write_text("\n".join(lines))
 
 
 def pytest_terminal_summary(terminalreporter):

@@ -7,6 +7,9 @@ import subprocess
 import time
 import urllib.request
 
+# A credential the emulators accept; tests check that it never reaches a VM's script or metadata.
+FAKE_SECRET = "wJalrXUtnFEMI/K7MDENG/bPxRfiCYzEXAMPLEKEY"
+
 
 def free_port() -> int:
     with socket.socket() as s:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import os
+import queue
 import re
 import shutil
 import signal
@@ -146,7 +147,8 @@ class VMNetwork:
         """A namespace wired to the bridge with no default route: (netns, veth on host, VM address)."""
         self.count += 1
         tag = f"{os.getpid() % 100000}{self.count:03d}"
-        ns, host_if, vm_if, addr = f"rkvm{tag}", f"rkh{tag}", f"rkv{tag}", f"{self.prefix}.{9 + self.count}"
+        ns, host_if, vm_if = f"rkvm{tag}", f"rkh{tag}", f"rkv{tag}"
+        addr = f"{self.prefix}.{10 + self.count % 240}"  # a /24: addresses come round again after 240 VMs
         _ip("netns", "add", ns)
         try:
             _ip("link", "add", host_if, "type", "veth", "peer", "name", vm_if)
@@ -274,11 +276,25 @@ class GCEVMs(FakeVMs):
         self.gce = gce
         gce.on_insert = self.on_insert
         gce.on_delete = self.on_delete
+        # VMs boot one at a time on one long-lived thread, as EC2VMs' poller does: booted from
+        # the fake API's short-lived request threads, concurrently, some died in their first
+        # millisecond (bwrap --die-with-parent follows the thread that started it).
+        self.queue: queue.Queue = queue.Queue()
+        self.booter = threading.Thread(target=self._boot_queued, daemon=True)
+        self.booter.start()
 
     def on_insert(self, project: str, zone: str, instance: dict) -> None:
         attrs = {i["key"]: i["value"] for i in instance.get("metadata", {}).get("items", [])}
-        self.boot(attrs.get("startup-script", ""), {"flavor": "gce", "name": instance["name"], "zone": zone,
-                                                     "project": project, "attributes": attrs})
+        self.queue.put((attrs.get("startup-script", ""), {"flavor": "gce", "name": instance["name"], "zone": zone,
+                                                           "project": project, "attributes": attrs}))
+
+    def _boot_queued(self) -> None:
+        while (item := self.queue.get()) is not None:
+            script, identity = item
+            with self.gce.lock:  # deleted before its turn came: nothing to boot
+                exists = (identity["project"], identity["zone"], identity["name"]) in self.gce.instances
+            if exists:
+                self.boot(script, identity)
 
     def on_delete(self, project: str, zone: str, instance: dict) -> None:
         # like GCE: the VM is shut down shortly after the API accepts the delete (only the
@@ -292,10 +308,15 @@ class GCEVMs(FakeVMs):
             for key in [k for k in self.gce.instances if k[2] == name]:
                 self.gce.instances.pop(key)
 
+    def stop(self) -> None:
+        self.queue.put(None)
+        self.booter.join(timeout=30)
+        super().stop()
+
     def wait_all_gone(self, timeout: float = 60) -> None:
         end = time.time() + timeout
         while time.time() < end:
-            if not self.gce.names() and not any(self.running(n) for n in self.vms):
+            if not self.gce.names() and self.queue.empty() and not any(self.running(n) for n in self.vms):
                 return
             time.sleep(0.1)
         raise AssertionError(f"VMs still there after {timeout}s: {self.gce.names()}; consoles: {self.consoles()}")

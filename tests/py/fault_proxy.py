@@ -24,6 +24,13 @@ HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "te", "trailer", 
 class Req:
     method: str
     path: str  # unquoted, with the query
+    body: bytes = b""
+
+    def names(self, text: str) -> bool:
+        """Does the request name `text`: in its path (S3), or in the metadata part that opens a
+        GCS multipart upload (not further: a log being uploaded may quote any key)?"""
+        head = self.body[:512]
+        return text in self.path or (b'"name"' in head and text.encode() in head)
 
 
 class FaultProxy:
@@ -67,7 +74,7 @@ class FaultProxy:
 
             def _handle(self) -> None:
                 body = self._body()
-                req = Req(self.command, unquote(self.path))
+                req = Req(self.command, unquote(self.path), body)
                 if proxy._refusing(req):
                     self._reply(503, [("Content-Type", "application/json")],
                                 b'{"error": {"code": 503, "message": "injected: service unavailable"}}', False)

@@ -10,53 +10,12 @@ import json
 import os
 import subprocess
 import time
-import uuid
 from pathlib import Path
 
-import pytest
-from emulators import Moto
-from fake_vm import EC2VMs
+from emulators import FAKE_SECRET
 from toy import assert_cycle_synced_and_confirmed, run_toy_cycle
 
 REPO = Path(__file__).resolve().parents[2]
-FAKE_SECRET = "wJalrXUtnFEMI/K7MDENG/bPxRfiCYzEXAMPLEKEY"
-
-
-@pytest.fixture(scope="session")
-def vm_moto(vm_network, moto_server):
-    """moto where the fake VMs can reach it: on the VM bridge when there is one."""
-    if vm_network is None:
-        yield moto_server
-        return
-    server = Moto(host=vm_network.host_ip)
-    yield server
-    server.stop()
-
-
-@pytest.fixture
-def ec2(project, vm_network, vm_moto, monkeypatch, tmp_path):
-    vm_moto.reset()
-    env = {"AWS_ENDPOINT_URL": vm_moto.url, "AWS_REGION": "us-east-1"}
-    for k, v in {**env, "AWS_ACCESS_KEY_ID": "AKIAIOSFODNN7EXAMPLE", "AWS_SECRET_ACCESS_KEY": FAKE_SECRET}.items():
-        monkeypatch.setenv(k, v)
-    from researchkit_py.compute.ec2 import ec2_client
-    from researchkit_py.storage.s3 import s3_client
-
-    bucket = f"b-{uuid.uuid4().hex[:12]}"
-    s3_client().create_bucket(Bucket=bucket)
-    client = ec2_client()
-    ami = client.describe_images()["Images"][0]["ImageId"]
-    ec2_client("ssm").put_parameter(Name="/researchkit/test/ubuntu-ami", Value=ami, Type="String")
-    monkeypatch.setenv("EC2_AMI_PARAM", "/researchkit/test/ubuntu-ami")
-    ec2_client("iam").create_instance_profile(InstanceProfileName="researchkit-vm")
-    monkeypatch.setenv("EC2_INSTANCE_PROFILE", "researchkit-vm")
-    monkeypatch.setenv("RK_BUCKET", f"s3://{bucket}/rk")
-    monkeypatch.setenv("RK_SELF_DELETE_WAIT", "20")
-    monkeypatch.setenv("RK_POLL_SECONDS", "0.2")
-    vms = EC2VMs(client, tmp_path / "vms", env, vm_network)  # the VM gets no keys: IMDS gives it the role's
-    vms.ami = ami
-    yield vms
-    vms.stop()
 
 
 def cloud_run(*args: str) -> subprocess.CompletedProcess:

@@ -1,0 +1,574 @@
+"""The fault matrix: each fault on each provider — the embedded `local` provider, GCE (fake
+Compute API, fake-gcs-server, fake VMs) and EC2 (moto, fake VMs).
+
+Every cell checks what users rely on: no instance is left once the run is over and a reaper
+pass has run; the log and status.json are in the bucket; the exit code and cause are the
+true ones; nothing is written outside the output directory; no credential is in any
+rendered script or instance metadata. `scripts/fault-matrix` runs this module and writes
+docs/fault-matrix.md from its results (see conftest.fault_report).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+from emulators import FAKE_SECRET
+from fault_proxy import FaultProxy
+
+REPO = Path(__file__).resolve().parents[2]
+PROVIDERS = ["local", "gce", "ec2"]
+FAKE_KEY_FILE_TEXT = '{"type": "service_account", "private_key": "-----BEGIN PRIVATE KEY-----FAKEFAKE"}'
+SECRETS = (FAKE_SECRET, "AKIAIOSFODNN7EXAMPLE", "FAKEFAKE", "service-account-key.json")
+
+FAULTS = {
+    "F1": "the command exits non-zero",
+    "F2": "requirements install fails",
+    "F3a": "the command hangs past max-hours: the script's deadline ends it",
+    "F3b": "… with the trap and the script's deadline disabled: the cloud deadline alone",
+    "F3c": "… with the cloud deadline disabled too: the reaper alone",
+    "F4": "the VM is killed hard mid-run (preemption)",
+    "F5a": "SIGINT / SIGTERM to the CLI between manifest and instance creation",
+    "F5b": "SIGINT / SIGTERM to the CLI right after the instance exists",
+    "F6a": "the bucket refuses uploads for 2 s during the results upload",
+    "F6b": "the bucket refuses the results upload for good",
+    "F7": "keys with `..`, absolute paths, symlinks on pull and hydrate",
+    "F8": "quotes, $(), backticks, spaces, newlines in command, env, spec name, paths",
+    "F9": "20 runs launched concurrently (20 CLI processes), the same spec twice",
+    "F10": "bad input: one-line error, non-zero exit, nothing created",
+}
+
+
+@dataclass
+class Cloud:
+    """One provider, as the fault tests drive it."""
+
+    name: str
+    tmp: Path
+    live: Callable[[], list[str]]  # instances of this tool still running (or stopped)
+    scripts: Callable[[], list[str]]  # everything the provider was given to boot a VM with
+    kill: Callable[[str], None]  # the VM dies at once, no trap runs, the instance goes away
+    vms: object = None
+    fake: object = None
+    proxies: list[FaultProxy] = field(default_factory=list)
+
+    def cli(self, *args: str, timeout: float = 180, env: dict | None = None) -> subprocess.CompletedProcess:
+        return subprocess.run([str(REPO / "tools" / "cloud-run"), "--backend", self.name, *args], capture_output=True,
+                              text=True, env=env or os.environ.copy(), timeout=timeout)
+
+    def popen(self, *args: str) -> subprocess.Popen:
+        return subprocess.Popen([str(REPO / "tools" / "cloud-run"), "--backend", self.name, *args],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=os.environ.copy())
+
+    def store(self):
+        from researchkit_py.lifecycle import Context
+
+        return Context.open(self.name).store
+
+    def disable_cloud_deadline(self, run_id: str) -> None:
+        """What the cloud enforces stops working: maxRunDuration (GCE), the scheduled shutdown
+        (EC2), the supervisor that powers a local VM off at its deadline (killed)."""
+        if self.name == "gce":
+            self.fake.enforce_deadlines = False
+        elif self.name == "ec2":
+            self.vms.enforce_deadlines = False
+        else:
+            rec = json.loads((self.tmp / "state" / "local" / "instances" / f"rk-{run_id}.json").read_text())
+            os.kill(rec["supervisor_pid"], signal.SIGKILL)
+
+    def proxied_bucket(self) -> FaultProxy:
+        """Put a fault-injecting proxy between the bucket and everyone (CLI and VMs). The local
+        provider's directory bucket cannot refuse requests: it gets a GCS bucket for this."""
+        mp = pytest.MonkeyPatch()
+        if self.name == "ec2":
+            proxy = FaultProxy(os.environ["AWS_ENDPOINT_URL"], host=_host(os.environ["AWS_ENDPOINT_URL"]))
+            mp.setenv("AWS_ENDPOINT_URL", proxy.url)
+            self.vms.api_env["AWS_ENDPOINT_URL"] = proxy.url
+        else:
+            if self.name == "local":
+                from researchkit_py.storage.gcs import gcs_client
+
+                bucket = f"b-{uuid.uuid4().hex[:12]}"
+                gcs_client().create_bucket(bucket)
+                mp.setenv("RK_BUCKET", f"gs://{bucket}/rk")
+            proxy = FaultProxy(os.environ["STORAGE_EMULATOR_HOST"], host=_host(os.environ["STORAGE_EMULATOR_HOST"]))
+            mp.setenv("STORAGE_EMULATOR_HOST", proxy.url)
+            if self.vms is not None:
+                self.vms.api_env["STORAGE_EMULATOR_HOST"] = proxy.url
+        self.proxies.append(proxy)
+        self._undo = mp
+        return proxy
+
+    def close(self) -> None:
+        if hasattr(self, "_undo"):
+            self._undo.undo()
+        for p in self.proxies:
+            p.stop()
+
+
+def _host(url: str) -> str:
+    from urllib.parse import urlparse
+
+    return urlparse(url).hostname or "127.0.0.1"
+
+
+@pytest.fixture(params=PROVIDERS)
+def cloud(request, project, tmp_path, monkeypatch, gcs_bucket):
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIAIOSFODNN7EXAMPLE")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", FAKE_SECRET)
+    key = tmp_path / "service-account-key.json"
+    key.write_text(FAKE_KEY_FILE_TEXT)
+    monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", str(key))
+    if request.param == "local":
+        c = _local(tmp_path, monkeypatch)
+    elif request.param == "gce":
+        fake = request.getfixturevalue("gce")
+        c = Cloud("gce", tmp_path, live=fake.names, kill=fake.vms.preempt, vms=fake.vms, fake=fake,
+                  scripts=lambda: [json.dumps(e["body"]) for e in fake.inserts()])
+    else:
+        vms = request.getfixturevalue("ec2")
+        monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIAIOSFODNN7EXAMPLE")
+        vms.minute_seconds = 6  # `shutdown -h +N` fires after N × 6 s: the 6 s deadline of F3b
+
+        def kill(name: str) -> None:  # a spot interruption: the VM dies, EC2 terminates the instance
+            vms.kill(name)
+            vms.ec2.terminate_instances(InstanceIds=[vms.ids[name]])
+
+        def live() -> list[str]:
+            pages = vms.ec2.describe_instances(Filters=[
+                {"Name": "instance-state-name", "Values": ["pending", "running", "stopping", "stopped"]}])
+            return [i["InstanceId"] for r in pages["Reservations"] for i in r["Instances"]]
+
+        c = Cloud("ec2", tmp_path, live=live, kill=kill, vms=vms,
+                  scripts=lambda: [v["identity"]["user_data"] for v in vms.vms.values()])
+    yield c
+    c.close()
+
+
+def _local(tmp_path: Path, monkeypatch) -> Cloud:
+    from researchkit_py.compute.local import session_pids
+
+    monkeypatch.setenv("RK_KEEP_VM_DIR", "1")  # the startup scripts stay for no_secrets()
+    state = tmp_path / "state" / "local"
+
+    def live() -> list[str]:
+        return sorted(p.stem for p in (state / "instances").glob("*.json"))
+
+    def kill(name: str) -> None:
+        rec = json.loads((state / "instances" / f"{name}.json").read_text())
+        for pid in session_pids(rec["session"]):
+            os.kill(pid, signal.SIGKILL)
+
+    return Cloud("local", tmp_path, live=live, kill=kill,
+                 scripts=lambda: [p.read_text() for p in (state / "vms").glob("*/startup.sh")])
+
+
+# --- what every cell checks ------------------------------------------------------------
+def settle(cloud: Cloud, timeout: float = 60) -> None:
+    """The run is over: after a reaper pass, no instance of this tool is left."""
+    end = time.time() + timeout
+    while True:
+        r = cloud.cli("reap")
+        assert r.returncode == 0, r.stderr
+        if not cloud.live():
+            return
+        if time.time() > end:
+            raise AssertionError(f"{cloud.name}: instances left: {cloud.live()}")
+        time.sleep(0.5)
+
+
+def record(cloud: Cloud, run_id: str, *, log: bool = True) -> tuple[dict, str]:
+    """The run's status.json and log from the bucket (both must be there)."""
+    store = cloud.store()
+    status = store.read_json(f"runs/{run_id}/status.json")
+    text = store.get_bytes(f"runs/{run_id}/logs/run.log").decode() if log else ""
+    return status, text
+
+
+def state(cloud: Cloud, run_id: str) -> dict:
+    r = cloud.cli("status", run_id, "--json")
+    assert r.returncode == 0, r.stderr
+    return json.loads(r.stdout)
+
+
+def no_secrets(cloud: Cloud) -> None:
+    scripts = cloud.scripts()
+    for text in scripts:
+        for secret in SECRETS:
+            assert secret not in text, f"{secret!r} reached a VM's script or metadata"
+
+
+def one_line(r: subprocess.CompletedProcess) -> str:
+    lines = [x for x in r.stderr.splitlines() if x.strip()]
+    assert r.returncode != 0 and "Traceback" not in r.stderr and len(lines) == 1, (r.returncode, r.stderr)
+    return lines[0]
+
+
+def out_dir(cloud: Cloud) -> Path:
+    """An output directory alone in a fresh parent: anything else that appears there escaped it."""
+    parent = cloud.tmp / "work"
+    parent.mkdir(exist_ok=True)
+    return parent / "out dir"
+
+
+def contained(cloud: Cloud) -> None:
+    assert [p.name for p in (cloud.tmp / "work").iterdir()] in ([], ["out dir"])
+
+
+def wait_phase(cloud: Cloud, run_id: str, phases: tuple[str, ...], timeout: float = 60) -> dict:
+    end = time.time() + timeout
+    while time.time() < end:
+        s = state(cloud, run_id)
+        if s.get("phase") in phases:
+            return s
+        time.sleep(0.3)
+    raise AssertionError(f"{run_id} never reached {phases}: {s}")
+
+
+def launch_with(cloud: Cloud, monkeypatch, command: str, max_hours: float, mutate: Callable[[str], str]) -> str:
+    """Launch in-process with the startup script altered on its way to the provider."""
+    from researchkit_py import lifecycle
+
+    ctx = lifecycle.Context.open(cloud.name)
+    real = ctx.provider.create
+
+    def create(req):
+        req.startup_script = mutate(req.startup_script)
+        return real(req)
+
+    monkeypatch.setattr(ctx.provider, "create", create)
+    return lifecycle.launch(ctx, lifecycle.LaunchOptions(command=command, max_hours=max_hours, detached=True)).run_id
+
+
+def no_trap(script: str) -> str:
+    for old, new in (("trap rk_finish EXIT\n", ": no EXIT trap\n"),
+                     ('timeout --kill-after=30 "$RK_SOFT_DEADLINE"', "timeout 100000")):
+        assert old in script, f"the startup script no longer has {old!r}; update this fault"
+        script = script.replace(old, new)
+    return script
+
+
+# --- F1 … F10 ----------------------------------------------------------------------------
+def test_F1_command_exits_non_zero(cloud):
+    out = out_dir(cloud)
+    r = cloud.cli("run", 'mkdir -p "$RESULTS_DIR"; echo partial > "$RESULTS_DIR/p.txt"; echo failing; exit 3',
+                  "--output-dir", str(out))
+    assert r.returncode == 3, r.stderr
+    run_id = r.stdout.strip()
+    status, log = record(cloud, run_id)
+    assert (status["phase"], status["cause"], status["exit_code"]) == ("FAILED", "exit", 3)
+    assert "failing" in log and "researchkit: FAILED" in log
+    assert (out / "p.txt").read_text() == "partial\n"  # what it wrote is still brought back
+    settle(cloud)
+    contained(cloud)
+    no_secrets(cloud)
+
+
+def test_F2_requirements_install_fails(cloud, project):
+    (project / "requirements.txt").write_text("--no-index\nresearchkit-no-such-package==0.0.1\n")
+    r = cloud.cli("run", "echo should-not-run", "--output-dir", str(out_dir(cloud)))
+    assert r.returncode == 125, r.stderr  # the command never ran to its end
+    run_id = r.stdout.strip()
+    status, log = record(cloud, run_id)
+    assert (status["phase"], status["cause"], status["stage"]) == ("FAILED", "boot_error", "SETUP")
+    assert "researchkit-no-such-package" in log and "should-not-run" not in log.replace("running: echo", "")
+    settle(cloud)
+    contained(cloud)
+    no_secrets(cloud)
+
+
+def test_F3a_hang_ends_at_the_deadline(cloud):
+    r = cloud.cli("run", "echo hanging; sleep 600", "--max-hours", "0.003", "--output-dir", str(out_dir(cloud)))
+    assert r.returncode == 124, r.stderr
+    status, log = record(cloud, r.stdout.strip())
+    assert (status["phase"], status["cause"]) == ("FAILED", "timeout") and "hanging" in log
+    settle(cloud)
+    contained(cloud)
+    no_secrets(cloud)
+
+
+def test_F3b_hang_with_no_trap_the_cloud_deadline_alone(cloud, monkeypatch):
+    run_id = launch_with(cloud, monkeypatch, "echo hanging; sleep 600", 0.0015, no_trap)  # 6 s
+    wait_phase(cloud, run_id, ("RUN",))
+    end = time.time() + 60
+    while cloud.live() and time.time() < end:  # no reaper here: only what the cloud enforces
+        time.sleep(0.3)
+    assert not cloud.live(), f"the deadline did not remove {cloud.live()}"
+    s = wait_phase(cloud, run_id, ("FAILED",), timeout=30)
+    assert s["cause"] == "timeout"
+    status, log = record(cloud, run_id)
+    assert status["phase"] == "RUN" and "hanging" in log  # what the VM last said, and its log
+    settle(cloud)
+    no_secrets(cloud)
+
+
+def test_F3c_hang_with_no_trap_no_deadline_the_reaper_alone(cloud, monkeypatch):
+    if cloud.name != "local":
+        cloud.disable_cloud_deadline("")
+    run_id = launch_with(cloud, monkeypatch, "echo hanging; sleep 600", 0.0015, no_trap)  # 6 s
+    wait_phase(cloud, run_id, ("RUN",))
+    if cloud.name == "local":
+        cloud.disable_cloud_deadline(run_id)
+    time.sleep(7)
+    assert cloud.live(), "something other than the reaper ended it"
+    r = cloud.cli("reap")
+    assert r.returncode == 0 and "deleted" in r.stdout, r.stderr
+    settle(cloud)
+    s = wait_phase(cloud, run_id, ("FAILED",), timeout=30)
+    assert s["cause"] == "timeout"
+    _, log = record(cloud, run_id)
+    assert "hanging" in log
+    no_secrets(cloud)
+
+
+def test_F4_vm_killed_hard_mid_run(cloud):
+    r = cloud.cli("run", "echo working; sleep 600", "--detach")
+    run_id = r.stdout.strip()
+    wait_phase(cloud, run_id, ("RUN",))
+    cloud.kill(f"rk-{run_id}")
+    s = wait_phase(cloud, run_id, ("FAILED",), timeout=30)
+    assert s["cause"] == "lost"
+    settle(cloud)
+    status, log = record(cloud, run_id)
+    assert status["phase"] == "RUN" and "working" in log
+    no_secrets(cloud)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_F5a_interrupted_between_manifest_and_instance(cloud, sig):
+    proxy = cloud.proxied_bucket()
+    seen = proxy.hold(lambda r: r.names("/manifest.json") and r.method in ("PUT", "POST"), 4)
+    p = cloud.popen("run", "echo should-not-run", "--output-dir", str(out_dir(cloud)))
+    assert seen.wait(60), f"the manifest was never written: {p.kill() or p.communicate()}"
+    p.send_signal(sig)
+    _, err = p.communicate(timeout=60)
+    assert p.returncode == 130 and "interrupted" in err, err
+    (run_id,) = cloud.store().list_dirs("runs")
+    status = cloud.store().read_json(f"runs/{run_id}/status.json")
+    assert (status["phase"], status["message"]) == ("FAILED", "launch failed: interrupted")
+    settle(cloud)
+    assert state(cloud, run_id)["phase"] == "FAILED"
+    contained(cloud)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_F5b_interrupted_right_after_the_instance(cloud, sig):
+    p = cloud.popen("run", 'sleep 1; mkdir -p "$RESULTS_DIR"; echo done > "$RESULTS_DIR/d.txt"; echo finished',
+                    "--output-dir", str(out_dir(cloud)))
+    assert p.stdout.readline().strip(), "no run id"  # printed once the instance exists
+    p.send_signal(sig)
+    _, err = p.communicate(timeout=60)
+    assert p.returncode == 130 and "goes on" in err, err  # the run is not abandoned: it finishes on its own
+    (run_id,) = cloud.store().list_dirs("runs")
+    s = wait_phase(cloud, run_id, ("DONE", "FAILED"), timeout=60)
+    assert (s["phase"], s["exit_code"]) == ("DONE", 0)
+    settle(cloud)
+    _, log = record(cloud, run_id)
+    assert "finished" in log
+    pulled = cloud.cli("pull", run_id, "--output-dir", str(out_dir(cloud)))
+    assert pulled.returncode == 0 and (out_dir(cloud) / "d.txt").read_text() == "done\n"
+    contained(cloud)
+
+
+def bucket_write(r) -> bool:
+    """An object upload (S3 PUT, GCS POST); not an EC2 API call, which moto also takes (POST /)."""
+    return r.method in ("PUT", "POST") and r.path.split("?")[0] != "/"
+
+
+MANY_RESULTS = 'mkdir -p "$RESULTS_DIR/m"; for i in $(seq 1 30); do echo "$i" > "$RESULTS_DIR/m/f$i.txt"; done'
+
+
+def test_F6a_bucket_refuses_requests_for_a_while(cloud, monkeypatch):
+    monkeypatch.setenv("RK_STORAGE_BACKOFF", "0.5")  # the default: the local VM inherits it
+    proxy = cloud.proxied_bucket()
+    proxy.refuse(lambda r: r.names("/results/"), seconds=2, scope=bucket_write)
+    out = out_dir(cloud)
+    r = cloud.cli("run", MANY_RESULTS, "--output-dir", str(out))
+    assert r.returncode == 0, r.stderr
+    assert proxy.refused > 0, "the fault never happened"
+    status, _ = record(cloud, r.stdout.strip())
+    assert status["phase"] == "DONE"
+    assert sorted(p.name for p in (out / "m").iterdir()) == sorted(f"f{i}.txt" for i in range(1, 31))
+    assert all((out / "m" / f"f{i}.txt").read_text() == f"{i}\n" for i in range(1, 31))
+    settle(cloud)
+    contained(cloud)
+
+
+def test_F6b_bucket_refuses_the_results_for_good(cloud, monkeypatch):
+    proxy = cloud.proxied_bucket()
+    proxy.refuse(lambda r: r.names("/results/") and r.method in ("PUT", "POST"), seconds=3600)
+    if cloud.vms is not None:
+        cloud.vms.api_env.update(RK_STORAGE_RETRIES="2", RK_STORAGE_BACKOFF="0.1")  # the image's settings
+    out = out_dir(cloud)
+    r = cloud.cli("run", MANY_RESULTS, "--output-dir", str(out))
+    assert r.returncode == 125, r.stderr
+    run_id = r.stdout.strip()
+    status, log = record(cloud, run_id)
+    assert (status["phase"], status["cause"]) == ("FAILED", "upload_error") and "503" in log
+    assert not cloud.store().exists(f"runs/{run_id}/results.manifest.json")  # nothing partial is complete
+    again = cloud.cli("pull", run_id, "--output-dir", str(out))
+    assert again.returncode == 1 and "no results manifest" in again.stderr
+    settle(cloud)
+    contained(cloud)
+
+
+def test_F7_hostile_keys_on_pull_and_hydrate(cloud):
+    from researchkit_py import runs
+
+    store = cloud.store()
+    run_id = runs.new_run_id("hostile")
+    at = time.time()
+    store.write_json(f"runs/{run_id}/manifest.json", runs.RunManifest(
+        run_id=run_id, provider=cloud.name, instance=runs.instance_name(run_id), command="x", bundle="b",
+        created_at=runs.iso(at), expires_at=runs.iso(at + 60), max_hours=1, heartbeat_seconds=1).to_dict())
+    store.write_json(f"runs/{run_id}/status.json", {"phase": "DONE", "exit_code": 0, "cause": "exit"})
+    store.put_bytes(f"runs/{run_id}/results/ok.txt", b"ok")
+    out = out_dir(cloud)
+    outside = cloud.tmp / "work" / "outside"
+    for evil in ("../escape.txt", "/etc/researchkit-escape", "a/../../escape.txt", "link/x.txt"):
+        out.mkdir(parents=True, exist_ok=True)
+        outside.mkdir(exist_ok=True)
+        (out / "link").unlink(missing_ok=True)
+        (out / "link").symlink_to(outside)
+        store.write_json(f"runs/{run_id}/results.manifest.json", {"files": [
+            {"path": "ok.txt", "size": 2, "sha256": "2689367b205c16ce32ed4200942b8b8b1e262dfc70d9bc9fbc77c49699a4f1df"},
+            {"path": evil, "size": 2, "sha256": "0" * 64}]})
+        r = cloud.cli("pull", run_id, "--output-dir", str(out))
+        assert "refusing object key" in one_line(r)
+        assert list(outside.iterdir()) == [] and not Path("/etc/researchkit-escape").exists()
+        assert not (out / "ok.txt").exists()  # refused before anything was written
+    (out / "link").unlink()
+    outside.rmdir()
+    # hydrate: a hostile artifact manifest
+    art = out / "sub"
+    art.mkdir()
+    (art / ".artifacts.json").write_text(json.dumps({"../../escape.bin": {"sha256": "a" * 64, "size": 1, "key": "k"}}))
+    env = {**os.environ, "RK_ARTIFACT_BUCKET": cloud.store().url}
+    h = subprocess.run([str(REPO / "tools" / "artifact-store"), "hydrate", str(art)], capture_output=True, text=True,
+                       env=env, timeout=60)
+    one_line(h)
+    contained(cloud)
+    assert not (cloud.tmp / "escape.bin").exists()
+
+
+NASTY = "a'b \"c\" $(touch {pwned}) `touch {pwned}` ${{HOME}} sp  ace\nline2"
+
+
+def test_F8_shell_syntax_arrives_verbatim(cloud, project):
+    pwned = cloud.tmp / "pwned"
+    nasty = NASTY.format(pwned=pwned)
+    (project / "experiments").mkdir()
+    spec = project / "experiments" / "exp-008 it's \"odd\" $(x).md"
+    spec.write_text("# odd\n")
+    cmd = ('mkdir -p "$RESULTS_DIR"; printf "%s" "$NASTY" > "$RESULTS_DIR/v.txt"; '
+           'echo \'it\'"\'"\'s `not` $(run)\' > "$RESULTS_DIR/q.txt"')
+    out = out_dir(cloud)
+    r = cloud.cli("run", cmd, "--env", f"NASTY={nasty}", "--spec", str(spec.relative_to(project)),
+                  "--output-dir", str(out))
+    assert r.returncode == 0, r.stderr
+    assert (out / "v.txt").read_text() == nasty
+    assert (out / "q.txt").read_text() == "it's `not` $(run)\n"
+    assert not pwned.exists()
+    run_id = r.stdout.strip()
+    assert run_id.startswith("exp-008-it-s-odd-x-")  # the spec's name, made safe
+    record(cloud, run_id)
+    settle(cloud)
+    contained(cloud)
+    no_secrets(cloud)
+
+
+def test_F9_twenty_concurrent_runs(cloud, project, monkeypatch):
+    monkeypatch.setenv("RK_HEARTBEAT_SECONDS", "30")  # twenty VMs beating every second would starve two cores
+    (project / "experiments").mkdir()
+    (project / "experiments" / "exp-009-same.md").write_text("# same\n")
+    cmd = 'mkdir -p "$RESULTS_DIR"; echo "$TAG" > "$RESULTS_DIR/tag.txt"'
+    results: dict[int, subprocess.CompletedProcess] = {}
+
+    def launch(i: int) -> None:
+        spec = "experiments/exp-009-same.md" if i < 2 else f"experiments/exp-{i:03d}.md"
+        results[i] = cloud.cli("run", cmd, "--env", f"TAG={i}", "--spec", spec, "--detach", timeout=300)
+
+    threads = [threading.Thread(target=launch, args=(i,)) for i in range(20)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert all(r.returncode == 0 for r in results.values()), [r.stderr for r in results.values() if r.returncode]
+    ids = {i: r.stdout.strip() for i, r in results.items()}
+    assert len(set(ids.values())) == 20
+    assert ids[0].startswith("exp-009-same-") and ids[1].startswith("exp-009-same-")
+    end = time.time() + 240
+    while True:  # one listing for all twenty
+        phases = {row["run_id"]: row["phase"] for row in json.loads(cloud.cli("ls", "--json").stdout)}
+        if all(phases.get(run_id) in ("DONE", "FAILED") for run_id in ids.values()) or time.time() > end:
+            break
+        time.sleep(1)
+    assert [phases.get(run_id) for run_id in ids.values()] == ["DONE"] * 20, phases
+
+    store = cloud.store()
+    for i, run_id in ids.items():  # every run's own result, log and status, in the bucket
+        assert store.get_bytes(f"runs/{run_id}/results/tag.txt") == f"{i}\n".encode()
+        record(cloud, run_id)
+    for i in (0, 1):  # and the two runs of the same spec through pull
+        out = out_dir(cloud) / ids[i]
+        out.parent.mkdir(parents=True, exist_ok=True)
+        assert cloud.cli("pull", ids[i], "--output-dir", str(out)).returncode == 0
+        assert (out / "tag.txt").read_text() == f"{i}\n"
+    settle(cloud, timeout=120)
+    no_secrets(cloud)
+
+
+def test_F10_bad_input(cloud, project, monkeypatch):
+    store = cloud.store()
+    before = store.list("")
+
+    def refused(*args: str, env: dict | None = None, tool: str = "cloud-run") -> str:
+        if tool == "cloud-run":
+            r = cloud.cli(*args, env=env)
+        else:
+            r = subprocess.run([str(REPO / tool), *args], capture_output=True, text=True, env=env or os.environ.copy(),
+                               timeout=120)
+        line = one_line(r)
+        assert not cloud.live() and store.list("") == before, f"{args} created something"
+        return line
+
+    env = {**os.environ, "COMPUTE_TARGET": cloud.name}
+    assert "experiments/nope.md" in refused("experiments/nope.md", tool="tools/preflight", env=env)
+    (project / "experiments").mkdir()
+    (project / "experiments" / "exp-001-bare.md").write_text("# no compute profile here\n")
+    assert "compute" in refused("experiments/exp-001-bare.md", tool="tools/preflight", env=env).lower()
+    assert "no run" in refused("status", "nosuch-20260101-000000-00000000")
+    assert "is not a run id" in refused("pull", "../../etc")
+    assert "empty" in refused("run", "  ")
+    bad_bucket = {"local": "gs://researchkit-no-such-bucket", "gce": "gs://researchkit-no-such-bucket",
+                  "ec2": "s3://researchkit-no-such-bucket"}[cloud.name]
+    assert "does not exist" in refused("run", "true", env={**os.environ, "RK_BUCKET": bad_bucket})
+    no_creds = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_ACCESS", "AWS_SECRET", "STORAGE_EMU",
+                                                                         "RK_GCE_API", "GOOGLE_APPLICATION"))}
+    no_creds.update(AWS_SHARED_CREDENTIALS_FILE=str(project / "none"), AWS_CONFIG_FILE=str(project / "none"),
+                    AWS_EC2_METADATA_DISABLED="true",
+                    GOOGLE_APPLICATION_CREDENTIALS=str(project / "absent.json"))
+    if cloud.name == "local":
+        no_creds["RK_BUCKET"] = bad_bucket
+    assert "credentials" in refused("run", "true", env=no_creds).lower()
+    if cloud.name == "gce":
+        assert "GCE_PROJECT" in refused("run", "true", env={k: v for k, v in os.environ.items() if k != "GCE_PROJECT"})
+        r = subprocess.run([sys.executable, "-m", "researchkit_py.detached", "--exp", "42"], capture_output=True,
+                           text=True, env=os.environ.copy(), timeout=120)
+        assert "experiment 42 has no command" in one_line(r)
+    (project / ".orchestration-kit.env").write_text("RK_MAX_HOURS=$(rm -rf ~)\n")
+    assert "command substitution" in refused("run", "true")
+    (project / ".orchestration-kit.env").unlink()
+    (project / ".orchestration-kit.env").mkdir()  # unreadable as a file
+    assert "cannot read" in refused("run", "true")
+    assert not cloud.scripts() or all(FAKE_SECRET not in s for s in cloud.scripts())
