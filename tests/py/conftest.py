@@ -113,15 +113,19 @@ def vm_network():
 VM_ISOLATION = {"reason": ""}
 
 
-@pytest.fixture(scope="session")
-def vm_gcs(vm_network, gcs_server):
-    """The storage emulator the fake VMs reach: on the VM bridge when there is one."""
+def _on_vm_bridge(vm_network, local_server, make):
+    """An emulator where the fake VMs can reach it: on the VM bridge when there is one."""
     if vm_network is None:
-        yield gcs_server
+        yield local_server
         return
-    server = FakeGCS(host=vm_network.host_ip)
+    server = make(host=vm_network.host_ip)
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def vm_gcs(vm_network, gcs_server):
+    yield from _on_vm_bridge(vm_network, gcs_server, FakeGCS)
 
 
 @pytest.fixture
@@ -148,13 +152,7 @@ def gce(project, vm_network, vm_gcs, monkeypatch, tmp_path):
 
 @pytest.fixture(scope="session")
 def vm_moto(vm_network, moto_server):
-    """moto where the fake VMs can reach it: on the VM bridge when there is one."""
-    if vm_network is None:
-        yield moto_server
-        return
-    server = Moto(host=vm_network.host_ip)
-    yield server
-    server.stop()
+    yield from _on_vm_bridge(vm_network, moto_server, Moto)
 
 
 @pytest.fixture
