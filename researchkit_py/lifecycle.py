@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import sys
@@ -330,8 +331,6 @@ def _stat(root: Path, rel: str) -> list[int] | None:
 
 
 def _read_pull_state(output_dir: Path, run_id: str) -> dict:
-    import json
-
     try:
         state = json.loads((output_dir / PULL_STATE).read_text())
     except (OSError, ValueError):
@@ -341,8 +340,6 @@ def _read_pull_state(output_dir: Path, run_id: str) -> dict:
 
 
 def _write_json_atomic(path: Path, value: dict) -> None:
-    import json
-
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(value))
     os.replace(tmp, path)

@@ -137,7 +137,6 @@ def cloud(request, project, tmp_path, monkeypatch, gcs_bucket):
                   scripts=lambda: [json.dumps(e["body"]) for e in fake.inserts()])
     else:
         vms = request.getfixturevalue("ec2")
-        monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIAIOSFODNN7EXAMPLE")
         vms.minute_seconds = 6  # `shutdown -h +N` fires after N × 6 s: the 6 s deadline of F3b
 
         def kill(name: str) -> None:  # a spot interruption: the VM dies, EC2 terminates the instance
