@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # experiment.sh — walk an experiment through SURVEY → FRAME → RUN → READ → LOG, one coding
 # agent per phase. Settings: flag > environment > .orchestration-kit.env > default.
+# Everything that parses, renders or checks is in researchkit_py/experiment/cli.py: a phase
+# costs two Python starts (`begin`, `end`); bash keeps the process control and the agent call.
 set -euo pipefail
 
 KIT_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -12,74 +14,70 @@ else
   BOLD="" GREEN="" YELLOW="" CYAN="" NC=""
 fi
 
+# The commands, written once: name, function, arguments, what it does. `help` prints this
+# table, the dispatcher reads it, and the tests compare README's command list with `help`.
+COMMANDS="\
+survey|run_survey|<question> [--pi-directive TEXT]|SURVEY: what is known, what to test next
+frame|run_frame|<spec>|FRAME: make the spec complete and checkable
+run|run_run|<spec>|RUN: execute the experiment (on the cloud if COMPUTE_TARGET says so)
+read|run_read|<spec>|READ: judge metrics.json against the success criteria
+log|run_log|<spec>|LOG: record the verdict and commit on experiment/<id>
+cycle|run_cycle|<spec>|FRAME → RUN → sync → READ → LOG
+full|run_full|<question> <spec>|SURVEY → FRAME → RUN → sync → READ → LOG
+batch|run_batch|<spec>...|RUN + sync for several specs in parallel
+program|run_program|[--max-cycles N] [--time-budget S] [--wall-hours H] [--skip-handoffs] [--overnight] [--dry-run]|answer QUESTIONS.md one cycle at a time, within budgets
+status|cmd_status||experiments, verdicts, program state, pending handoff
+synthesize|run_synthesize|[reason]|rewrite SYNTHESIS.md from everything logged
+validate-handoff|cmd_validate_handoff||check HANDOFF.md is complete enough for a human
+complete-handoff|cmd_complete_handoff||mark HANDOFF.md done and archive it
+watch|cmd_watch|[phase]|follow a phase log as readable lines
+help|cmd_help||this list"
+
 abort() { echo "experiment.sh: $*" >&2; exit 1; }
-usage() { echo "experiment.sh: $1" >&2; echo "usage: experiment.sh $2" >&2; exit 2; }
+# command_row NAME: that command's line of the table (nothing for an unknown name).
+command_row() {
+  local line
+  while IFS= read -r line; do
+    if [[ "${line%%|*}" == "$1" ]]; then echo "$line"; return; fi
+  done <<<"$COMMANDS"
+}
+# usage MESSAGE COMMAND: the message and that command's usage from the table, exit 2.
+usage() {
+  local args
+  IFS='|' read -r _ _ args _ <<<"$(command_row "$2")"
+  echo "experiment.sh: $1" >&2
+  echo "usage: experiment.sh $2${args:+ $args}" >&2
+  exit 2
+}
 note() { echo -e "$*"; }
-kit() { "${PY[@]}" researchkit_py.kit "$@"; }
+kit() { "${PY[@]}" researchkit_py.experiment.cli "$@"; }
 
-# Resolved once, after the command is known (help needs none of it and stays instant).
-load_settings() {
-  PROJECT_ROOT="${EXP_PROJECT_ROOT:-$PWD}"
-  [[ -d "$PROJECT_ROOT" ]] || abort "EXP_PROJECT_ROOT=$PROJECT_ROOT is not a directory"
-  cd "$PROJECT_ROOT"
-  local env_exports
-  env_exports="$(kit env-file .orchestration-kit.env)" || exit 1
-  eval "$env_exports"  # every value is shell-quoted by the helper; nothing from the file runs
-  TOOLS_ROOT_CONFIGURED="${ORCHESTRATION_KIT_ROOT:+1}"
-  export COMPUTE_TARGET="${COMPUTE_TARGET:-local}"
-  export KIT_STATE_DIR="${KIT_STATE_DIR:-.kit-state}"
-  export EXP_LOG_DIR="${EXP_LOG_DIR:-$KIT_STATE_DIR/logs}"
-  export ORCHESTRATION_KIT_ROOT="${ORCHESTRATION_KIT_ROOT:-$KIT_ROOT}"
-  export RESULTS_ROOT="${RESULTS_ROOT:-results}"
-  export DATA_DIR="${DATA_DIR:-data}"
-  export EXP_AGENT="${EXP_AGENT:-}"
-  case "$COMPUTE_TARGET" in
-    local | ec2 | gce | sandbox) ;;
-    *) abort "COMPUTE_TARGET=$COMPUTE_TARGET is not one of local, ec2, gce, sandbox; fix it in .orchestration-kit.env" ;;
-  esac
-  mkdir -p "$KIT_STATE_DIR"
-  [[ -f "$KIT_STATE_DIR/.gitignore" ]] || echo '*' >"$KIT_STATE_DIR/.gitignore"  # state is never committed
-}
-
-is_cloud_target() { [[ "$COMPUTE_TARGET" != "local" ]]; }
-
-resolve_agent() {
-  case "$EXP_AGENT" in
-    "")
-      command -v claude >/dev/null 2>&1 ||
-        abort "no agent: install Claude Code (npm install -g @anthropic-ai/claude-code) or set EXP_AGENT=scripted"
-      EXP_AGENT=claude ;;
-    claude | codex)
-      command -v "$EXP_AGENT" >/dev/null 2>&1 ||
-        abort "EXP_AGENT=$EXP_AGENT but '$EXP_AGENT' is not on PATH; install it or set EXP_AGENT=scripted" ;;
-    scripted) ;;
-    *) abort "EXP_AGENT=$EXP_AGENT is not one of claude, codex, scripted" ;;
-  esac
-  export EXP_AGENT
-}
-
-require_spec() {
-  [[ -n "${1:-}" ]] || usage "missing the spec file" "$2"
-  [[ -f "$1" ]] || abort "spec $1 not found; specs live in experiments/ (copy templates/experiment-spec.md)"
-}
-
-# Sets SPEC_ID, SPEC_TITLE, RESULTS_PATH and RUN_BUDGET_SECONDS from the spec.
-load_spec() {
+# phase_begin PHASE ARGS...: settings, agent, spec, locks and prompt in one Python call; it
+# prints assignments (every value shell-quoted: nothing from a file or spec runs) — the
+# settings (exported), SPEC_ID, RESULTS_PATH, PROMPT_FILE, LOCK_RECORD, GUARD_PATHS, …
+phase_begin() {
   local assignments
-  SPEC_ID="" SPEC_TITLE="" RESULTS_PATH="" RUN_BUDGET_SECONDS=""
-  assignments="$(kit spec-env "$1")" || exit 1
+  SPEC_ID="" SPEC_TITLE="" RESULTS_PATH="" RUN_BUDGET_SECONDS="" VERDICT="" SURVEY_FILE=""
+  PROMPT_FILE="" AGENT_TOOLS="" LOCK_RECORD="" GUARD_PATHS="" GUARD_SETTINGS=""
+  assignments="$(kit begin "$@")" || exit 1
   eval "$assignments"
+  if [[ -n "$LOCK_RECORD" ]]; then LOCK_RECORDS+=("$LOCK_RECORD"); fi
 }
 
-# $RESULTS_ROOT/<spec file stem>: the same path spec-env's RESULTS_PATH names, without parsing the spec.
-results_dir_for_spec() { local name; name="$(basename "$1")"; echo "$RESULTS_ROOT/${name%.*}"; }
+# phase_end PHASE RC ARGS...: unlock, the agent's summary, the phase's own check (one line
+# and exit 1 when it fails; the EXIT trap then finds nothing left to unlock).
+phase_end() {
+  local phase="$1" rc="$2"
+  shift 2
+  kit end "$phase" --rc "$rc" --log "$EXP_LOG_DIR/$phase.log" --lock-record "$LOCK_RECORD" "$@" || exit 1
+  LOCK_RECORDS=()
+}
 
 # ---------- guardrails: files locked for a phase, restored on any exit ----------
 LOCK_RECORDS=()
 AGENT_PID=""
 release_locks() {
-  local r
-  for r in "${LOCK_RECORDS[@]+"${LOCK_RECORDS[@]}"}"; do kit unlock "$r" || true; done
+  if [[ ${#LOCK_RECORDS[@]} -gt 0 ]]; then kit unlock "${LOCK_RECORDS[@]}" || true; fi
   LOCK_RECORDS=()
 }
 on_signal() {
@@ -93,137 +91,82 @@ install_traps() {
   trap 'on_signal 143' TERM
 }
 
-# lock_paths NAME MODE PATH... — MODE is an octal file mode, or - for "remove write bits".
-lock_paths() {
-  local record="$KIT_STATE_DIR/locks/$1.$BASHPID.json" mode="$2"
-  shift 2
-  [[ $# -gt 0 ]] || return 0
-  LOCK_RECORDS+=("$record")
-  kit lock "$record" "$mode" "$@"
-}
-
 # ---------- the agent call ----------
-phase_tools() {
-  case "$1" in
-    survey) echo "Read,Grep,Glob,WebSearch,WebFetch,Write,Edit" ;;
-    run) echo "Read,Grep,Glob,Write,Edit,Bash" ;;
-    read) echo "Read,Grep,Glob,Write,Bash" ;;
-    *) echo "Read,Grep,Glob,Write,Edit" ;;
-  esac
-}
-
-# invoke_agent PHASE PROMPT_FILE [scripted-agent args...]; honours AGENT_BUDGET (seconds).
+# invoke_agent PHASE [scripted-agent args...]; the prompt is $PROMPT_FILE; honours AGENT_BUDGET
+# (seconds). Its exit code is the agent's (124 when the budget stopped it).
 invoke_agent() {
-  local phase="$1" prompt="$2" log rc=0 task
-  shift 2
+  local phase="$1" log rc=0 task
+  shift
   mkdir -p "$EXP_LOG_DIR"
   log="$EXP_LOG_DIR/$phase.log"
   task="Carry out the ${phase^^} phase exactly as your instructions describe."
   local -a cmd
   case "$EXP_AGENT" in
     claude)
-      cmd=(claude -p "$task" --append-system-prompt "$(cat "$prompt")" --output-format stream-json --verbose
-        --allowedTools "$(phase_tools "$phase")" --settings "$(kit guard-settings "$KIT_ROOT/tools/guard-hook")") ;;
+      cmd=(claude -p "$task" --append-system-prompt "$(cat "$PROMPT_FILE")" --output-format stream-json --verbose
+        --allowedTools "$AGENT_TOOLS" --settings "$GUARD_SETTINGS") ;;
     codex)
-      cmd=(codex exec --json --full-auto "$(cat "$prompt")"$'\n\n'"$task") ;;
+      cmd=(codex exec --json --full-auto "$(cat "$PROMPT_FILE")"$'\n\n'"$task") ;;
     scripted)
-      cmd=("${PY[@]}" researchkit_py.agents.scripted "$phase" --prompt "$prompt" "$@") ;;
+      cmd=("${PY[@]}" researchkit_py.agents.scripted "$phase" --prompt "$PROMPT_FILE" "$@") ;;
   esac
   if [[ -n "${AGENT_BUDGET:-}" ]]; then cmd=(timeout --kill-after=30 "$AGENT_BUDGET" "${cmd[@]}"); fi
   # In the background so a Ctrl-C here can stop it (timeout runs it in its own process group).
-  "${cmd[@]}" >"$log" 2>"$log.stderr" </dev/null &
+  EXP_GUARD_PATHS="$GUARD_PATHS" "${cmd[@]}" >"$log" 2>"$log.stderr" </dev/null &
   AGENT_PID=$!
   wait "$AGENT_PID" || rc=$?
   AGENT_PID=""
-  kit summary "$log" | sed 's/^/  /'
-  if [[ -s "$log.stderr" ]]; then sed 's/^/  ! /' "$log.stderr" | tail -n 5 >&2; fi
   return "$rc"
 }
 
-prompt_file() { mkdir -p "$KIT_STATE_DIR/prompts"; echo "$KIT_STATE_DIR/prompts/$1.$BASHPID.md"; }
+require_spec() {
+  [[ -n "${1:-}" ]] || usage "missing the spec file" "$2"
+  [[ -f "$1" ]] || abort "spec $1 not found; specs live in experiments/ (copy templates/experiment-spec.md)"
+}
 
 # ---------- phases ----------
-#: survey <question> [--pi-directive TEXT]   SURVEY: what is known, what to test next
 run_survey() {
-  local question="" directive="" survey_file prompt
+  local question="" directive="" rc=0
   while [[ $# -gt 0 ]]; do
     case "$1" in
-      --pi-directive) [[ $# -ge 2 ]] || usage "--pi-directive needs a value" "survey <question> [--pi-directive TEXT]"
+      --pi-directive) [[ $# -ge 2 ]] || usage "--pi-directive needs a value" survey
         directive="$2"; shift 2 ;;
-      *) [[ -z "$question" ]] || usage "unexpected argument: $1" "survey <question> [--pi-directive TEXT]"
+      *) [[ -z "$question" ]] || usage "unexpected argument: $1" survey
         question="$1"; shift ;;
     esac
   done
-  [[ -n "$question" ]] || usage "missing the question" "survey <question> [--pi-directive TEXT]"
-  resolve_agent
-  survey_file="surveys/$(date +%Y%m%d-%H%M%S)-$(echo "$question" | tr -cs 'A-Za-z0-9' '-' | cut -c1-40 | sed 's/-$//').md"
-  prompt="$(prompt_file survey)"
-  kit prompt survey --question "$question" --pi-directive "$directive" --survey-file "$survey_file" >"$prompt"
+  [[ -n "$question" ]] || usage "missing the question" survey
+  phase_begin survey --question "$question" --pi-directive "$directive"
   note "${CYAN}── SURVEY ──${NC}"
-  invoke_agent survey "$prompt" --question "$question" --pi-directive "$directive" --survey-file "$survey_file" ||
-    abort "SURVEY failed; see $EXP_LOG_DIR/survey.log"
+  invoke_agent survey --question "$question" --pi-directive "$directive" --survey-file "$SURVEY_FILE" || rc=$?
+  phase_end survey "$rc"
 }
 
-#: frame <spec>                              FRAME: make the spec complete and checkable
 run_frame() {
-  local spec="${1:-}" prompt
-  [[ -n "$spec" ]] || usage "missing the spec file" "frame <spec>"
-  resolve_agent
-  prompt="$(prompt_file frame)"
-  kit prompt frame --spec "$spec" >"$prompt"
+  local spec="${1:-}" rc=0
+  [[ -n "$spec" ]] || usage "missing the spec file" frame
+  phase_begin frame --spec "$spec"
   note "${CYAN}── FRAME $spec ──${NC}"
-  invoke_agent frame "$prompt" --spec "$spec" || abort "FRAME failed for $spec; see $EXP_LOG_DIR/frame.log"
-  kit validate "$spec" || exit 1  # whatever the agent did, RUN starts only from a complete spec
+  invoke_agent frame --spec "$spec" || rc=$?
+  phase_end frame "$rc" --spec "$spec"
 }
 
-#: run <spec>                                RUN: execute the experiment (on the cloud if COMPUTE_TARGET says so)
 run_run() {
-  local spec="${1:-}" prompt rc=0 others=()
-  require_spec "$spec" "run <spec>"
-  resolve_agent
-  load_spec "$spec"
-  mkdir -p "$RESULTS_PATH"
-  if [[ -f "$RESULTS_PATH/spec.md" ]]; then chmod u+w "$RESULTS_PATH/spec.md"; fi
-  cp "$spec" "$RESULTS_PATH/spec.md"  # the frozen copy READ judges against
-  chmod 444 "$RESULTS_PATH/spec.md"
-  lock_paths "run-$SPEC_ID" 444 "$spec"
-  if [[ -z "${EXP_RESULTS_LOCKED:-}" ]]; then
-    mapfile -t others < <(kit other-results "$SPEC_ID")
-    lock_paths "results-$SPEC_ID" - "${others[@]+"${others[@]}"}"
-  fi
-  prompt="$(prompt_file run)"
-  kit prompt run --spec "$spec" --advisory "$(compute_advisory "$spec")" >"$prompt"
+  local spec="${1:-}" rc=0
+  require_spec "$spec" run
+  phase_begin run --spec "$spec"
   note "${CYAN}── RUN $SPEC_ID (compute: $COMPUTE_TARGET) ──${NC}"
-  AGENT_BUDGET="$RUN_BUDGET_SECONDS" invoke_agent run "$prompt" --spec "$spec" --results "$RESULTS_PATH" || rc=$?
-  release_locks
-  if [[ $rc -eq 124 ]]; then
-    kit abort-metrics "$RESULTS_PATH" "RUN exceeded its time budget of ${RUN_BUDGET_SECONDS}s"
-    abort "RUN of $SPEC_ID exceeded its time budget (${RUN_BUDGET_SECONDS}s); $RESULTS_PATH/metrics.json records the abort"
-  fi
-  [[ $rc -eq 0 ]] || abort "RUN of $SPEC_ID failed (exit $rc); see $EXP_LOG_DIR/run.log"
-}
-
-# The preflight advisory for local runs when a tools root is configured (ORCHESTRATION_KIT_ROOT
-# set): without one, local RUN is exactly as it always was. Cloud targets get the mandatory
-# directive instead (rendered with the prompt).
-compute_advisory() {
-  if ! is_cloud_target && [[ -n "$TOOLS_ROOT_CONFIGURED" && -x "$ORCHESTRATION_KIT_ROOT/tools/preflight" ]]; then
-    "$ORCHESTRATION_KIT_ROOT/tools/preflight" "$1" 2>/dev/null || true
-  fi
+  AGENT_BUDGET="$RUN_BUDGET_SECONDS" invoke_agent run --spec "$spec" --results "$RESULTS_PATH" || rc=$?
+  phase_end run "$rc" --spec-id "$SPEC_ID" --results "$RESULTS_PATH" --budget "$RUN_BUDGET_SECONDS"
 }
 
 # Pull results from the cloud after a remote RUN phase. No-op unless COMPUTE_TARGET is a cloud target.
 sync_results() {
-  local spec_file="$1" results_path
-  results_path="$(results_dir_for_spec "$spec_file")"
-  is_cloud_target || return 0
-
+  [[ "$IS_CLOUD" == 1 ]] || return 0
+  local results_path="$RESULTS_PATH" okit="$ORCHESTRATION_KIT_ROOT" cloud_run_id
   note "${CYAN}── Syncing results from cloud... ──${NC}"
-  local okit="$ORCHESTRATION_KIT_ROOT"
-  local cloud_run_id_file="$results_path/.cloud-run-id"
-  if [[ -f "$cloud_run_id_file" ]]; then
-    local cloud_run_id
-    cloud_run_id="$(tr -d '[:space:]' <"$cloud_run_id_file")"
+  if [[ -f "$results_path/.cloud-run-id" ]]; then
+    cloud_run_id="$(tr -d '[:space:]' <"$results_path/.cloud-run-id")"
     note "  Pulling results for cloud-run: $cloud_run_id"
     "$okit/tools/cloud-run" pull "$cloud_run_id" --output-dir "$results_path" ||
       note "${YELLOW}  cloud-run pull failed, trying artifact-store hydrate...${NC}"
@@ -239,46 +182,31 @@ sync_results() {
   fi
 }
 
-#: read <spec>                               READ: judge metrics.json against the success criteria
 run_read() {
-  local spec="${1:-}" prompt rc=0 verdict
-  require_spec "$spec" "read <spec>"
-  resolve_agent
-  load_spec "$spec"
-  [[ -d "$RESULTS_PATH" ]] || abort "no results for $SPEC_ID in $RESULTS_PATH; run it first (experiment.sh run $spec)"
-  lock_paths "read-$SPEC_ID" 444 "$spec" "$RESULTS_PATH/spec.md" "$RESULTS_PATH/metrics.json"
-  prompt="$(prompt_file read)"
-  kit prompt read --spec "$spec" >"$prompt"
+  local spec="${1:-}" rc=0
+  require_spec "$spec" read
+  phase_begin read --spec "$spec"
   note "${CYAN}── READ $SPEC_ID ──${NC}"
-  EXP_GUARD_PATHS="$spec:$RESULTS_PATH/spec.md:$RESULTS_PATH/metrics.json" \
-    invoke_agent read "$prompt" --spec "$spec" --results "$RESULTS_PATH" || rc=$?
-  release_locks
-  [[ $rc -eq 0 ]] || abort "READ of $SPEC_ID failed (exit $rc); see $EXP_LOG_DIR/read.log"
-  verdict="$(kit verdict "$RESULTS_PATH")"
-  [[ -n "$verdict" ]] || abort "READ wrote no '## Verdict:' line in $RESULTS_PATH/analysis.md"
-  note "  ${BOLD}Verdict: $verdict${NC}"
+  invoke_agent read --spec "$spec" --results "$RESULTS_PATH" || rc=$?
+  phase_end read "$rc" --spec-id "$SPEC_ID" --results "$RESULTS_PATH"
 }
 
-#: log <spec>                                LOG: record the verdict and commit on experiment/<id>
 run_log() {
-  local spec="${1:-}" prompt
-  require_spec "$spec" "log <spec>"
-  resolve_agent
-  load_spec "$spec"
-  prompt="$(prompt_file log)"
-  kit prompt log --spec "$spec" >"$prompt"
+  local spec="${1:-}" rc=0
+  require_spec "$spec" log
+  phase_begin log --spec "$spec"
   note "${CYAN}── LOG $SPEC_ID ──${NC}"
-  invoke_agent log "$prompt" --spec "$spec" --results "$RESULTS_PATH" || abort "LOG failed; see $EXP_LOG_DIR/log.log"
+  invoke_agent log --spec "$spec" --results "$RESULTS_PATH" || rc=$?
+  phase_end log "$rc"
   commit_experiment "$spec"
 }
 
 # Commit only the experiment's own files, on experiment/<id>, without touching the work
 # tree or the checked-out branch (so nothing in flight — program state, logs — is lost).
 commit_experiment() {
-  local spec="$1" branch parent="" tmp tree commit verdict files=()
+  local spec="$1" branch parent="" tmp tree commit files=()
   git rev-parse --is-inside-work-tree >/dev/null 2>&1 || { note "  (not a git repository: nothing committed)"; return 0; }
   branch="experiment/$SPEC_ID"
-  verdict="$(kit verdict "$RESULTS_PATH")"
   parent="$(git rev-parse -q --verify "refs/heads/$branch" || git rev-parse -q --verify HEAD || true)"
   for f in "$spec" "$RESULTS_PATH" RESEARCH_LOG.md QUESTIONS.md; do [[ -e "$f" ]] && files+=("$f"); done
   tmp="$(mktemp -d)"
@@ -294,12 +222,12 @@ commit_experiment() {
     note "  nothing new to commit on $branch"
     return 0
   fi
-  commit="$(with_git_identity git commit-tree "$tree" ${parent:+-p "$parent"} -m "experiment $SPEC_ID: ${verdict:-no verdict} — $SPEC_TITLE")"
+  commit="$(with_git_identity git commit-tree "$tree" ${parent:+-p "$parent"} -m "experiment $SPEC_ID: ${VERDICT:-no verdict} — $SPEC_TITLE")"
   git update-ref "refs/heads/$branch" "$commit"
   note "  committed ${commit:0:10} on $branch"
   if [[ -n "$(git remote)" ]] && command -v gh >/dev/null 2>&1; then
     if git push -q -u "$(git remote | head -n1)" "$branch" && ! gh pr view "$branch" >/dev/null 2>&1; then
-      gh pr create --head "$branch" --title "experiment $SPEC_ID: ${verdict:-no verdict}" \
+      gh pr create --head "$branch" --title "experiment $SPEC_ID: ${VERDICT:-no verdict}" \
         --body "Results and analysis for $SPEC_ID ($SPEC_TITLE)." || note "${YELLOW}  could not open a PR${NC}"
     fi
   fi
@@ -322,15 +250,14 @@ frame_to_read() {
   run_frame "$spec_file"
   note "\n${YELLOW}--- Frame complete. Running experiment... ---${NC}\n"
   run_run "$spec_file"
-  sync_results "$spec_file"
+  sync_results
   note "\n${YELLOW}--- Run complete. Analyzing results... ---${NC}\n"
   run_read "$spec_file"
 }
 
-#: cycle <spec>                              FRAME → RUN → sync → READ → LOG
 run_cycle() {
   local spec_file="${1:-}"
-  require_spec "$spec_file" "cycle <spec>"
+  require_spec "$spec_file" cycle
   note "${BOLD}Running experiment cycle: FRAME -> RUN -> READ -> LOG${NC}\n"
   frame_to_read "$spec_file"
   note "\n${YELLOW}--- Analysis complete. Logging... ---${NC}\n"
@@ -338,10 +265,9 @@ run_cycle() {
   note "\n${BOLD}${GREEN}Experiment cycle complete.${NC}"
 }
 
-#: full <question> <spec>                    SURVEY → FRAME → RUN → sync → READ → LOG
 run_full() {
   local question="${1:-}" spec_file="${2:-}"
-  [[ -n "$question" && -n "$spec_file" ]] || usage "needs a question and a spec file" "full <question> <spec>"
+  [[ -n "$question" && -n "$spec_file" ]] || usage "needs a question and a spec file" full
   note "${BOLD}Running full research cycle: SURVEY -> FRAME -> RUN -> READ -> LOG${NC}\n"
   run_survey "$question"
   note "\n${YELLOW}--- Survey complete. Designing experiment... ---${NC}\n"
@@ -351,65 +277,51 @@ run_full() {
   note "\n${BOLD}${GREEN}Full research cycle complete.${NC}"
 }
 
-#: batch <spec>...                          RUN + sync for several specs in parallel
-#: program [--max-cycles N] [--time-budget S] [--wall-hours H] [--skip-handoffs] [--overnight] [--dry-run]
-#:                                           answer QUESTIONS.md one cycle at a time, within budgets
 # shellcheck source=lib/batch-program.sh
 source "$KIT_ROOT/lib/batch-program.sh"
 
-#: status                                    experiments, verdicts, program state, pending handoff
-cmd_status() { kit status "$KIT_STATE_DIR/program-state.json"; }
+cmd_status() { kit status; }
+cmd_validate_handoff() { kit handoff validate; }
+cmd_complete_handoff() { kit handoff complete; }
+cmd_watch() { kit watch "${1:-}"; }
 
-#: synthesize [reason]                       rewrite SYNTHESIS.md from everything logged
 run_synthesize() {
-  local prompt reason="${1:-requested}"
-  resolve_agent
-  prompt="$(prompt_file synthesize)"
-  kit prompt synthesize --reason "$reason" >"$prompt"
+  local reason="${1:-requested}" rc=0
+  phase_begin synthesize --reason "$reason"
   note "${CYAN}── SYNTHESIZE ──${NC}"
-  invoke_agent synthesize "$prompt" --reason "$reason" --results-root "$RESULTS_ROOT" ||
-    abort "SYNTHESIZE failed; see $EXP_LOG_DIR/synthesize.log"
+  invoke_agent synthesize --reason "$reason" --results-root "$RESULTS_ROOT" || rc=$?
+  phase_end synthesize "$rc"
 }
 
-#: validate-handoff                          check HANDOFF.md is complete enough for a human
-#: complete-handoff                          mark HANDOFF.md done and archive it
-#: watch [phase]                             follow a phase log as readable lines
-#: help                                      this list
 cmd_help() {
+  local name fn args what
   echo "usage: experiment.sh <command> [args]"
   echo
-  sed -n 's/^#: /  /p' "${BASH_SOURCE[0]}"
+  while IFS='|' read -r name fn args what; do
+    printf '  %-42s %s\n' "$name${args:+ $args}" "$what"
+  done <<<"$COMMANDS"
   echo
   echo "Settings (environment or .orchestration-kit.env): COMPUTE_TARGET, EXP_AGENT, KIT_STATE_DIR, EXP_LOG_DIR."
+  echo "All settings: docs/settings.md."
 }
 
 main() {
-  local command_name="${1:-help}"
+  local command_name="${1:-help}" row fn
   [[ $# -gt 0 ]] && shift
-  case "$command_name" in
-    help | -h | --help) cmd_help; return ;;
-    survey | frame | run | read | log | cycle | full | batch | program | status | synthesize | \
-      validate-handoff | complete-handoff | watch) ;;
-    *) echo "experiment.sh: unknown command '$command_name'" >&2; cmd_help >&2; exit 2 ;;
-  esac
-  load_settings
+  case "$command_name" in -h | --help) command_name=help ;; esac
+  row="$(command_row "$command_name")"
+  if [[ -z "$row" ]]; then
+    echo "experiment.sh: unknown command '$command_name'" >&2
+    cmd_help >&2
+    exit 2
+  fi
+  IFS='|' read -r _ fn _ <<<"$row"
+  if [[ "$command_name" == help ]]; then cmd_help; return; fi
+  PROJECT_ROOT="${EXP_PROJECT_ROOT:-$PWD}"
+  [[ -d "$PROJECT_ROOT" ]] || abort "EXP_PROJECT_ROOT=$PROJECT_ROOT is not a directory"
+  cd "$PROJECT_ROOT"
   install_traps
-  case "$command_name" in
-    survey) run_survey "$@" ;;
-    frame) run_frame "$@" ;;
-    run) run_run "$@" ;;
-    read) run_read "$@" ;;
-    log) run_log "$@" ;;
-    cycle) run_cycle "$@" ;;
-    full) run_full "$@" ;;
-    batch) run_batch "$@" ;;
-    program) run_program "$@" ;;
-    status) cmd_status ;;
-    synthesize) run_synthesize "$@" ;;
-    validate-handoff) kit handoff validate || exit 1 ;;
-    complete-handoff) kit handoff complete || exit 1 ;;
-    watch) kit watch "$EXP_LOG_DIR" "${1:-}" || exit 1 ;;
-  esac
+  "$fn" "$@"
 }
 
 main "$@"

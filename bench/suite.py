@@ -98,19 +98,19 @@ def make_results(root: Path, small: int, big: int, seed: int) -> tuple[int, int]
 
 def seed_run(store, provider: str, src: Path, scratch: Path, packs: bool = True) -> str:
     """A finished run record whose results are `src`, laid out exactly as the VM agent leaves it."""
-    from researchkit_py import runs
+    from researchkit_py import protocol
     from researchkit_py.storage.transfer import put_results, put_tree, tree_manifest
 
-    run_id = runs.new_run_id("bench")
-    prefix = runs.run_prefix(run_id)
+    run_id = protocol.new_run_id("bench")
+    prefix = protocol.run_prefix(run_id)
     if packs:
         results, _ = put_results(store, src, prefix, scratch / run_id)
     else:
         put_tree(store, src, f"{prefix}/results")
         results = {"files": tree_manifest(src), "packs": []}
     at = time.time()
-    manifest = runs.RunManifest(run_id=run_id, provider=provider, instance=runs.instance_name(run_id), command="bench",
-                                bundle="bundles/none", created_at=runs.iso(at), expires_at=runs.iso(at + 3600),
+    manifest = protocol.RunManifest(run_id=run_id, provider=provider, instance=protocol.instance_name(run_id), command="bench",
+                                bundle="bundles/none", created_at=protocol.iso(at), expires_at=protocol.iso(at + 3600),
                                 max_hours=1, heartbeat_seconds=30)
     store.write_json(f"{prefix}/manifest.json", manifest.to_dict())
     store.put_bytes(f"{prefix}/logs/run.log", b"researchkit: DONE (command exited 0)\n")
@@ -288,10 +288,10 @@ def main() -> None:
     try:
         exports = prepare_ec2(moto.url)
         os.environ["STORAGE_EMULATOR_HOST"] = gcs.url
-        from researchkit_py.storage import open_store
-        from researchkit_py.storage.gcs import gcs_client
+        from researchkit_py.clouds.gce.store import gcs_client
+        from researchkit_py.clouds.registry import open_store
 
-        gcs_client("bench").create_bucket("bench-gcs")
+        gcs_client().create_bucket("bench-gcs")
         s3_url = exports["RK_BUCKET"]
         s3_bucket = s3_url.removeprefix("s3://").split("/")[0]
         env = {**os.environ, **exports, "HOME": str(scratch), "RK_STATE_HOME": str(scratch / "state"),

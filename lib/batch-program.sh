@@ -2,21 +2,19 @@
 # batch and program: the composites that run many experiments. Sourced by experiment.sh.
 
 run_batch() {
-  [[ $# -gt 0 ]] || usage "needs at least one spec" "batch <spec>..."
-  local spec ids=() id batch_dir pids=() rcs=() failed=0 i others=()
-  resolve_agent
+  [[ $# -gt 0 ]] || usage "needs at least one spec" batch
+  local spec ids=() id batch_dir pids=() failed=0 i rc
   for spec in "$@"; do
-    require_spec "$spec" "batch <spec>..."
+    require_spec "$spec" batch
     id="$(basename "$spec" .md)"
-    for i in "${ids[@]+"${ids[@]}"}"; do [[ "$i" != "$id" ]] || usage "$spec is listed twice" "batch <spec>..."; done
+    for i in "${ids[@]+"${ids[@]}"}"; do [[ "$i" != "$id" ]] || usage "$spec is listed twice" batch; done
     ids+=("$id")
   done
-  batch_dir="$EXP_LOG_DIR/batch-$(date +%Y%m%d-%H%M%S)-$$"
-  mkdir -p "$batch_dir"
   # Other experiments' results are locked once for the whole batch: the runs in it must not
   # lock (and later unlock) each other's directories.
-  mapfile -t others < <(kit other-results "" "${ids[@]}")
-  lock_paths "batch" - "${others[@]+"${others[@]}"}"
+  phase_begin batch "$@"
+  batch_dir="$EXP_LOG_DIR/batch-$(date +%Y%m%d-%H%M%S)-$$"
+  mkdir -p "$batch_dir"
   note "${BOLD}Running batch of $#: RUN -> sync, in parallel (logs in $batch_dir)${NC}"
   for spec in "$@"; do
     id="$(basename "$spec" .md)"
@@ -26,7 +24,6 @@ run_batch() {
   for i in "${!pids[@]}"; do
     rc=0
     wait "${pids[$i]}" || rc=$?
-    rcs+=("$rc")
     if [[ $rc -eq 0 ]]; then
       note "  ${GREEN}ok${NC}      ${ids[$i]}"
     else
@@ -47,16 +44,15 @@ batch_member() {
   trap release_locks EXIT
   export EXP_LOG_DIR="$2" EXP_RESULTS_LOCKED=1
   run_run "$1"
-  sync_results "$1"
+  sync_results
 }
 
 run_program() {
   local max_cycles=10 time_budget="" wall_hours="" skip_handoffs=0 overnight=0 dry_run=0
-  local program_usage="program [--max-cycles N] [--time-budget S] [--wall-hours H] [--skip-handoffs] [--overnight] [--dry-run]"
   while [[ $# -gt 0 ]]; do
     case "$1" in
       --max-cycles | --time-budget | --wall-hours)
-        [[ $# -ge 2 && "$2" =~ ^[0-9]+([.][0-9]+)?$ ]] || usage "$1 needs a number" "$program_usage"
+        [[ $# -ge 2 && "$2" =~ ^[0-9]+([.][0-9]+)?$ ]] || usage "$1 needs a number" program
         case "$1" in
           --max-cycles) max_cycles="${2%.*}" ;;
           --time-budget) time_budget="${2%.*}" ;;
@@ -66,12 +62,12 @@ run_program() {
       --skip-handoffs) skip_handoffs=1; shift ;;
       --overnight) overnight=1; skip_handoffs=1; shift ;;
       --dry-run) dry_run=1; shift ;;
-      *) usage "unknown option $1" "$program_usage" ;;
+      *) usage "unknown option $1" program ;;
     esac
   done
   if [[ $overnight -eq 1 && -z "$wall_hours" ]]; then wall_hours=10; fi
-  [[ $dry_run -eq 1 ]] || resolve_agent
-  local state_file="$KIT_STATE_DIR/program-state.json" start cycles=0 spent=0 attempted=() stop=""
+  if [[ $dry_run -eq 1 ]]; then phase_begin program --dry-run; else phase_begin program; fi
+  local start cycles=0 spent=0 attempted=() stop=""
   local QUESTION QUESTION_SPEC spec t0 rc verdict wall_limit=""
   start="$(date +%s)"
   if [[ -n "$wall_hours" ]]; then wall_limit="$(awk -v h="$wall_hours" 'BEGIN { printf "%d", h * 3600 }')"; fi
@@ -105,15 +101,11 @@ run_program() {
     )
     rc=$?
     set -e
-    verdict="FAILED"
-    if [[ $rc -eq 0 ]]; then
-      verdict="$(kit verdict "$(results_dir_for_spec "$spec")")"
-      run_log "$spec"
-    fi
+    if [[ $rc -eq 0 ]]; then run_log "$spec"; fi
     cycles=$((cycles + 1))
     spent=$((spent + $(date +%s) - t0))
-    kit record-cycle "$state_file" "$QUESTION" "$spec" "${verdict:-NO VERDICT}" "$rc" "$(($(date +%s) - t0))"
-    note "  cycle $cycles: ${verdict:-NO VERDICT}"
+    verdict="$(kit record-cycle "$QUESTION" "$spec" "$rc" "$(($(date +%s) - t0))")"
+    note "  cycle $cycles: $verdict"
     if [[ $rc -ne 0 && $overnight -eq 0 ]]; then stop="cycle failed (exit $rc); see $EXP_LOG_DIR"; break; fi
   done
   note "\n${BOLD}Program stopped: $stop after $cycles cycle(s).${NC}"

@@ -1,11 +1,5 @@
 """tools/artifact-store: large result files live in the bucket, content-addressed.
 
-  artifact-store push <file> [--json]
-  artifact-store push-dir <dir> [--threshold SIZE] [--json]   (default 10M)
-  artifact-store hydrate [dir] [--json]      restore missing files, repair links
-  artifact-store status [dir] [--json]
-  artifact-store verify [dir] [--json]       re-hash; exit 1 on any mismatch
-
 A pushed file goes to <bucket>/artifacts/<sha256> (skipped when already there), its
 content moves into the project's .artifact-cache/<sha256> (git-ignored), and the file
 becomes a relative link to it; <dir>/.artifacts.json records name, sha256, size and key.
@@ -22,9 +16,10 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from .config import Settings
+from .clouds.registry import open_store
 from .errors import KitError, UsageError, run_cli
-from .storage import Store, open_store
+from .settings import Settings
+from .storage import Store
 from .storage.transfer import file_digest
 
 MANIFEST = ".artifacts.json"
@@ -170,24 +165,28 @@ def write_manifest(directory: Path, entries: dict) -> None:
     (Path(directory) / MANIFEST).write_text(json.dumps(entries, indent=2, sort_keys=True) + "\n")
 
 
-def open_artifacts(settings: Settings | None = None) -> ArtifactStore:
-    settings = settings or Settings()
+def open_artifacts(settings: Settings) -> ArtifactStore:
     url = settings.get("RK_ARTIFACT_BUCKET") or settings.get("RK_BUCKET") or \
         f"file://{settings.state_home() / 'local' / 'bucket'}"
-    return ArtifactStore(Path(settings.root), open_store(url))
+    return ArtifactStore(settings.root, open_store(url, settings))
 
 
 def main(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(prog="artifact-store", description=__doc__.split("\n")[0])
-    sub = p.add_subparsers(dest="cmd", required=True)
-    for name, arg in (("push", "file"), ("push-dir", "dir"), ("hydrate", "dir"), ("status", "dir"), ("verify", "dir")):
-        s = sub.add_parser(name)
+    p = argparse.ArgumentParser(prog="artifact-store", description=__doc__.split("\n\n")[1].replace("\n", " "))
+    sub = p.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
+    for name, arg, what in (
+            ("push", "file", "move one file's bytes to the bucket; leave a link"),
+            ("push-dir", "dir", "push every file of a directory over --threshold"),
+            ("hydrate", "dir", "restore missing files from the bucket, repair links"),
+            ("status", "dir", "each artifact: present, missing or modified"),
+            ("verify", "dir", "re-hash every artifact; exit 1 on any mismatch")):
+        s = sub.add_parser(name, help=what)
         s.add_argument(arg, nargs=None if name in ("push", "push-dir") else "?", default=".")
         s.add_argument("--json", action="store_true")
         if name == "push-dir":
-            s.add_argument("--threshold", default="10M")
+            s.add_argument("--threshold", default="10M", help="size above which a file is pushed (default 10M)")
     args = p.parse_args(argv)
-    arts = open_artifacts()
+    arts = open_artifacts(Settings())
     target = Path(getattr(args, "file", None) or args.dir)
     if args.cmd != "push" and not target.is_dir():
         raise KitError(f"{target} is not a directory")

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import KitError
+from .protocol import bundle_key
 from .storage import Store
 
 # Never shipped: outputs, data (sent separately with --data-dirs), environments, caches.
@@ -34,7 +35,7 @@ class Bundle:
 
     @property
     def key(self) -> str:
-        return f"code/{self.sha256}.tar.gz"
+        return bundle_key(self.sha256)
 
 
 def project_files(root: Path, extra_exclude: tuple[str, ...] = ()) -> list[str]:
@@ -109,25 +110,3 @@ def upload_bundle(store: Store, bundle: Bundle) -> int:
         return 0
     store.put_file(bundle.path, bundle.key)
     return bundle.path.stat().st_size
-
-
-def extract_bundle(archive: Path, dest: Path) -> int:
-    """Extract only regular files and directories, each checked to land inside dest."""
-    from .storage.paths import SafeRoot
-
-    dest.mkdir(parents=True, exist_ok=True)
-    root, n = SafeRoot(dest), 0
-    with tarfile.open(archive, "r:gz") as tar:
-        for member in tar:
-            target = root.join(member.name)
-            if member.isdir():
-                target.mkdir(parents=True, exist_ok=True)
-            elif member.isfile():
-                target.parent.mkdir(parents=True, exist_ok=True)
-                src = tar.extractfile(member)
-                assert src is not None
-                with open(target, "wb") as f:
-                    f.write(src.read())
-                os.chmod(target, 0o755 if member.mode & 0o111 else 0o644)
-                n += 1
-    return n

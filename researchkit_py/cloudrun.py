@@ -1,12 +1,5 @@
 """tools/cloud-run: run a command on a VM that cleans up after itself, and get its results back.
-
-  cloud-run run "<cmd>" [--spec F] [--data-dirs a,b] [--output-dir D] [--max-hours H]
-                        [--detach] [--backend local|gce|ec2] [--env K=V]... [--dry-run] [--json]
-  cloud-run pull <run-id> [--output-dir D]
-  cloud-run status [run-id] [--json]      cloud-run ls [--json]
-  cloud-run logs <run-id> [--follow]      cloud-run terminate <run-id>
-  cloud-run reap [--dry-run] [--json]
-"""
+(`cloud-run --help` and `cloud-run COMMAND --help` are the reference.)"""
 
 from __future__ import annotations
 
@@ -16,12 +9,13 @@ import signal
 import sys
 from pathlib import Path
 
-from . import runs
-from .errors import KitError, ProviderError, run_cli
+from . import protocol
+from .errors import KitError, ProviderError, run_cli, say
+from .settings import Settings
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="cloud-run", description=__doc__.split("\n")[0],
+    p = argparse.ArgumentParser(prog="cloud-run", description=__doc__.split("\n")[0].split(": ", 1)[1],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     backend_help = "local (embedded), gce or ec2; default from COMPUTE_TARGET / RK_BACKEND"
     p.add_argument("--backend", help=backend_help)
@@ -98,20 +92,20 @@ def main(argv: list[str]) -> int:
     if not args.cmd:
         _parser().print_help(sys.stderr)
         return 2
-    from .lifecycle import Context, reap_if_due, say
+    from .lifecycle import Context, reap_if_due
 
-    ctx = Context.open(args.backend)
+    ctx = Context.open(Settings(), args.backend)
     if args.cmd != "reap" and not getattr(args, "dry_run", False):
         try:
             for name in reap_if_due(ctx, force=args.cmd == "run"):
                 say(f"cloud-run: reaped {name} (past its deadline or dead)")
         except ProviderError as e:  # the API refused: say so, and go on (credentials missing is an error)
             say(f"cloud-run: warning: could not check for expired instances: {e}")
-    return globals()[f"cmd_{args.cmd}"](ctx, args)
+    return COMMANDS[args.cmd](ctx, args)
 
 
 def cmd_run(ctx, args) -> int:
-    from .lifecycle import LaunchOptions, check_output_dir, launch, plan_launch, say
+    from .lifecycle import LaunchOptions, check_output_dir, launch, plan_launch
     from .startup import parse_env_pairs
 
     output_dir = Path(args.output_dir) if args.output_dir else None
@@ -120,7 +114,7 @@ def cmd_run(ctx, args) -> int:
     opts = LaunchOptions(
         command=args.command, spec=args.spec,
         data_dirs=[d for d in args.data_dirs.split(",") if d.strip()],
-        max_hours=args.max_hours if args.max_hours is not None else ctx.settings.get_float("RK_MAX_HOURS"),
+        max_hours=args.max_hours if args.max_hours is not None else ctx.settings.max_hours(),
         env=parse_env_pairs(args.env), machine_type=args.machine_type, spot=args.spot,
         experiment=Path(args.spec).stem if args.spec else "", detached=args.detach, max_cost=args.max_cost,
     )
@@ -143,7 +137,7 @@ def cmd_run(ctx, args) -> int:
 
 
 def _after_launch(ctx, args, plan, output_dir: Path | None) -> int:
-    from .lifecycle import ensure_gone, pull, say, wait
+    from .lifecycle import ensure_gone, pull, wait
 
     run_id = plan.run_id
     say(f"cloud-run: launched {run_id} on {ctx.provider.name} (instance {plan.manifest.instance}, "
@@ -161,7 +155,7 @@ def _after_launch(ctx, args, plan, output_dir: Path | None) -> int:
         print(run_id, flush=True)
     state = wait(ctx, run_id, stream_log=not args.quiet)
     ensure_gone(ctx, plan.manifest.instance)
-    code = runs.client_exit_code(state)
+    code = protocol.client_exit_code(state)
     summary = {"run_id": run_id, "phase": state.get("phase"), "cause": state.get("cause"),
                "exit_code": state.get("exit_code"), "cloud_run_exit": code}
     if output_dir is not None:
@@ -176,9 +170,9 @@ def _after_launch(ctx, args, plan, output_dir: Path | None) -> int:
 
 
 def cmd_pull(ctx, args) -> int:
-    from .lifecycle import pull, run_state, say
+    from .lifecycle import pull, run_state
 
-    out = Path(args.output_dir or f"results/{runs.check_run_id(args.run_id)}")
+    out = Path(args.output_dir or f"results/{protocol.check_run_id(args.run_id)}")
     stats, complete = pull(ctx, args.run_id, out, verify=args.verify)
     if args.json:
         _emit_json({"run_id": args.run_id, "output_dir": str(out), "files": stats.files, "bytes": stats.bytes,
@@ -197,7 +191,7 @@ def cmd_status(ctx, args) -> int:
 
     if not args.run_id:
         return cmd_ls(ctx, args)
-    state = run_state(ctx, runs.check_run_id(args.run_id))
+    state = run_state(ctx, protocol.check_run_id(args.run_id))
     if args.json:
         _emit_json(state)
     else:
@@ -221,7 +215,7 @@ def cmd_ls(ctx, args) -> int:
 def cmd_logs(ctx, args) -> int:
     from .lifecycle import read_log, read_manifest, wait
 
-    read_manifest(ctx, runs.check_run_id(args.run_id))
+    read_manifest(ctx, protocol.check_run_id(args.run_id))
     if args.follow:
         wait(ctx, args.run_id, stream_log=True)
         return 0
@@ -230,9 +224,9 @@ def cmd_logs(ctx, args) -> int:
 
 
 def cmd_terminate(ctx, args) -> int:
-    from .lifecycle import say, terminate
+    from .lifecycle import terminate
 
-    status = terminate(ctx, runs.check_run_id(args.run_id))
+    status = terminate(ctx, protocol.check_run_id(args.run_id))
     if args.json:
         _emit_json(status)
     else:
@@ -250,6 +244,10 @@ def cmd_reap(ctx, args) -> int:
         verb = "would delete" if args.dry_run else "deleted"
         print("\n".join(f"{verb} {n}" for n in names) if names else "nothing to reap")
     return 0
+
+
+COMMANDS = {"run": cmd_run, "pull": cmd_pull, "status": cmd_status, "ls": cmd_ls, "logs": cmd_logs,
+            "terminate": cmd_terminate, "reap": cmd_reap}
 
 
 def entry() -> None:

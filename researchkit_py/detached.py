@@ -1,11 +1,5 @@
 """Fire-and-forget experiments on GCE: launch, and check on them later from the bucket.
-
-  python -m researchkit_py.detached --exp N [N ...] [--quick] [--project P] [--zone Z]
-                                    [--machine-type M] [--max-hours H] [--spot] [--dry-run]
-  python -m researchkit_py.detached list [--exp N] [--json]      (also: status)
-  python -m researchkit_py.detached download EXP [RUN] [--output-dir D]
-  python -m researchkit_py.detached logs EXP [RUN] [--follow]
-  python -m researchkit_py.detached kill EXP|RUN
+(`python -m researchkit_py.detached --help` and `… list --help` are the reference.)
 
 Each experiment gets its own VM (`rk-expN-<time>-<random>`), which runs it, uploads results
 and logs to gs://<bucket>/runs/<run-id>/ and deletes itself. What runs for experiment N:
@@ -17,24 +11,24 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 
-from .errors import KitError, ProviderError, run_cli
+from .errors import KitError, ProviderError, run_cli, say
+from .settings import Settings
 
 DEFAULT_SCRIPT = "scripts/run_experiment.py"
 DEFAULT_COMMAND = f"python {DEFAULT_SCRIPT} --exp {{exp}} {{quick}} --parallel"
 LATER = ("list", "status", "download", "logs", "kill")
 
 
-def command_for(exp: int, quick: bool, explicit: str, settings) -> tuple[str, str]:
+def command_for(exp: int, quick: bool, explicit: str, settings: Settings) -> tuple[str, str]:
     """(command, where it came from) for experiment `exp`."""
     if explicit:
         return explicit, "--command"
     specs = sorted(Path(settings.root, "experiments").glob(f"exp-{exp:03d}-*.md"))
     if specs:
-        from .spec import load_spec
+        from .experiment.spec import load_spec
 
         spec = load_spec(specs[0])
         if spec.run_command:
@@ -52,12 +46,11 @@ def command_for(exp: int, quick: bool, explicit: str, settings) -> tuple[str, st
 
 def _context(args, *, launching: bool = False):
     """The GCE context; the reaper layer runs first, as for every invocation (see reap_if_due)."""
-    from .config import Settings
-    from .lifecycle import Context, reap_if_due, say
+    from .lifecycle import Context, reap_if_due
 
-    overrides = {"GCE_PROJECT": args.project, "GCE_ZONE": args.zone, "GCE_MACHINE_TYPE": getattr(args, "machine_type", None)}
-    environ = {**os.environ, **{k: v for k, v in overrides.items() if v}}
-    ctx = Context.open("gce", Settings(environ=environ))
+    settings = Settings().with_flags(GCE_PROJECT=args.project, GCE_ZONE=args.zone,
+                                     GCE_MACHINE_TYPE=getattr(args, "machine_type", None))
+    ctx = Context.open(settings, "gce")
     if not getattr(args, "dry_run", False):
         try:
             for name in reap_if_due(ctx, force=launching):
@@ -70,15 +63,18 @@ def _context(args, *, launching: bool = False):
 
 
 def launch_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m researchkit_py.detached", description=__doc__.split("\n")[0],
-                                epilog="later: list | status | download EXP [RUN] | logs EXP [RUN] [--follow] | kill EXP|RUN")
+    later = later_parser()._subparsers._group_actions[0]  # type: ignore[union-attr]
+    commands = "\n".join(f"  {a.dest:<10} {a.help}" for a in later._choices_actions)
+    p = argparse.ArgumentParser(prog="python -m researchkit_py.detached", description=__doc__.split("\n\n")[1],
+                                formatter_class=argparse.RawDescriptionHelpFormatter,
+                                epilog=f"later (python -m researchkit_py.detached COMMAND --help):\n{commands}")
     p.add_argument("--exp", type=int, nargs="+", required=True, metavar="N", help="experiment number(s): one VM each")
     p.add_argument("--quick", action="store_true", help="pass --quick to the experiment")
     p.add_argument("--command", default="", help="what to run instead (same for every --exp)")
     p.add_argument("--project", help="GCP project (default: GCE_PROJECT, then gcloud's core/project)")
     p.add_argument("--zone", help="zone (default: GCE_ZONE, us-central1-a); GCE_ZONES adds fallbacks")
     p.add_argument("--machine-type", help="default: GCE_MACHINE_TYPE, n2-standard-4")
-    p.add_argument("--max-hours", type=float, help="the VM is deleted by then whatever happens (default RK_MAX_HOURS)")
+    p.add_argument("--max-hours", type=float, help="the VM is deleted by then whatever happens (default MAX_GPU_HOURS)")
     p.add_argument("--spot", action="store_true", help="spot capacity (cheaper, may be preempted)")
     p.add_argument("--dry-run", action="store_true", help="print the startup script and instance request; create nothing")
     return p
@@ -120,7 +116,7 @@ def launch(args) -> int:
     from . import lifecycle
 
     ctx = _context(args, launching=True)
-    max_hours = args.max_hours if args.max_hours is not None else ctx.settings.get_float("RK_MAX_HOURS")
+    max_hours = args.max_hours if args.max_hours is not None else ctx.settings.max_hours()
     launched = []
     for exp in args.exp:
         command, source = command_for(exp, args.quick, args.command, ctx.settings)
@@ -129,26 +125,18 @@ def launch(args) -> int:
         if args.dry_run:
             plan = lifecycle.plan_launch(ctx, opts, upload=False)
             print(plan.script)
-            from dataclasses import replace
-
-            from google.cloud import compute_v1
-
-            cfg = replace(ctx.provider.vm_config(plan.request), startup_script="<the script above>")
-
-            resource = compute_v1.Instance.to_json(cfg.instance_resource(ctx.provider.zones[0]))
-            lifecycle.say(f"dry run, experiment {exp} ({command!r} from {source}): would insert into "
-                          f"projects/{ctx.provider.project}/zones/{ctx.provider.zones[0]}:\n{resource}\n"
-                          "nothing was created")
+            body = json.dumps(ctx.provider.request_body(plan.request), indent=2)
+            say(f"dry run, experiment {exp} ({command!r} from {source}): would insert\n{body}\nnothing was created")
             continue
         plan = lifecycle.launch(ctx, opts)
         launched.append((exp, plan))
         print(plan.run_id)
-        lifecycle.say(f"Experiment {exp} launched: VM {plan.manifest.instance} in {plan.manifest.zone or ctx.provider.zones[0]} "
+        say(f"Experiment {exp} launched: VM {plan.manifest.instance} in {plan.manifest.zone or ctx.provider.zones[0]} "
                       f"runs {command!r} ({source})")
     if launched:
         bucket = ctx.store.url
         many = len(launched) > 1
-        lifecycle.say(
+        say(
             f"\n{'Each VM' if many else 'The VM'} will install what it needs, run, upload results and logs to "
             f"{bucket}/runs/<run-id>/, and delete itself (deadline: {max_hours:g} h).\nYou can close this terminal.\n\n"
             "To check progress:\n"
@@ -194,7 +182,7 @@ def cmd_list(args) -> int:
 
 
 def cmd_download(args) -> int:
-    from .lifecycle import pull, say
+    from .lifecycle import pull
 
     ctx = _context(args)
     run_id = _pick(ctx, args.exp, args.run)
@@ -219,7 +207,7 @@ def cmd_logs(args) -> int:
 
 
 def cmd_kill(args) -> int:
-    from .lifecycle import say, terminate
+    from .lifecycle import terminate
 
     ctx = _context(args)
     if args.target.isdigit():

@@ -1,4 +1,5 @@
-"""Our own error types. The CLIs turn them into one line on stderr and an exit code."""
+"""Our own error types, and the CLI boundary: run_cli turns them into one line on stderr and
+an exit code; say() is how every command talks to the user (stderr, so stdout stays pipeable)."""
 
 from __future__ import annotations
 
@@ -31,6 +32,10 @@ class ProviderError(KitError):
 
 class CapacityError(ProviderError):
     """The provider has no capacity or quota here; another zone/subnet may work."""
+
+
+def say(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
 
 
 def run_cli(prog: str, main: Callable[[list[str]], int], argv: list[str] | None = None) -> NoReturn:

@@ -1,7 +1,5 @@
 """tools/preflight: from a spec's compute profile and budget, recommend where RUN should go.
 
-  preflight <spec> [--json] [--max-hours H]
-
 Reads the `### Compute Profile` YAML (compute_type, estimated_rows, model_type,
 sequential_fits, parallelizable, memory_gb, gpu_type, estimated_wall_hours) and the
 `## Budget` lines (max_gpu_hours, max_cost_usd); prints local or remote, backend, instance
@@ -15,33 +13,13 @@ import json
 import os
 from dataclasses import asdict, dataclass
 
+from .clouds.registry import CLOUDS, price_per_hour, target
 from .errors import KitError, run_cli
-from .spec import load_spec
+from .experiment.spec import load_spec
+from .settings import Settings
 
-# On-demand USD per hour, us-east-1 / us-central1, as listed on 2026-11-01. Approximate:
-# used to compare and to cap, not to bill. RK_PRICE_PER_HOUR overrides.
-PRICES = {
-    "ec2": {"c6i.xlarge": 0.17, "c6i.4xlarge": 0.68, "c6i.16xlarge": 2.72, "r6i.4xlarge": 1.01,
-            "r6i.16xlarge": 4.03, "g5.xlarge": 1.01, "g5.12xlarge": 5.67, "p4d.24xlarge": 32.77},
-    "gce": {"n2-standard-4": 0.19, "n2-standard-16": 0.78, "n2-standard-64": 3.11, "n2-highmem-16": 1.05,
-            "n2-highmem-64": 4.19, "g2-standard-4": 0.71, "a2-highgpu-1g": 3.67, "a2-highgpu-8g": 29.39},
-    "local": {"": 0.0},
-}
-# (cpu small, cpu large, memory large, gpu small, gpu large) per cloud
-SIZES = {"ec2": ("c6i.xlarge", "c6i.16xlarge", "r6i.16xlarge", "g5.xlarge", "p4d.24xlarge"),
-         "gce": ("n2-standard-4", "n2-standard-64", "n2-highmem-64", "g2-standard-4", "a2-highgpu-8g")}
 FIELDS = {"compute_type": str, "estimated_rows": (int, float), "model_type": str, "sequential_fits": (int, float),
           "parallelizable": bool, "memory_gb": (int, float), "gpu_type": str, "estimated_wall_hours": (int, float)}
-
-
-def price_per_hour(backend: str, instance_type: str) -> float:
-    override = os.environ.get("RK_PRICE_PER_HOUR")
-    if override:
-        return float(override)
-    try:
-        return PRICES[backend][instance_type if backend != "local" else ""]
-    except KeyError:
-        raise KitError(f"no price known for {instance_type} on {backend}; set RK_PRICE_PER_HOUR to its hourly price") from None
 
 
 @dataclass
@@ -85,15 +63,19 @@ def profile_fields(spec) -> dict:
     return out
 
 
-def advise(spec_path: str, max_hours: float | None = None, backend: str | None = None) -> Advice:
+def advise(spec_path: str, settings: Settings, max_hours: float | None = None, backend: str | None = None) -> Advice:
     spec = load_spec(spec_path)
     p = profile_fields(spec)
-    backend = backend or {"gce": "gce"}.get(os.environ.get("COMPUTE_TARGET", ""), os.environ.get("RK_PREFLIGHT_BACKEND", "ec2"))
-    if backend not in SIZES:
-        raise KitError(f"preflight knows instance types for ec2 and gce, not {backend!r}")
-    small, big, mem, gpu_small, gpu_big = SIZES[backend]
-    local_gb = float(os.environ.get("RK_LOCAL_MEMORY_GB") or os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30)
-    local_hours = float(os.environ.get("RK_LOCAL_MAX_HOURS", "1"))
+    named = target(settings["COMPUTE_TARGET"]).cloud
+    backend = backend or (named if named and CLOUDS[named].shapes else settings["RK_PREFLIGHT_BACKEND"])
+    shapes = CLOUDS[backend].shapes if backend in CLOUDS else None
+    if shapes is None:
+        priced = ", ".join(name for name, c in CLOUDS.items() if c.shapes)
+        raise KitError(f"preflight knows instance types for {priced}, not {backend!r}")
+    small, big, mem, gpu_small, gpu_big = (shapes.cpu_small, shapes.cpu_large, shapes.memory_large,
+                                           shapes.gpu_small, shapes.gpu_large)
+    local_gb = settings.number("RK_LOCAL_MEMORY_GB", os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30)
+    local_hours = settings.number("RK_LOCAL_MAX_HOURS")
     hours = float(p["estimated_wall_hours"])
     gpu = p["compute_type"].lower() == "gpu" or p["gpu_type"].lower() not in ("none", "", "no")
     if gpu:
@@ -109,10 +91,9 @@ def advise(spec_path: str, max_hours: float | None = None, backend: str | None =
     else:
         where, itype = "local", small
         reason = f"~{hours:g} h on CPU with {p['memory_gb']:g} GB fits this machine"
-    budget_hours = spec.budget.get("max_gpu_hours") or spec.budget.get("max_hours")
-    limit = max_hours if max_hours is not None else float(budget_hours) if budget_hours else float(
-        os.environ.get("RK_MAX_HOURS", "4"))
-    price = price_per_hour(backend, itype) if where == "remote" else 0.0
+    limit = max_hours if max_hours is not None else settings.max_hours(
+        spec.budget.get("max_gpu_hours") or spec.budget.get("max_hours"))
+    price = price_per_hour(backend, itype, settings) if where == "remote" else 0.0
     est, worst = price * hours, price * limit
     max_cost = spec.budget.get("max_cost_usd")
     over = bool(max_cost) and where == "remote" and worst > float(str(max_cost).lstrip("$"))
@@ -125,9 +106,9 @@ def main(argv: list[str]) -> int:
     ap.add_argument("spec")
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--max-hours", type=float)
-    ap.add_argument("--backend", choices=["ec2", "gce"])
+    ap.add_argument("--backend", choices=[name for name, c in CLOUDS.items() if c.shapes])
     args = ap.parse_args(argv)
-    advice = advise(args.spec, args.max_hours, args.backend)
+    advice = advise(args.spec, Settings(), args.max_hours, args.backend)
     print(json.dumps(asdict(advice), indent=2) if args.json else advice.text())
     return 0
 

@@ -16,20 +16,16 @@ import tarfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from . import protocol
+from .clouds.registry import CLOUDS, store_cloud
 from .errors import KitError, UsageError
 
 PACKAGE_DIR = Path(__file__).resolve().parent
+# What every VM agent needs; the clouds add theirs (see clouds/base.py: vm_modules, store_modules).
 AGENT_MODULES = (
-    "__init__.py", "errors.py", "bundle.py", "vm_agent.py",
-    "storage/__init__.py", "storage/base.py", "storage/paths.py", "storage/transfer.py", "storage/local.py",
+    "__init__.py", "errors.py", "settings.py", "protocol.py", "vm_agent.py",
+    "storage/__init__.py", "storage/base.py", "storage/paths.py", "storage/transfer.py", "clouds/__init__.py",
 )
-# What the agent needs for the run's bucket, whatever the provider: its modules, a module whose
-# import proves the SDK is on the VM, and the packages that provide it otherwise.
-BACKENDS: dict[str, tuple[tuple[str, ...], str, tuple[str, ...]]] = {
-    "gs": (("storage/gcs.py",), "google.cloud.storage", ("google-cloud-storage",)),
-    "s3": (("storage/s3.py", "aws.py"), "boto3", ("boto3",)),
-}
-NO_SDK: tuple[tuple[str, ...], str, tuple[str, ...]] = ((), "json", ())
 
 _ENV_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _SECRET_NAME = re.compile(r"SECRET|TOKEN|PASSW|CREDENTIAL|PRIVATE_KEY|ACCESS_KEY|API_KEY|SESSION_KEY", re.I)
@@ -85,9 +81,16 @@ def _compact(source: bytes) -> bytes:
     return ast.unparse(tree).encode()
 
 
-def agent_payload(store_url: str) -> str:
-    """The agent's modules (and the one storage backend this run uses) as base64 tar.gz."""
-    modules = [*AGENT_MODULES, *_backend(store_url)[0]]
+def agent_modules(provider: str, store_url: str) -> list[str]:
+    """The agent's modules, its provider's VM pieces and the one store this run's bucket needs."""
+    vm, store = CLOUDS[provider], store_cloud(store_url)
+    packages = sorted({f"clouds/{vm.name}/__init__.py", f"clouds/{store.name}/__init__.py"})
+    return [*AGENT_MODULES, *packages, *vm.vm_modules, *store.store_modules]
+
+
+def agent_payload(provider: str, store_url: str) -> str:
+    """The agent's modules as base64 tar.gz."""
+    modules = agent_modules(provider, store_url)
     raw = io.BytesIO()
     with tarfile.open(fileobj=raw, mode="w") as tar:
         for rel in modules:
@@ -100,23 +103,24 @@ def agent_payload(store_url: str) -> str:
     return "\n".join(b64[i:i + 76] for i in range(0, len(b64), 76))
 
 
-def _backend(store_url: str) -> tuple[tuple[str, ...], str, tuple[str, ...]]:
-    return BACKENDS.get(store_url.split("://", 1)[0], NO_SDK)
-
-
 def render_startup_script(plan: ScriptPlan) -> str:
     q = shlex.quote
     if not plan.command.strip():
         raise UsageError("the command to run is empty; pass it as the first argument of `cloud-run run`")
     check_no_secrets(plan.env)
     exports = "\n".join(f"export {k}={q(v)}" for k, v in sorted(plan.env.items())) or "# (no --env values)"
+    store = store_cloud(plan.store_url)
     return _TEMPLATE.format(
+        # stage and cause names as the protocol spells them
+        **{stage: stage for stage in protocol.STAGES}, DONE=protocol.DONE,
+        EXIT=protocol.EXIT, TIMEOUT=protocol.TIMEOUT, TERMINATED=protocol.TERMINATED,
         run_id=plan.run_id,
         provider=plan.provider,
         deadline_lines=plan.deadline_lines.strip() or ":",
         self_delete_lines=_indent(plan.self_delete_lines.strip() or ":"),
         q_run_id=q(plan.run_id),
         q_store=q(plan.store_url),
+        q_store_class=q(store.store),
         q_provider=q(plan.provider),
         q_bundle=q(plan.bundle_key),
         q_command=q(plan.command),
@@ -125,9 +129,9 @@ def render_startup_script(plan: ScriptPlan) -> str:
         heartbeat=max(1, int(plan.heartbeat_seconds)),
         has_data=1 if plan.has_data else 0,
         q_vm_python=q(plan.vm_python),
-        q_agent_import=q(f"import {_backend(plan.store_url)[1]}"),
-        q_packages=" ".join(q(p) for p in _backend(plan.store_url)[2]) or "''",
-        payload=agent_payload(plan.store_url),
+        q_agent_import=q(f"import {store.vm_sdk or 'json'}"),
+        q_packages=" ".join(q(p) for p in store.vm_packages) or "''",
+        payload=agent_payload(plan.provider, plan.store_url),
         exports=exports,
     )
 
@@ -147,6 +151,7 @@ set -euo pipefail
 
 RK_RUN_ID={q_run_id}
 RK_STORE={q_store}
+RK_STORE_CLASS={q_store_class}
 RK_PROVIDER={q_provider}
 RK_BUNDLE_KEY={q_bundle}
 RK_COMMAND={q_command}
@@ -156,8 +161,8 @@ RK_HEARTBEAT={heartbeat}
 RK_HAS_DATA={has_data}
 RK_VM_PYTHON={q_vm_python}
 RK_ROOT="${{RK_VM_ROOT:-/var/lib/researchkit}}/$RK_RUN_ID"
-export RK_RUN_ID RK_STORE RK_PROVIDER RK_ROOT
-RK_STAGE=BOOT
+export RK_RUN_ID RK_STORE RK_STORE_CLASS RK_PROVIDER RK_ROOT
+RK_STAGE={BOOT}
 RK_CMD_RC=""
 RK_CAUSE=""
 RK_HB_PID=""
@@ -189,8 +194,8 @@ rk_finish() {{
   rk_self_delete
 }}
 trap rk_finish EXIT
-trap 'RK_CAUSE=${{RK_CAUSE:-terminated}}; exit 143' TERM
-trap 'RK_CAUSE=${{RK_CAUSE:-terminated}}; exit 130' INT
+trap 'RK_CAUSE=${{RK_CAUSE:-{TERMINATED}}}; exit 143' TERM
+trap 'RK_CAUSE=${{RK_CAUSE:-{TERMINATED}}}; exit 130' INT
 
 # 1. The agent (embedded below) and a Python that can reach the bucket.
 base64 -d <<'RK_AGENT_EOF' | tar -xz -C "$RK_ROOT/agent"
@@ -205,12 +210,12 @@ if ! python3 -c {q_agent_import} 2>/dev/null; then
   "$RK_ROOT/agent-venv/bin/pip" install --quiet {q_packages}
   RK_AGENT_PY="$RK_ROOT/agent-venv/bin/python"
 fi
-rk status BOOT
+rk status {BOOT}
 
 # 2. Code, data and requirements.
-RK_STAGE=SETUP
+RK_STAGE={SETUP}
 RK_WORK="$RK_ROOT/work"
-rk status SETUP -- get-bundle "$RK_BUNDLE_KEY" "$RK_WORK"
+rk status {SETUP} -- get-bundle "$RK_BUNDLE_KEY" "$RK_WORK"
 if [[ "$RK_HAS_DATA" == 1 ]]; then rk get-data "$RK_WORK"; fi
 cd "$RK_WORK"
 if [[ -n "$RK_VM_PYTHON" ]]; then
@@ -228,9 +233,9 @@ export RESULTS_DIR="$RK_WORK/$RK_RESULTS_SUBDIR"
 mkdir -p "$RESULTS_DIR"
 
 # 3. The command, under its soft deadline, with a heartbeat that also ships the log.
-RK_STAGE=RUN
+RK_STAGE={RUN}
 echo "researchkit: running: $RK_COMMAND"
-rk heartbeat -- status RUN  # the log says what runs before the status does: a VM lost right after still tells
+rk heartbeat -- status {RUN}  # the log says what runs before the status does: a VM lost right after still tells
 ( while sleep "$RK_HEARTBEAT"; do rk heartbeat || true; done ) &
 RK_HB_PID=$!
 RK_T0=$SECONDS
@@ -241,14 +246,14 @@ wait "$RK_CMD_PID"
 RK_CMD_RC=$?
 set -e
 RK_CMD_PID=""
-RK_CAUSE="exit"
+RK_CAUSE="{EXIT}"
 if [[ "$RK_CMD_RC" == 124 || "$RK_CMD_RC" == 137 ]] && (( SECONDS - RK_T0 >= RK_SOFT_DEADLINE )); then
-  RK_CAUSE=timeout
+  RK_CAUSE={TIMEOUT}
 fi
 echo "researchkit: command exited $RK_CMD_RC"
 
 # 4. Results, then the checksum manifest that marks them complete.
-RK_STAGE=UPLOAD
-rk status UPLOAD -- push-results "$RESULTS_DIR"
-RK_STAGE=DONE
+RK_STAGE={UPLOAD}
+rk status {UPLOAD} -- push-results "$RESULTS_DIR"
+RK_STAGE={DONE}
 """

@@ -9,16 +9,17 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import re
 import shlex
 import subprocess
 import time
 from pathlib import Path
 
-from .. import research
 from ..errors import KitError, run_cli
-from ..spec import load_spec
+from ..experiment import records
+from ..experiment.prompts import PHASES
+from ..experiment.spec import load_spec
+from ..settings import Settings
 
 _T0 = time.time()
 
@@ -70,7 +71,7 @@ def phase_run(args, prompt: str) -> int:
         return finish(False, f"{args.spec} has no command under '## Run'; add one in a ``` block")
     results = Path(args.results)
     results.mkdir(parents=True, exist_ok=True)
-    env = {**os.environ, "RESULTS_DIR": str(results)}
+    env = {**Settings(read_file=False).environ, "RESULTS_DIR": str(results)}
     argv = directive_command(prompt)
     if argv:
         say("The compute directive is mandatory: running the experiment through cloud-run.")
@@ -87,16 +88,16 @@ def phase_run(args, prompt: str) -> int:
 def phase_read(args) -> int:
     spec = load_spec(args.results + "/spec.md" if Path(args.results, "spec.md").exists() else args.spec)
     spec.id = Path(args.spec).stem
-    verdict = research.write_analysis(spec, Path(args.results))
+    verdict = records.write_analysis(spec, Path(args.results))
     if verdict == "INCONCLUSIVE":
-        research.write_handoff(Path("HANDOFF.md"), spec, "The scripted READ could not reach a verdict.")
+        records.write_handoff(Path("HANDOFF.md"), spec, "The scripted READ could not reach a verdict.")
     return finish(True, f"## Verdict: {verdict}")
 
 
 def phase_log(args) -> int:
     spec = load_spec(args.spec)
-    verdict = research.append_log_entry(Path.cwd(), spec, Path(args.results))
-    research.mark_question(Path("QUESTIONS.md"), args.spec, verdict)
+    verdict = records.append_log_entry(Path.cwd(), spec, Path(args.results))
+    records.mark_question(Path("QUESTIONS.md"), args.spec, verdict)
     return finish(True, f"logged {spec.id}: {verdict}")
 
 
@@ -109,23 +110,23 @@ def phase_survey(args) -> int:
             related.append(p.stem)
     out = Path(args.survey_file)
     out.parent.mkdir(parents=True, exist_ok=True)
-    lines = [f"# Survey: {args.question}", "", f"_{research.today()}_", ""]
+    lines = [f"# Survey: {args.question}", "", f"_{records.today()}_", ""]
     if args.pi_directive:
         lines += [f"PI directive: {args.pi_directive}", ""]
     lines += ["## Related experiments"] + ([f"- {r}" for r in related] or ["- none yet"])
     out.write_text("\n".join(lines) + "\n")
-    added = research.add_question(Path("QUESTIONS.md"), args.question)
+    added = records.add_question(Path("QUESTIONS.md"), args.question)
     return finish(True, f"wrote {out} ({len(related)} related experiments){'; question added' if added else ''}")
 
 
 def phase_synthesize(args) -> int:
-    out = research.write_synthesis(Path.cwd(), Path(args.results_root), args.reason)
+    out = records.write_synthesis(Path.cwd(), Path(args.results_root), args.reason)
     return finish(True, f"wrote {out.name}")
 
 
 def main(argv: list[str]) -> int:
     p = argparse.ArgumentParser(prog="scripted-agent")
-    p.add_argument("phase", choices=["survey", "frame", "run", "read", "log", "synthesize"])
+    p.add_argument("phase", choices=PHASES)
     p.add_argument("--prompt", required=True)
     p.add_argument("--spec", default="")
     p.add_argument("--results", default="")
@@ -137,10 +138,10 @@ def main(argv: list[str]) -> int:
     args = p.parse_args(argv)
     prompt = Path(args.prompt).read_text(encoding="utf-8")
     emit("system", subtype="init", agent="scripted", phase=args.phase)
+    phases = {"survey": phase_survey, "frame": phase_frame, "run": lambda a: phase_run(a, prompt),
+              "read": phase_read, "log": phase_log, "synthesize": phase_synthesize}
     try:
-        if args.phase == "run":
-            return phase_run(args, prompt)
-        return globals()[f"phase_{args.phase}"](args)
+        return phases[args.phase](args)
     except KitError as e:
         finish(False, str(e))
         raise

@@ -1,7 +1,11 @@
-"""Keys from a bucket are untrusted: they must never name a path outside the destination."""
+"""Local paths written from what a bucket holds: untrusted keys never name a path outside the
+destination, and records are replaced atomically."""
 
 from __future__ import annotations
 
+import json
+import os
+import tarfile
 from pathlib import Path, PurePosixPath
 
 from ..errors import KitError
@@ -40,3 +44,31 @@ class SafeRoot:
 def safe_join(root: Path, key: str) -> Path:
     """`root / key` for one untrusted key (see SafeRoot)."""
     return SafeRoot(root).join(key)
+
+
+def write_json_atomic(path: Path, value: object, indent: int | None = None) -> None:
+    """Write JSON through a temporary file beside `path`: a crash never leaves half a file."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(value, indent=indent) + ("\n" if indent else ""))
+    os.replace(tmp, path)
+
+
+def extract_tar(archive: Path, dest: Path) -> int:
+    """Extract a tar.gz (a code bundle): only regular files and directories, each checked to
+    land inside dest. Returns the number of files."""
+    dest.mkdir(parents=True, exist_ok=True)
+    root, n = SafeRoot(dest), 0
+    with tarfile.open(archive, "r:gz") as tar:
+        for member in tar:
+            target = root.join(member.name)
+            if member.isdir():
+                target.mkdir(parents=True, exist_ok=True)
+            elif member.isfile():
+                target.parent.mkdir(parents=True, exist_ok=True)
+                src = tar.extractfile(member)
+                assert src is not None
+                with open(target, "wb") as f:
+                    f.write(src.read())
+                os.chmod(target, 0o755 if member.mode & 0o111 else 0o644)
+                n += 1
+    return n

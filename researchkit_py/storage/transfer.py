@@ -19,12 +19,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import KitError
+from ..protocol import PACKS, RESULTS
 from .base import Store, join_key
 from .paths import SafeRoot
 
-# Beyond a few threads per core a Python client loses more to lock contention than it gains
-# in overlap (bench/: 4 threads pulled 2,000 files faster than 16 on 2 cores); 16 at most.
-DEFAULT_THREADS = int(os.environ.get("RK_TRANSFER_THREADS") or min(16, 4 * (os.cpu_count() or 1)))
 PACK_FILE_LIMIT = 1 << 20  # files up to this size also go into a pack
 PACK_SIZE = 64 << 20  # a pack is closed once it holds this much
 RANGE_SIZE = 8 << 20  # the most one ranged read of a pack fetches
@@ -82,9 +80,9 @@ def tree_manifest(root: Path) -> list[dict]:
 class _Progress:
     """A byte progress bar on a terminal, silence elsewhere (tqdm is imported only then)."""
 
-    def __init__(self, total: int, label: str):
+    def __init__(self, total: int, label: str, allowed: bool):
         self.bar = None
-        if total and sys.stderr.isatty() and not os.environ.get("RK_NO_PROGRESS"):
+        if total and allowed and sys.stderr.isatty():
             from tqdm import tqdm
 
             self.bar = tqdm(total=total, unit="B", unit_scale=True, desc=label, leave=False, file=sys.stderr)
@@ -107,8 +105,7 @@ def _run_parallel(jobs: Iterable[Callable[[], None]], threads: int) -> None:
             fut.result()  # the first failure propagates; the pool finishes the others first
 
 
-def put_tree(store: Store, local_dir: Path, prefix: str, *, threads: int = DEFAULT_THREADS,
-             label: str = "upload") -> TransferStats:
+def put_tree(store: Store, local_dir: Path, prefix: str, *, label: str = "upload") -> TransferStats:
     """Upload every file under local_dir to prefix/, skipping those already there unchanged."""
     local_dir = Path(local_dir)
     remote = {o.key: o for o in store.list(join_key(prefix) + "/")}
@@ -121,7 +118,7 @@ def put_tree(store: Store, local_dir: Path, prefix: str, *, threads: int = DEFAU
             stats.skipped += 1
         else:
             todo.append((rel, key, size))
-    bar = _Progress(sum(t[2] for t in todo), label)
+    bar = _Progress(sum(t[2] for t in todo), label, store.progress)
 
     def job(rel: str, key: str, size: int) -> Callable[[], None]:
         def go() -> None:
@@ -131,7 +128,7 @@ def put_tree(store: Store, local_dir: Path, prefix: str, *, threads: int = DEFAU
         return go
 
     try:
-        _run_parallel((job(*t) for t in todo), threads)
+        _run_parallel((job(*t) for t in todo), store.threads)
     finally:
         bar.close()
     return stats
@@ -144,11 +141,11 @@ def put_results(store: Store, root: Path, run_prefix: str, scratch: Path) -> tup
     scratch). The caller writes the manifest last: its presence means 'complete'.
     """
     entries = tree_manifest(root) if root.is_dir() else []
-    stats = put_tree(store, root, f"{run_prefix}/results") if entries else TransferStats()
+    stats = put_tree(store, root, join_key(run_prefix, RESULTS)) if entries else TransferStats()
     packs = _write_packs(root, entries, scratch)
     if packs:
-        put_tree(store, scratch, f"{run_prefix}/packs")
-    return {"files": entries, "packs": [f"packs/{p}" for p in packs]}, stats  # pack keys relative to the run
+        put_tree(store, scratch, join_key(run_prefix, PACKS))
+    return {"files": entries, "packs": [join_key(PACKS, p) for p in packs]}, stats  # pack keys relative to the run
 
 
 def _write_packs(root: Path, entries: list[dict], scratch: Path) -> list[str]:
@@ -176,7 +173,7 @@ def _write_packs(root: Path, entries: list[dict], scratch: Path) -> list[str]:
 
 def pull_tree(store: Store, prefix: str, local_dir: Path, *, expected: list[dict] | None = None,
               packs: list[str] | None = None, known: dict[str, list] | None = None,
-              threads: int = DEFAULT_THREADS, label: str = "download") -> TransferStats:
+              label: str = "download") -> TransferStats:
     """Download prefix/ into local_dir.
 
     With `expected` (a results manifest's files) only those are fetched, each verified by
@@ -208,7 +205,7 @@ def pull_tree(store: Store, prefix: str, local_dir: Path, *, expected: list[dict
         if exists:
             stats.kept.append(entry["path"])
         todo.append((entry, dest, exists))  # an existing, different file is preserved as .orig
-    bar = _Progress(sum(e["size"] for e, _, _ in todo), label)
+    bar = _Progress(sum(e["size"] for e, _, _ in todo), label, store.progress)
     def install(entry: dict, dest: Path, preserve: bool, data: bytes | None = None) -> None:
         """Write dest atomically: through a temporary file beside it (filled with `data`, or
         downloaded), verified before it takes dest's name."""
@@ -252,7 +249,7 @@ def pull_tree(store: Store, prefix: str, local_dir: Path, *, expected: list[dict
 
     singles, runs = _segments(todo, packs or [])
     try:
-        _run_parallel([single(*t) for t in singles] + [segment(k, items) for k, items in runs], threads)
+        _run_parallel([single(*t) for t in singles] + [segment(k, items) for k, items in runs], store.threads)
     finally:
         bar.close()
     return stats

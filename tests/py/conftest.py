@@ -66,7 +66,7 @@ def gcs_server():
 @pytest.fixture
 def gcs_bucket(gcs_server, monkeypatch) -> str:
     monkeypatch.setenv("STORAGE_EMULATOR_HOST", gcs_server.url)
-    from researchkit_py.storage.gcs import gcs_client
+    from researchkit_py.clouds.gce.store import gcs_client
 
     name = f"b-{uuid.uuid4().hex[:12]}"
     gcs_client().create_bucket(name)
@@ -86,7 +86,7 @@ def s3_bucket(moto_server, monkeypatch) -> str:
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
     monkeypatch.setenv("AWS_REGION", "us-east-1")
-    from researchkit_py.storage.s3 import s3_client
+    from researchkit_py.clouds.ec2.store import s3_client
 
     name = f"b-{uuid.uuid4().hex[:12]}"
     s3_client().create_bucket(Bucket=name)
@@ -135,7 +135,7 @@ def gce(project, vm_network, vm_gcs, monkeypatch, tmp_path):
     fake = FakeGCE(host=host)
     vms = GCEVMs(fake, tmp_path / "vms", {"STORAGE_EMULATOR_HOST": vm_gcs.url}, vm_network)
     monkeypatch.setenv("STORAGE_EMULATOR_HOST", vm_gcs.url)
-    from researchkit_py.storage.gcs import gcs_client
+    from researchkit_py.clouds.gce.store import gcs_client
 
     bucket = f"b-{uuid.uuid4().hex[:12]}"
     gcs_client().create_bucket(bucket)
@@ -161,16 +161,16 @@ def ec2(project, vm_network, vm_moto, monkeypatch, tmp_path):
     env = {"AWS_ENDPOINT_URL": vm_moto.url, "AWS_REGION": "us-east-1"}
     for k, v in {**env, "AWS_ACCESS_KEY_ID": "AKIAIOSFODNN7EXAMPLE", "AWS_SECRET_ACCESS_KEY": FAKE_SECRET}.items():
         monkeypatch.setenv(k, v)
-    from researchkit_py.compute.ec2 import ec2_client
-    from researchkit_py.storage.s3 import s3_client
+    from researchkit_py.clouds.ec2.aws import aws_client
+    from researchkit_py.clouds.ec2.store import s3_client
 
     bucket = f"b-{uuid.uuid4().hex[:12]}"
     s3_client().create_bucket(Bucket=bucket)
-    client = ec2_client()
+    client = aws_client("ec2")
     ami = client.describe_images()["Images"][0]["ImageId"]
-    ec2_client("ssm").put_parameter(Name="/researchkit/test/ubuntu-ami", Value=ami, Type="String")
+    aws_client("ssm").put_parameter(Name="/researchkit/test/ubuntu-ami", Value=ami, Type="String")
     monkeypatch.setenv("EC2_AMI_PARAM", "/researchkit/test/ubuntu-ami")
-    ec2_client("iam").create_instance_profile(InstanceProfileName="researchkit-vm")
+    aws_client("iam").create_instance_profile(InstanceProfileName="researchkit-vm")
     monkeypatch.setenv("EC2_INSTANCE_PROFILE", "researchkit-vm")
     monkeypatch.setenv("RK_BUCKET", f"s3://{bucket}/rk")
     monkeypatch.setenv("RK_SELF_DELETE_WAIT", "20")
@@ -240,7 +240,7 @@ def pytest_terminal_summary(terminalreporter):
 @pytest.fixture(params=["local", "gcs", "s3"])
 def store(request, tmp_path):
     """The same Store contract, on each backend against its emulator."""
-    from researchkit_py.storage import open_store
+    from researchkit_py.clouds.registry import open_store
 
     if request.param == "local":
         return open_store(f"file://{tmp_path / 'bucket'}")

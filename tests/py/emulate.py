@@ -32,10 +32,10 @@ def start_gce(host: str, net, root: Path):
     gcs, gce = FakeGCS(host=host), FakeGCE(host=host)
     vms = GCEVMs(gce, root, {"STORAGE_EMULATOR_HOST": gcs.url}, net)
     os.environ["STORAGE_EMULATOR_HOST"] = gcs.url
-    from researchkit_py.storage.gcs import gcs_client
+    from researchkit_py.clouds.gce.store import gcs_client
 
     bucket = f"emu-{uuid.uuid4().hex[:8]}"
-    gcs_client("emu-project").create_bucket(bucket)
+    gcs_client().create_bucket(bucket)
     exports = {"STORAGE_EMULATOR_HOST": gcs.url, "RK_GCE_API_ENDPOINT": gce.url, "GCE_PROJECT": "emu-project",
                "RK_BUCKET": f"gs://{bucket}/researchkit"}
     return exports, [vms.stop, gce.stop, gcs.stop]
@@ -47,14 +47,14 @@ def prepare_ec2(moto_url: str) -> dict[str, str]:
     aws = {"AWS_ENDPOINT_URL": moto_url, "AWS_REGION": "us-east-1", "AWS_ACCESS_KEY_ID": "emulator",
            "AWS_SECRET_ACCESS_KEY": "emulator"}
     os.environ.update(aws)
-    from researchkit_py.compute.ec2 import ec2_client
-    from researchkit_py.storage.s3 import s3_client
+    from researchkit_py.clouds.ec2.aws import aws_client
+    from researchkit_py.clouds.ec2.store import s3_client
 
     bucket = f"emu-{uuid.uuid4().hex[:8]}"
     s3_client().create_bucket(Bucket=bucket)
-    ami = ec2_client().describe_images()["Images"][0]["ImageId"]
-    ec2_client("ssm").put_parameter(Name="/researchkit/emulator/ami", Value=ami, Type="String")
-    ec2_client("iam").create_instance_profile(InstanceProfileName="researchkit-vm")
+    ami = aws_client("ec2").describe_images()["Images"][0]["ImageId"]
+    aws_client("ssm").put_parameter(Name="/researchkit/emulator/ami", Value=ami, Type="String")
+    aws_client("iam").create_instance_profile(InstanceProfileName="researchkit-vm")
     return {**aws, "RK_BUCKET": f"s3://{bucket}/researchkit", "EC2_INSTANCE_PROFILE": "researchkit-vm",
             "EC2_AMI_PARAM": "/researchkit/emulator/ami"}
 
@@ -62,9 +62,9 @@ def prepare_ec2(moto_url: str) -> dict[str, str]:
 def start_ec2(host: str, net, root: Path):
     moto = Moto(host=host)
     exports = prepare_ec2(moto.url)
-    from researchkit_py.compute.ec2 import ec2_client
+    from researchkit_py.clouds.ec2.aws import aws_client
 
-    vms = EC2VMs(ec2_client(), root, {"AWS_ENDPOINT_URL": moto.url, "AWS_REGION": "us-east-1"}, net)
+    vms = EC2VMs(aws_client("ec2"), root, {"AWS_ENDPOINT_URL": moto.url, "AWS_REGION": "us-east-1"}, net)
     return exports, [vms.stop, moto.stop]
 
 

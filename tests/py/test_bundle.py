@@ -7,9 +7,10 @@ import time
 
 import pytest
 
-from researchkit_py.bundle import extract_bundle, make_bundle, project_files, upload_bundle
+from researchkit_py.bundle import make_bundle, project_files, upload_bundle
+from researchkit_py.clouds.registry import open_store
 from researchkit_py.errors import KitError
-from researchkit_py.storage import open_store
+from researchkit_py.storage.paths import extract_tar
 
 
 def test_bundle_holds_tracked_and_untracked_but_not_ignored_or_outputs(project):
@@ -23,6 +24,24 @@ def test_bundle_holds_tracked_and_untracked_but_not_ignored_or_outputs(project):
     (project / ".venv" / "lib.py").write_text("")
     subprocess.run(["git", "add", "train.py"], cwd=project, check=True)
     assert project_files(project) == [".gitignore", "src/model.py", "train.py"]
+
+
+@pytest.mark.parametrize("failure", ["refused", "missing"])
+def test_bundle_falls_back_to_a_walk_when_git_cannot_list(project, fp, failure):
+    """git refuses a repository owned by another user ("dubious ownership", exit 128), or is not
+    installed: conditions the real binary cannot be put in here, so git is faked for this call."""
+    (project / "src").mkdir()
+    (project / "src" / "model.py").write_text("x = 1\n")
+    (project / "results" / "old.txt").write_text("never shipped\n")
+    git_ls = ["git", "-C", str(project), "ls-files", "-z", "--cached", "--others", "--exclude-standard"]
+    if failure == "refused":
+        fp.register(git_ls, returncode=128, stderr="fatal: detected dubious ownership in repository")
+    else:
+        def not_installed(process):
+            raise FileNotFoundError(2, "No such file or directory: 'git'")
+        fp.register(git_ls, callback=not_installed)
+    assert project_files(project) == ["src/model.py", "train.py"]
+    assert fp.call_count(git_ls) == 1
 
 
 def test_bundle_without_git_walks_and_excludes(tmp_path):
@@ -51,7 +70,7 @@ def test_bundle_uploads_once_and_extracts(project, tmp_path):
     assert upload_bundle(store, b) == b.path.stat().st_size > 0
     assert upload_bundle(store, b) == 0  # same content: nothing sent
     out = tmp_path / "out"
-    assert extract_bundle(b.path, out) == 1
+    assert extract_tar(b.path, out) == 1
     assert (out / "train.py").read_text() == "print('training')\n"
 
 
@@ -61,7 +80,7 @@ def test_extract_refuses_escaping_members(tmp_path):
         (tmp_path / "x").write_text("x")
         tar.add(tmp_path / "x", arcname="../escaped")
     with pytest.raises(KitError, match="outside"):
-        extract_bundle(evil, tmp_path / "dest")
+        extract_tar(evil, tmp_path / "dest")
     assert not (tmp_path / "escaped").exists()
 
 

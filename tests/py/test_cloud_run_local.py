@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import sh
 
-from researchkit_py.compute.local import session_pids
+from researchkit_py.clouds.local.processes import session_pids
 
 REPO = Path(__file__).resolve().parents[2]
 WRITE_METRICS = 'mkdir -p "$RESULTS_DIR" && echo \'{"accuracy": 0.93}\' > "$RESULTS_DIR/metrics.json" && echo trained'
@@ -207,13 +207,14 @@ def test_reaper_runs_at_most_every_interval_but_always_before_a_launch(project, 
 
 def test_interrupted_launch_leaves_a_record_and_no_vm(project, tmp_path, monkeypatch):
     from researchkit_py import lifecycle
-    from researchkit_py.compute.local import LocalProvider
+    from researchkit_py.clouds.local.provider import LocalProvider
+    from researchkit_py.settings import Settings
 
     def interrupted(self, req):  # Ctrl-C while the instance request is in flight
         raise KeyboardInterrupt
 
     monkeypatch.setattr(LocalProvider, "create", interrupted)
-    ctx = lifecycle.Context.open("local")
+    ctx = lifecycle.Context.open(Settings(), "local")
     with pytest.raises(KeyboardInterrupt):
         lifecycle.launch(ctx, lifecycle.LaunchOptions(command="true"))
     (run_id,) = ctx.store.list_dirs("runs")
@@ -271,7 +272,7 @@ def test_output_dir_that_is_a_file_is_refused(project, tmp_path):
 def test_unknown_compute_target_is_refused(project, tmp_path, monkeypatch):
     monkeypatch.setenv("COMPUTE_TARGET", "azure")
     r = cloud_run("run", "true")
-    assert r.exit_code == 1 and "COMPUTE_TARGET='azure' is not one of local, sandbox, gce, ec2" in one_line_error(r)
+    assert r.exit_code == 1 and "COMPUTE_TARGET=azure is not one of local, ec2, gce, sandbox" in one_line_error(r)
     assert instances(tmp_path) == []
 
 

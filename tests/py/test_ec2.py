@@ -74,9 +74,9 @@ def test_no_instance_profile_or_bucket_names_the_setting(ec2, monkeypatch):
 def test_spot_falls_back_to_on_demand_and_to_the_next_subnet(ec2, monkeypatch):
     from botocore.exceptions import ClientError
 
-    from researchkit_py.compute.base import InstanceRequest
-    from researchkit_py.compute.ec2 import EC2Provider
-    from researchkit_py.config import Settings
+    from researchkit_py.clouds.base import InstanceRequest
+    from researchkit_py.clouds.ec2.provider import EC2Provider
+    from researchkit_py.settings import Settings
 
     vpc = ec2.ec2.create_vpc(CidrBlock="10.50.0.0/16")["Vpc"]["VpcId"]
     subnets = [ec2.ec2.create_subnet(VpcId=vpc, CidrBlock=f"10.50.{i}.0/24")["Subnet"]["SubnetId"] for i in (1, 2)]

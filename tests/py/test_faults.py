@@ -72,8 +72,9 @@ class Cloud:
 
     def store(self):
         from researchkit_py.lifecycle import Context
+        from researchkit_py.settings import Settings
 
-        return Context.open(self.name).store
+        return Context.open(Settings(), self.name).store
 
     def disable_cloud_deadline(self, run_id: str) -> None:
         """What the cloud enforces stops working: maxRunDuration (GCE), the scheduled shutdown
@@ -96,7 +97,7 @@ class Cloud:
             self.vms.api_env["AWS_ENDPOINT_URL"] = proxy.url
         else:
             if self.name == "local":
-                from researchkit_py.storage.gcs import gcs_client
+                from researchkit_py.clouds.gce.store import gcs_client
 
                 bucket = f"b-{uuid.uuid4().hex[:12]}"
                 gcs_client().create_bucket(bucket)
@@ -155,7 +156,7 @@ def cloud(request, project, tmp_path, monkeypatch, gcs_bucket):
 
 
 def _local(tmp_path: Path, monkeypatch) -> Cloud:
-    from researchkit_py.compute.local import session_pids
+    from researchkit_py.clouds.local.processes import session_pids
 
     monkeypatch.setenv("RK_KEEP_VM_DIR", "1")  # the startup scripts stay for no_secrets()
     state = tmp_path / "state" / "local"
@@ -237,8 +238,9 @@ def wait_phase(cloud: Cloud, run_id: str, phases: tuple[str, ...], timeout: floa
 def launch_with(cloud: Cloud, monkeypatch, command: str, max_hours: float, mutate: Callable[[str], str]) -> str:
     """Launch in-process with the startup script altered on its way to the provider."""
     from researchkit_py import lifecycle
+    from researchkit_py.settings import Settings
 
-    ctx = lifecycle.Context.open(cloud.name)
+    ctx = lifecycle.Context.open(Settings(), cloud.name)
     real = ctx.provider.create
 
     def create(req):
@@ -422,14 +424,14 @@ def test_F6b_bucket_refuses_the_results_for_good(cloud, monkeypatch):
 
 
 def test_F7_hostile_keys_on_pull_and_hydrate(cloud):
-    from researchkit_py import runs
+    from researchkit_py import protocol
 
     store = cloud.store()
-    run_id = runs.new_run_id("hostile")
+    run_id = protocol.new_run_id("hostile")
     at = time.time()
-    store.write_json(f"runs/{run_id}/manifest.json", runs.RunManifest(
-        run_id=run_id, provider=cloud.name, instance=runs.instance_name(run_id), command="x", bundle="b",
-        created_at=runs.iso(at), expires_at=runs.iso(at + 60), max_hours=1, heartbeat_seconds=1).to_dict())
+    store.write_json(f"runs/{run_id}/manifest.json", protocol.RunManifest(
+        run_id=run_id, provider=cloud.name, instance=protocol.instance_name(run_id), command="x", bundle="b",
+        created_at=protocol.iso(at), expires_at=protocol.iso(at + 60), max_hours=1, heartbeat_seconds=1).to_dict())
     store.write_json(f"runs/{run_id}/status.json", {"phase": "DONE", "exit_code": 0, "cause": "exit"})
     store.put_bytes(f"runs/{run_id}/results/ok.txt", b"ok")
     out = out_dir(cloud)

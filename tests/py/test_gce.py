@@ -31,7 +31,7 @@ sys.exit(int(os.environ.get("EXIT_WITH", "0")) if a.exp == 9 else 0)
 
 @pytest.fixture
 def gce(gce, project):
-    """conftest's fake GCE, with the seed's scripts/run_experiment.py in the project."""
+    """conftest's fake GCE, with a scripts/run_experiment.py in the project, as gcloud-era projects have."""
     (project / "scripts").mkdir()
     (project / "scripts" / "run_experiment.py").write_text(RUN_EXPERIMENT)
     return gce
@@ -77,9 +77,9 @@ def test_instance_request_shape_and_no_credentials(gce, monkeypatch):
 
 
 def test_request_id_makes_inserts_idempotent(gce):
-    from researchkit_py.compute.base import InstanceRequest
-    from researchkit_py.compute.gce import GCEProvider
-    from researchkit_py.config import Settings
+    from researchkit_py.clouds.base import InstanceRequest
+    from researchkit_py.clouds.gce.provider import GCEProvider
+    from researchkit_py.settings import Settings
 
     gce.on_insert = None
     provider = GCEProvider(Settings())
@@ -120,7 +120,7 @@ def test_dry_run_creates_nothing(gce):
     assert r.stdout.startswith("#!/bin/bash") and "python scripts/run_experiment.py --exp 1 --quick --parallel" in r.stdout
     assert '"maxRunDuration"' in r.stderr and "nothing was created" in r.stderr
     assert gce.log == []
-    from researchkit_py.storage import open_store
+    from researchkit_py.clouds.registry import open_store
 
     assert open_store(os.environ["RK_BUCKET"]).list("") == []
 
@@ -134,13 +134,14 @@ def test_no_project_says_what_to_set(monkeypatch, tmp_path, project):
 
 
 def test_project_from_the_gcloud_config_file(tmp_path, monkeypatch):
-    from researchkit_py.compute.gce import gcloud_config_project
+    from researchkit_py.clouds.gce.provider import gcloud_config_project
+    from researchkit_py.settings import Settings
 
     conf = tmp_path / "home" / ".config" / "gcloud"
     (conf / "configurations").mkdir(parents=True)
     (conf / "active_config").write_text("work")
     (conf / "configurations" / "config_work").write_text("[core]\nproject = from-gcloud\n")
-    assert gcloud_config_project(str(tmp_path / "home")) == "from-gcloud"
+    assert gcloud_config_project(Settings(tmp_path, {"HOME": str(tmp_path / "home")})) == "from-gcloud"
 
 
 def test_missing_credentials_name_the_fix(monkeypatch, project):
@@ -216,7 +217,7 @@ def test_default_bucket_is_created_private(gce, monkeypatch):
     monkeypatch.delenv("RK_BUCKET")
     detached("--exp", "1", check=True)
     gce.vms.wait_all_gone()
-    from researchkit_py.storage.gcs import gcs_client
+    from researchkit_py.clouds.gce.store import gcs_client
 
     bucket = gcs_client().get_bucket("test-proj-researchkit")
     assert [b.name for b in gcs_client().list_blobs(bucket, prefix="runs/")]

@@ -10,12 +10,12 @@ from pathlib import Path
 
 import pytest
 
-from researchkit_py.criteria import evaluate, read_metrics
 from researchkit_py.errors import KitError
-from researchkit_py.locks import lock, unlock
-from researchkit_py.prompts import compute_directive, render
-from researchkit_py.spec import load_spec, parse_spec
-from researchkit_py.streamlog import render_event, summary
+from researchkit_py.experiment.criteria import evaluate, read_metrics
+from researchkit_py.experiment.locks import lock, unlock
+from researchkit_py.experiment.prompts import compute_directive, render
+from researchkit_py.experiment.spec import load_spec, parse_spec
+from researchkit_py.experiment.streamlog import render_event, summary
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLE = REPO / "examples" / "toy" / "experiments" / "exp-001-toy-logreg.md"
@@ -168,6 +168,7 @@ def test_stream_rendering_and_summary(tmp_path):
 
 
 def test_kit_helper_errors_are_one_line(tmp_path):
-    r = subprocess.run([sys.executable, "-m", "researchkit_py.kit", "spec-env", "nope.md"], cwd=tmp_path,
+    r = subprocess.run([sys.executable, "-m", "researchkit_py.experiment.cli", "begin", "run", "--spec", "nope.md"],
+                       cwd=tmp_path,
                        capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(REPO)})
     assert r.returncode == 1 and r.stderr.strip().splitlines() == ["experiment.sh: spec nope.md not found; specs live in experiments/ (copy templates/experiment-spec.md)"]

@@ -4,19 +4,19 @@ import re
 
 import pytest
 
-from researchkit_py import runs
+from researchkit_py import protocol
 
 M = {"created_at": "2026-11-22T10:00:00Z", "expires_at": "2026-11-22T11:00:00Z", "heartbeat_seconds": 30}
-T0 = runs.parse_iso("2026-11-22T10:00:00Z")
+T0 = protocol.parse_iso("2026-11-22T10:00:00Z")
 
 
 def test_run_ids_sort_by_time_are_unique_and_make_valid_names():
-    ids = {runs.new_run_id("Exp 001: Logistic/Regression!") for _ in range(200)}
+    ids = {protocol.new_run_id("Exp 001: Logistic/Regression!") for _ in range(200)}
     assert len(ids) == 200
     for rid in ids:
         assert re.fullmatch(r"exp-001-logistic-regress-\d{8}-\d{6}-[0-9a-f]{8}", rid), rid
-        assert re.fullmatch(r"[a-z]([-a-z0-9]{0,61}[a-z0-9])?", runs.instance_name(rid))
-    assert runs.new_run_id("123").startswith("run-123-")
+        assert re.fullmatch(r"[a-z]([-a-z0-9]{0,61}[a-z0-9])?", protocol.instance_name(rid))
+    assert protocol.new_run_id("123").startswith("run-123-")
 
 
 @pytest.mark.parametrize("status,heartbeat,alive,at,expect", [
@@ -29,7 +29,7 @@ def test_run_ids_sort_by_time_are_unique_and_make_valid_names():
     (None, None, False, T0 + 500, "FAILED/lost"),                     # never booted
 ])
 def test_effective_status(status, heartbeat, alive, at, expect):
-    s = runs.effective_status(M, status, heartbeat, alive, at)
+    s = protocol.effective_status(M, status, heartbeat, alive, at)
     assert (s["phase"] if s["phase"] != "FAILED" else f"FAILED/{s['cause']}") == expect
 
 
@@ -42,4 +42,4 @@ def test_effective_status(status, heartbeat, alive, at, expect):
     ({"phase": "FAILED", "cause": "lost", "exit_code": None}, 125),
 ])
 def test_client_exit_code(status, code):
-    assert runs.client_exit_code(status) == code
+    assert protocol.client_exit_code(status) == code

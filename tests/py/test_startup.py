@@ -23,7 +23,7 @@ NASTY = [
 
 PROVIDER_SNIPPETS = {
     "local": ("# deadline kept by the supervisor", 'rm -f "${RK_LOCAL_INSTANCE:-}"'),
-    "gce": (":", '(cd "$RK_ROOT/agent" && python3 -m researchkit_py.vm_agent self-delete gce)'),
+    "gce": (":", '(cd "$RK_ROOT/agent" && python3 -m researchkit_py.vm_agent self-delete)'),
     "ec2": ("shutdown -h +240", "shutdown -h now"),
 }
 

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from researchkit_py.clouds.registry import open_store
 from researchkit_py.errors import NotFound, StorageError
-from researchkit_py.storage import open_store
 from researchkit_py.storage.paths import UnsafePath, safe_join
 from researchkit_py.storage.transfer import pull_tree, put_tree, tree_manifest
 

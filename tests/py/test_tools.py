@@ -81,7 +81,7 @@ def test_hostile_manifests_are_refused(project, results):
 
 
 def test_altered_bucket_object_is_refused(project, results, tmp_path):
-    from researchkit_py.storage import open_store
+    from researchkit_py.clouds.registry import open_store
 
     store = open_store(f"file://{tmp_path / 'bucket'}")
     arts = ArtifactStore(project, store)

@@ -14,19 +14,15 @@ import math
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from ..aws import aws_client, error_code, no_credentials_is_kit_error
-from ..errors import CapacityError, KitError, ProviderError
-from .base import TOOL_LABEL, Instance, InstanceRequest, Provider
+from ...errors import CapacityError, KitError, ProviderError
+from ..base import TOOL_LABEL, Instance, InstanceRequest, Provider
+from .aws import aws_client, error_code, no_credentials_is_kit_error
+from .cloud import CLOUD
 
 USER_DATA_LIMIT = 16 * 1024
-DEFAULT_AMI_PARAM = "/aws/service/canonical/ubuntu/server/22.04/stable/current/amd64/hvm/ebs-gp2/ami-id"
 CAPACITY_CODES = ("InsufficientInstanceCapacity", "InstanceLimitExceeded", "InsufficientCapacity",
                   "SpotMaxPriceTooLow", "MaxSpotInstanceCountExceeded", "Unsupported", "InsufficientFreeAddressesInSubnet")
 ALIVE = ("pending", "running")
-
-
-def ec2_client(service: str = "ec2"):
-    return aws_client(service)
 
 
 class EC2Provider(Provider):
@@ -34,19 +30,19 @@ class EC2Provider(Provider):
 
     def __init__(self, settings):
         super().__init__(settings)
-        self.instance_type = settings.get("EC2_INSTANCE_TYPE") or "c6i.xlarge"
-        self.ami = settings.get("EC2_AMI") or ""
-        self.ami_param = settings.get("EC2_AMI_PARAM") or DEFAULT_AMI_PARAM
-        self.profile = settings.get("EC2_INSTANCE_PROFILE") or ""
-        self.subnets = [s.strip() for s in (settings.get("EC2_SUBNETS") or "").split(",") if s.strip()]
-        self.security_group = settings.get("EC2_SECURITY_GROUP") or ""
-        self.spot = (settings.get("EC2_SPOT") or "").lower() in ("1", "true", "yes")
+        self.instance_type = settings.text("EC2_INSTANCE_TYPE", CLOUD.defaults["EC2_INSTANCE_TYPE"])
+        self.ami = settings.text("EC2_AMI")
+        self.ami_param = settings.text("EC2_AMI_PARAM", CLOUD.defaults["EC2_AMI_PARAM"])
+        self.profile = settings.text("EC2_INSTANCE_PROFILE")
+        self.subnets = [s.strip() for s in settings.text("EC2_SUBNETS").split(",") if s.strip()]
+        self.security_group = settings.text("EC2_SECURITY_GROUP")
+        self.spot = settings.flag("EC2_SPOT")
         self._client = None
 
     @property
     def client(self):
         if self._client is None:
-            self._client = ec2_client()
+            self._client = aws_client("ec2", self.settings)
         return self._client
 
     def default_store_url(self) -> str:
@@ -73,15 +69,39 @@ class EC2Provider(Provider):
         if self.ami:
             return self.ami
         with _translate(f"read SSM parameter {self.ami_param}"):
-            return ec2_client("ssm").get_parameter(Name=self.ami_param)["Parameter"]["Value"]
+            return aws_client("ssm", self.settings).get_parameter(Name=self.ami_param)["Parameter"]["Value"]
 
     def create(self, req: InstanceRequest) -> Instance:
         user_data = self.user_data(req.startup_script)  # refused before any call to AWS
+        tried = []
+        for params in self._attempts(req):
+            where = f"{params.get('SubnetId', 'default subnet')}/{'spot' if 'InstanceMarketOptions' in params else 'on-demand'}"
+            try:
+                with _translate(f"launch {req.name}"):
+                    reply = self.client.run_instances(UserData=user_data, **params)
+            except CapacityError as e:
+                tried.append(f"{where}: {e}")
+                self._terminate_named(req.name)  # nothing half-launched may linger
+                continue
+            inst = reply["Instances"][0]
+            return Instance(req.name, "PROVISIONING", req.labels, inst.get("Placement", {}).get("AvailabilityZone", ""))
+        raise CapacityError(f"no capacity for {req.machine_type or self.instance_type}: {'; '.join(tried)}; "
+                            "add subnets to EC2_SUBNETS or choose another instance type")
+
+    def request_body(self, req: InstanceRequest) -> dict:
+        """The first RunInstances call create() would make, the user data summarised."""
+        size = len(self.user_data(req.startup_script))
+        return {**self._attempts(req)[0], "UserData": f"<the startup script, {size} bytes gzip-compressed>"}
+
+    def _attempts(self, req: InstanceRequest) -> list[dict]:
+        """RunInstances parameters, one set per attempt: for each subnet in EC2_SUBNETS, spot
+        (when asked) then on-demand; each with its own ClientToken, so a retried call is
+        deduplicated by EC2 while a fallback is a new request."""
         if not self.profile:
             raise KitError("no instance profile: set EC2_INSTANCE_PROFILE to a profile whose role may use the bucket")
         base = {
             "ImageId": self.resolve_ami(), "InstanceType": req.machine_type or self.instance_type,
-            "MinCount": 1, "MaxCount": 1, "UserData": user_data,
+            "MinCount": 1, "MaxCount": 1,
             "InstanceInitiatedShutdownBehavior": "terminate",
             "IamInstanceProfile": {"Name": self.profile},
             "MetadataOptions": {"HttpTokens": "required", "HttpEndpoint": "enabled"},
@@ -90,28 +110,17 @@ class EC2Provider(Provider):
         }
         if self.security_group:
             base["SecurityGroupIds"] = [self.security_group]
-        spot = req.spot or self.spot
-        attempts = [(subnet, market) for subnet in (self.subnets or [None])
-                    for market in (["spot", "on-demand"] if spot else ["on-demand"])]
-        tried = []
-        for n, (subnet, market) in enumerate(attempts):
-            params = dict(base, ClientToken=f"{req.run_id}-{n}"[:64])
-            if subnet:
-                params["SubnetId"] = subnet
-            if market == "spot":
-                params["InstanceMarketOptions"] = {"MarketType": "spot", "SpotOptions": {
-                    "SpotInstanceType": "one-time", "InstanceInterruptionBehavior": "terminate"}}
-            try:
-                with _translate(f"launch {req.name}"):
-                    reply = self.client.run_instances(**params)
-            except CapacityError as e:
-                tried.append(f"{subnet or 'default subnet'}/{market}: {e}")
-                self._terminate_named(req.name)  # nothing half-launched may linger
-                continue
-            inst = reply["Instances"][0]
-            return Instance(req.name, "PROVISIONING", req.labels, inst.get("Placement", {}).get("AvailabilityZone", ""))
-        raise CapacityError(f"no capacity for {base['InstanceType']}: {'; '.join(tried)}; add subnets to EC2_SUBNETS "
-                            "or choose another instance type")
+        attempts: list[dict] = []
+        for subnet in self.subnets or [None]:
+            for market in ("spot", "on-demand") if req.spot or self.spot else ("on-demand",):
+                params = dict(base, ClientToken=f"{req.run_id}-{len(attempts)}"[:64])
+                if subnet:
+                    params["SubnetId"] = subnet
+                if market == "spot":
+                    params["InstanceMarketOptions"] = {"MarketType": "spot", "SpotOptions": {
+                        "SpotInstanceType": "one-time", "InstanceInterruptionBehavior": "terminate"}}
+                attempts.append(params)
+        return attempts
 
     def _describe(self, name: str | None = None) -> list[dict]:
         filters = [{"Name": f"tag:{TOOL_LABEL[0]}", "Values": [TOOL_LABEL[1]]},

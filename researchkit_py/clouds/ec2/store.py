@@ -6,21 +6,23 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from ..aws import aws_client, error_code, no_credentials_is_kit_error
-from ..errors import KitError, NotFound
-from .base import ObjectInfo, Store, join_key
+from ...errors import KitError, NotFound
+from ...settings import Settings
+from ...storage.base import ObjectInfo, Store, join_key
+from .aws import aws_client, error_code, no_credentials_is_kit_error
 
 # Objects up to this size go up in one PUT, so their ETag is their MD5 and incremental
 # transfers can compare checksums without downloading.
 SINGLE_PART_LIMIT = 256 * 1024 * 1024
 
 
-def s3_client(pool_size: int = 32):
-    return aws_client("s3", pool_size)
+def s3_client(settings: Settings | None = None, pool_size: int = 32):
+    return aws_client("s3", settings, pool_size)
 
 
 class S3Store(Store):
-    def __init__(self, bucket: str, prefix: str = ""):
+    def __init__(self, bucket: str, prefix: str, settings: Settings):
+        super().__init__(settings)
         self.bucket, self.prefix = bucket, prefix.strip("/")
         self.url = f"s3://{bucket}" + (f"/{self.prefix}" if self.prefix else "")
         self._client = None
@@ -28,7 +30,7 @@ class S3Store(Store):
     @property
     def client(self):
         if self._client is None:
-            self._client = s3_client()
+            self._client = s3_client(self.settings)
         return self._client
 
     def _key(self, key: str) -> str:

@@ -19,8 +19,12 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from ..errors import CapacityError, KitError, ProviderError
-from .base import TOOL_LABEL, Instance, InstanceRequest, Provider
+from ...errors import CapacityError, KitError, ProviderError
+from ...settings import Settings
+from ..base import TOOL_LABEL, Instance, InstanceRequest, Provider
+from .cloud import CLOUD
+
+_DEFAULT = CLOUD.defaults
 
 SCOPES = ("https://www.googleapis.com/auth/devstorage.read_write", "https://www.googleapis.com/auth/compute")
 CAPACITY_CODES = ("ZONE_RESOURCE_POOL_EXHAUSTED", "ZONE_RESOURCE_POOL_EXHAUSTED_WITH_DETAILS", "QUOTA_EXCEEDED",
@@ -29,66 +33,59 @@ CAPACITY_CODES = ("ZONE_RESOURCE_POOL_EXHAUSTED", "ZONE_RESOURCE_POOL_EXHAUSTED_
 
 @dataclass
 class VMConfig:
-    """What an instance is made of (the seed's VMConfig), defaults from configuration."""
+    """What an instance is made of (the VMConfig of the gcloud scripts it replaces), defaults from the settings."""
 
     name: str = ""
-    machine_type: str = "n2-standard-4"
-    zone: str = "us-central1-a"
-    image_family: str = "ubuntu-2204-lts"
-    image_project: str = "ubuntu-os-cloud"
-    disk_size_gb: int = 50
+    machine_type: str = _DEFAULT["GCE_MACHINE_TYPE"]
+    zone: str = _DEFAULT["GCE_ZONE"]
+    image_family: str = _DEFAULT["GCE_IMAGE_FAMILY"]
+    image_project: str = _DEFAULT["GCE_IMAGE_PROJECT"]
+    disk_size_gb: int = int(_DEFAULT["GCE_DISK_GB"])
     startup_script: str = ""
-    service_account: str = "default"
+    service_account: str = _DEFAULT["GCE_SERVICE_ACCOUNT"]
     spot: bool = False
     max_run_seconds: int = 4 * 3600
     labels: dict[str, str] = field(default_factory=dict)
     network: str = "global/networks/default"
 
     @classmethod
-    def from_settings(cls, settings) -> VMConfig:
+    def from_settings(cls, settings: Settings) -> VMConfig:
         return cls(
-            machine_type=settings.get("GCE_MACHINE_TYPE") or cls.machine_type,
-            zone=settings.get("GCE_ZONE") or cls.zone,
-            image_family=settings.get("GCE_IMAGE_FAMILY") or cls.image_family,
-            image_project=settings.get("GCE_IMAGE_PROJECT") or cls.image_project,
-            disk_size_gb=int(settings.get("GCE_DISK_GB") or cls.disk_size_gb),
-            service_account=settings.get("GCE_SERVICE_ACCOUNT") or cls.service_account,
-            spot=(settings.get("GCE_SPOT") or "").lower() in ("1", "true", "yes"),
+            machine_type=settings.text("GCE_MACHINE_TYPE", cls.machine_type),
+            zone=settings.text("GCE_ZONE", cls.zone),
+            image_family=settings.text("GCE_IMAGE_FAMILY", cls.image_family),
+            image_project=settings.text("GCE_IMAGE_PROJECT", cls.image_project),
+            disk_size_gb=settings.integer("GCE_DISK_GB", cls.disk_size_gb),
+            service_account=settings.text("GCE_SERVICE_ACCOUNT", cls.service_account),
+            spot=settings.flag("GCE_SPOT"),
         )
 
-    def instance_resource(self, zone: str):
-        from google.cloud import compute_v1
-
-        scheduling = compute_v1.Scheduling(
-            max_run_duration=compute_v1.Duration(seconds=self.max_run_seconds),
-            instance_termination_action="DELETE",
-        )
+    def instance_body(self, zone: str) -> dict:
+        """The instance resource as the Compute Engine v1 REST API documents it (its
+        discovery document's Instance schema): what --dry-run shows and the tests check."""
+        scheduling = {"maxRunDuration": {"seconds": str(self.max_run_seconds)}, "instanceTerminationAction": "DELETE"}
         if self.spot:
-            scheduling.provisioning_model = "SPOT"
-        return compute_v1.Instance(
-            name=self.name,
-            machine_type=f"zones/{zone}/machineTypes/{self.machine_type}",
-            labels=self.labels,
-            metadata=compute_v1.Metadata(items=[compute_v1.Items(key="startup-script", value=self.startup_script)]),
-            scheduling=scheduling,
-            disks=[compute_v1.AttachedDisk(
-                boot=True, auto_delete=True,
-                initialize_params=compute_v1.AttachedDiskInitializeParams(
-                    source_image=f"projects/{self.image_project}/global/images/family/{self.image_family}",
-                    disk_size_gb=self.disk_size_gb),
-            )],
+            scheduling["provisioningModel"] = "SPOT"
+        return {
+            "name": self.name,
+            "machineType": f"zones/{zone}/machineTypes/{self.machine_type}",
+            "labels": self.labels,
+            "metadata": {"items": [{"key": "startup-script", "value": self.startup_script}]},
+            "scheduling": scheduling,
+            "disks": [{"boot": True, "autoDelete": True, "initializeParams": {
+                "sourceImage": f"projects/{self.image_project}/global/images/family/{self.image_family}",
+                "diskSizeGb": str(self.disk_size_gb)}}],
             # an external address reaches GCS and PyPI without NAT; no inbound rule is needed
-            network_interfaces=[compute_v1.NetworkInterface(
-                network=self.network,
-                access_configs=[compute_v1.AccessConfig(name="External NAT", type_="ONE_TO_ONE_NAT")],
-            )],
-            service_accounts=[compute_v1.ServiceAccount(email=self.service_account, scopes=list(SCOPES))],
-        )
+            "networkInterfaces": [{"network": self.network,
+                                   "accessConfigs": [{"name": "External NAT", "type": "ONE_TO_ONE_NAT"}]}],
+            "serviceAccounts": [{"email": self.service_account, "scopes": list(SCOPES)}],
+        }
 
 
-def gcloud_config_project(home: str | None = None) -> str:
+def gcloud_config_project(settings: Settings) -> str:
     """core/project of the active gcloud configuration, read from its file (no gcloud needed)."""
-    base = Path(os.environ.get("CLOUDSDK_CONFIG") or Path(home or os.path.expanduser("~")) / ".config" / "gcloud")
+    home = settings.get("HOME") or os.path.expanduser("~")
+    base = Path(settings.get("CLOUDSDK_CONFIG") or Path(home) / ".config" / "gcloud")
     try:
         active = (base / "active_config").read_text().strip() or "default"
     except OSError:
@@ -106,14 +103,14 @@ class GCEProvider(Provider):
 
     def __init__(self, settings):
         super().__init__(settings)
-        self.project = settings.get("GCE_PROJECT") or gcloud_config_project(settings.get("HOME"))
+        self.project = settings.get("GCE_PROJECT") or gcloud_config_project(settings)
         if not self.project:
             raise KitError("no GCP project: pass --project, set GCE_PROJECT in .orchestration-kit.env, "
                            "or run `gcloud config set project PROJECT_ID`")
         self.config = VMConfig.from_settings(settings)
-        extra = [z.strip() for z in (settings.get("GCE_ZONES") or "").split(",") if z.strip()]
+        extra = [z.strip() for z in settings.text("GCE_ZONES").split(",") if z.strip()]
         self.zones = [self.config.zone] + [z for z in extra if z != self.config.zone]
-        self.endpoint = settings.get("RK_GCE_API_ENDPOINT") or ""
+        self.endpoint = settings.text("RK_GCE_API_ENDPOINT")
         self._client = None
         self._session = None
 
@@ -144,7 +141,7 @@ class GCEProvider(Provider):
         return f"# deadline: scheduling.maxRunDuration={int(max_seconds)}s with instanceTerminationAction=DELETE"
 
     def self_delete_lines(self) -> str:
-        return '(cd "$RK_ROOT/agent" && python3 -m researchkit_py.vm_agent self-delete gce) || shutdown -h now'
+        return '(cd "$RK_ROOT/agent" && python3 -m researchkit_py.vm_agent self-delete) || shutdown -h now'
 
     # --- API calls -------------------------------------------------------------------
     def vm_config(self, req: InstanceRequest) -> VMConfig:
@@ -153,15 +150,23 @@ class GCEProvider(Provider):
                        max_run_seconds=req.max_seconds, spot=req.spot or self.config.spot,
                        machine_type=req.machine_type or self.config.machine_type)
 
+    def request_body(self, req: InstanceRequest) -> dict:
+        """The insert create() would send first: its zone and the instance resource."""
+        body = self.vm_config(req).instance_body(self.zones[0])
+        body["metadata"]["items"][0]["value"] = f"<the startup script, {len(req.startup_script)} bytes>"
+        return {"project": self.project, "zone": self.zones[0], "instanceResource": body}
+
     def create(self, req: InstanceRequest) -> Instance:
+        import json
+
         from google.cloud import compute_v1
 
         cfg = self.vm_config(req)
         tried = []
         for n, zone in enumerate(self.zones):
             request = compute_v1.InsertInstanceRequest(
-                project=self.project, zone=zone, instance_resource=cfg.instance_resource(zone),
-                request_id=_request_id(req.run_id, n))
+                project=self.project, zone=zone, request_id=_request_id(req.run_id, n),
+                instance_resource=compute_v1.Instance.from_json(json.dumps(cfg.instance_body(zone))))
             try:
                 with _translate(f"create {req.name} in {zone}"):
                     self.client.insert(request=request).result(timeout=300)

@@ -5,27 +5,20 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from .errors import KitError
+from ..clouds.registry import target as compute_target
+from ..errors import KitError
 
-KIT_ROOT = Path(__file__).resolve().parents[1]
+KIT_ROOT = Path(__file__).resolve().parents[2]
 PHASES = ("survey", "frame", "run", "read", "log", "synthesize")
-CLOUD_TARGETS = {"ec2": ("EC2", "ec2", "on EC2"), "gce": ("GCE", "gce", "on a GCE VM"),
-                 "sandbox": ("SANDBOX", "local", "through cloud-run on the embedded sandbox provider")}
-TARGETS = ("local", *CLOUD_TARGETS)
-
-
-def check_target(target: str) -> str:
-    if target not in TARGETS:
-        raise KitError(f"COMPUTE_TARGET={target!r} is not one of {', '.join(TARGETS)}; fix it in .orchestration-kit.env")
-    return target
 
 
 def compute_directive(target: str, *, okit: str, spec: str, results: str, command: str,
                       data_dir: str | None, max_hours: str) -> str:
-    """The seed's mandatory directive, for each cloud target; empty for local."""
-    if check_target(target) == "local":
+    """The mandatory directive (orchestration-kit's wording), for each cloud target; empty for local."""
+    t = compute_target(target)
+    if t.cloud is None:
         return ""
-    label, backend, where = CLOUD_TARGETS[target]
+    label, backend, where = t.label, t.cloud, t.where
     data = f"      --data-dirs {data_dir}/ \\\n" if data_dir else ""
     run = command.replace('"', '\\"') if command and "\n" not in command else "python <your-script>"
     return f"""

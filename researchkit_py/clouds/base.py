@@ -1,4 +1,9 @@
-"""The provider interface: what every compute backend (local, gce, ec2) implements."""
+"""What every cloud declares (a `Cloud`) and implements (a `Provider`).
+
+A cloud is one folder under clouds/: its provider (instances), its store (the bucket), the
+pieces the VM agent needs there, its prices and machine shapes, its settings. The registry
+(clouds/__init__.py) lists the folders; nothing else names a cloud.
+"""
 
 from __future__ import annotations
 
@@ -6,9 +11,40 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import ClassVar
 
-from ..config import Settings
+from ..settings import Settings
 
 TOOL_LABEL = ("researchkit-tool", "researchkit")
+
+
+@dataclass(frozen=True)
+class Shapes:
+    """The machine types preflight recommends, by what an experiment needs."""
+
+    cpu_small: str
+    cpu_large: str
+    memory_large: str
+    gpu_small: str
+    gpu_large: str
+
+
+@dataclass(frozen=True)
+class Cloud:
+    name: str  # COMPUTE_TARGET and --backend value
+    title: str  # how prompts and messages name it
+    where: str  # "… MUST run <where>" in the RUN directive
+    provider: str  # "module:Class" of its Provider, imported on first use
+    store: str  # "module:Class" of its Store
+    scheme: str  # the bucket URL scheme its store serves ("" for a directory)
+    # What travels to the VM with its agent (paths under researchkit_py/): the modules a VM of
+    # this cloud needs for itself (its self-delete: a `vm.py` with self_delete(env)), and
+    # those any VM needs to reach a bucket of this cloud's scheme.
+    vm_modules: tuple[str, ...] = ()
+    store_modules: tuple[str, ...] = ()
+    vm_sdk: str = ""  # a module whose import proves the VM's python3 can reach such a bucket
+    vm_packages: tuple[str, ...] = ()  # what provides it otherwise (pip names)
+    prices: dict[str, float] = field(default_factory=dict)  # on-demand USD per hour, by machine type
+    shapes: Shapes | None = None
+    defaults: dict[str, str] = field(default_factory=dict)  # its settings (documented in docs/settings.md)
 
 
 @dataclass
@@ -36,7 +72,6 @@ class Instance:
 
 class Provider(ABC):
     name: ClassVar[str]
-    #: Python module that proves the VM's python3 can already talk to the bucket.
 
     def __init__(self, settings: Settings):
         self.settings = settings
@@ -51,6 +86,10 @@ class Provider(ABC):
 
     def prepare(self, store) -> None:  # noqa: B027 - optional hook, a no-op by default
         """Called once before a launch: e.g. create the bucket if the provider owns its default."""
+
+    def request_body(self, req: InstanceRequest) -> dict:
+        """What create() would send, as the API documents it (shown by --dry-run)."""
+        return {"name": req.name, "labels": req.labels, "max_seconds": req.max_seconds}
 
     @abstractmethod
     def create(self, req: InstanceRequest) -> Instance:

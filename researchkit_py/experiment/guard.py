@@ -12,13 +12,15 @@ import os
 import sys
 from pathlib import Path
 
+from ..settings import Settings
+
 EDIT_TOOLS = {"Edit", "MultiEdit", "Write", "NotebookEdit"}
 # Shell commands that can change a file they name.
 MUTATING = (">", "sed -i", "rm ", "mv ", "cp ", "tee ", "chmod ", "truncate ", "perl -i", "dd ", "write_text", "open(")
 
 
 def main() -> int:
-    protected = [p for p in os.environ.get("EXP_GUARD_PATHS", "").split(":") if p]
+    protected = [p for p in Settings(read_file=False).text("EXP_GUARD_PATHS").split(":") if p]
     if not protected:
         return 0
     try:

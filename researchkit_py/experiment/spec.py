@@ -6,7 +6,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import KitError
+from ..errors import KitError
 
 REQUIRED_SECTIONS = ("Hypothesis", "Variables", "Controls", "Metrics", "Success Criteria", "Run")
 _FENCE = re.compile(r"^```([\w-]*)\s*$")

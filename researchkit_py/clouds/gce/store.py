@@ -3,25 +3,28 @@
 from __future__ import annotations
 
 import base64
-import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from ..errors import KitError, NotFound
-from .base import ObjectInfo, Store, join_key
+from ...errors import KitError, NotFound
+from ...settings import Settings
+from ...storage.base import ObjectInfo, Store, join_key
 
 
-def gcs_client(project: str | None = None, pool_size: int = 32):
+def gcs_client(settings: Settings | None = None, pool_size: int = 32):
     """A storage client; anonymous against an emulator (STORAGE_EMULATOR_HOST)."""
     from google.cloud import storage
 
-    project = project or os.environ.get("GCE_PROJECT") or os.environ.get("GOOGLE_CLOUD_PROJECT")
+    settings = settings or Settings(read_file=False)
+    project = settings.get("GCE_PROJECT") or settings.get("GOOGLE_CLOUD_PROJECT") or None
+    emulator = settings.get("STORAGE_EMULATOR_HOST")
     try:
-        if os.environ.get("STORAGE_EMULATOR_HOST"):
+        if emulator:
             from google.auth.credentials import AnonymousCredentials
 
-            client = storage.Client(project=project or "researchkit-local", credentials=AnonymousCredentials())
+            client = storage.Client(project=project or "researchkit-local", credentials=AnonymousCredentials(),
+                                    client_options={"api_endpoint": emulator})
         else:
             client = storage.Client(project=project)
     except Exception as e:  # google.auth.exceptions.DefaultCredentialsError and friends
@@ -57,16 +60,16 @@ class GCSStore(Store):
     """Every call passes retry=None: the SDK's own retries (up to 120 s per call) would multiply
     with ours in Store._retry, which alone decides how long a bucket may refuse (RK_STORAGE_RETRIES)."""
 
-    def __init__(self, bucket: str, prefix: str = "", project: str | None = None):
+    def __init__(self, bucket: str, prefix: str, settings: Settings):
+        super().__init__(settings)
         self.bucket_name, self.prefix = bucket, prefix.strip("/")
         self.url = f"gs://{bucket}" + (f"/{self.prefix}" if self.prefix else "")
-        self.project = project
         self._bucket = None
 
     @property
     def bucket(self):
         if self._bucket is None:
-            self._bucket = gcs_client(self.project).bucket(self.bucket_name)
+            self._bucket = gcs_client(self.settings).bucket(self.bucket_name)
         return self._bucket
 
     def _blob(self, key: str):

@@ -8,7 +8,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import KitError
+from ..errors import KitError
 
 OPS = {">=": operator.ge, "<=": operator.le, ">": operator.gt, "<": operator.lt, "==": operator.eq, "!=": operator.ne}
 _CRITERION = re.compile(r"^`?(?P<metric>[A-Za-z_][\w.\-]*)`?\s*(?P<op>>=|<=|==|!=|>|<)\s*(?P<value>-?[\d.]+(?:e-?\d+)?)")

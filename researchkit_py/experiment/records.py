@@ -10,8 +10,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..errors import KitError
+from ..storage.paths import write_json_atomic
 from .criteria import evaluate, read_metrics
-from .errors import KitError
 from .spec import Spec
 
 VERDICT_RE = re.compile(r"^##\s*Verdict:\s*(CONFIRMED|REFUTED|INCONCLUSIVE)\b", re.M)
@@ -41,6 +42,15 @@ def write_analysis(spec: Spec, results: Path) -> str:
             f"Evidence: {source}\nEvaluated by the scripted READ agent on {today()}.\n")
     (results / "analysis.md").write_text(text)
     return result
+
+
+def abort_metrics(results: Path, reason: str) -> None:
+    """metrics.json records why RUN was stopped; what the run did measure is kept beside it."""
+    path = results / "metrics.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.exists():
+        path.replace(path.with_name("metrics.partial.json"))
+    path.write_text(json.dumps({"aborted": True, "reason": reason, "at": today()}, indent=2) + "\n")
 
 
 def read_verdict(results: Path) -> str | None:
@@ -120,9 +130,7 @@ def load_state(path: Path) -> dict:
 
 def save_state(path: Path, state: dict) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(state, indent=2) + "\n")
-    tmp.replace(path)  # atomic: a crash never leaves half a state file
+    write_json_atomic(path, state, indent=2)
 
 
 # --- HANDOFF.md ------------------------------------------------------------------------

@@ -9,13 +9,19 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-from ..errors import NotFound
-from .base import ObjectInfo, Store
-from .paths import safe_join
+from ...errors import NotFound
+from ...settings import Settings
+from ...storage.base import ObjectInfo, Store
+from ...storage.paths import safe_join
 
 
 class LocalStore(Store):
-    def __init__(self, root: Path):
+    @classmethod
+    def open_url(cls, url: str, settings: Settings) -> LocalStore:
+        return cls(Path(url.removeprefix("file://")), settings)
+
+    def __init__(self, root: Path, settings: Settings):
+        super().__init__(settings)
         self.root = Path(root).expanduser().resolve()
         self.url = f"file://{self.root}"
 

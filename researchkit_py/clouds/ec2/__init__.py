@@ -1,0 +1,1 @@
+"""Amazon EC2 instances and S3 buckets (s3://)."""

@@ -1,0 +1,1 @@
+"""Google Compute Engine VMs and Cloud Storage buckets (gs://)."""

@@ -1,0 +1,97 @@
+"""The registry: every cloud the kit knows, the COMPUTE_TARGET values that name them, and
+the one way to get a cloud's provider or a bucket's store.
+
+Adding a cloud: a folder beside local/, gce/ and ec2/ (its `CLOUD` descriptor in cloud.py,
+provider, store, VM pieces), and its line in CLOUDS below. Each provider's SDK is imported
+only when that provider or store is first used.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+
+from ..errors import KitError, UsageError
+from ..settings import Settings
+from .base import Cloud, Provider
+from .ec2.cloud import CLOUD as EC2
+from .gce.cloud import CLOUD as GCE
+from .local.cloud import CLOUD as LOCAL
+
+CLOUDS: dict[str, Cloud] = {c.name: c for c in (LOCAL, EC2, GCE)}
+
+
+@dataclass(frozen=True)
+class Target:
+    """A COMPUTE_TARGET: where RUN executes. `cloud` is None for this machine, outside cloud-run."""
+
+    name: str
+    cloud: str | None
+    label: str = ""  # in the RUN directive's heading
+    where: str = ""
+
+
+TARGETS: dict[str, Target] = {
+    "local": Target("local", None),
+    **{c.name: Target(c.name, c.name, c.title, c.where) for c in CLOUDS.values() if c.name != "local"},
+    "sandbox": Target("sandbox", "local", "SANDBOX", "through cloud-run on the embedded sandbox provider"),
+}
+
+
+def target(name: str) -> Target:
+    try:
+        return TARGETS[name or "local"]
+    except KeyError:
+        raise KitError(f"COMPUTE_TARGET={name} is not one of {', '.join(TARGETS)}; "
+                       "fix it in .orchestration-kit.env or the environment") from None
+
+
+def cloud_for(settings: Settings, backend: str | None = None) -> Cloud:
+    """The cloud cloud-run uses: --backend > RK_BACKEND > what COMPUTE_TARGET names (the
+    embedded provider for local)."""
+    name = backend or settings.get("RK_BACKEND") or target(settings["COMPUTE_TARGET"]).cloud or "local"
+    if name not in CLOUDS:
+        raise UsageError(f"unknown backend {name!r}; choose one of: {', '.join(sorted(CLOUDS))}")
+    return CLOUDS[name]
+
+
+def _load(ref: str):
+    module, _, attr = ref.partition(":")
+    return getattr(importlib.import_module(module), attr)
+
+
+def get_provider(name: str, settings: Settings) -> Provider:
+    if name not in CLOUDS:
+        raise UsageError(f"unknown backend {name!r}; choose one of: {', '.join(sorted(CLOUDS))}")
+    return _load(CLOUDS[name].provider)(settings)
+
+
+def store_cloud(url: str) -> Cloud:
+    """The cloud whose store serves this bucket URL (a directory: the embedded one)."""
+    scheme = url.split("://", 1)[0] if "://" in url else ""
+    if scheme == "file":
+        scheme = ""
+    for cloud in CLOUDS.values():
+        if cloud.scheme == scheme:
+            return cloud
+    schemes = ", ".join(f"{c.scheme}://" for c in CLOUDS.values() if c.scheme)
+    raise KitError(f"unknown bucket URL {url!r}; use {schemes} or file://")
+
+
+def open_store(url: str, settings: Settings | None = None):
+    if not url:
+        raise KitError("no bucket configured; set RK_BUCKET (gs://…, s3://… or a directory)")
+    return _load(store_cloud(url).store).open_url(url, settings or Settings(read_file=False))
+
+
+def price_per_hour(cloud: str, machine_type: str, settings: Settings) -> float:
+    """RK_PRICE_PER_HOUR, else the cloud's built-in table (approximate: for comparing and capping)."""
+    if settings.get("RK_PRICE_PER_HOUR"):
+        return settings.number("RK_PRICE_PER_HOUR")
+    prices = CLOUDS[cloud].prices
+    if not prices:
+        return 0.0  # the embedded provider costs nothing
+    try:
+        return prices[machine_type]
+    except KeyError:
+        raise KitError(f"no price known for {machine_type} on {cloud}; set RK_PRICE_PER_HOUR to its hourly price") from None

@@ -1,0 +1,128 @@
+"""Launching a run: run id, bundle, data, startup script, manifest, then the instance."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .. import protocol
+from ..clouds.base import TOOL_LABEL, InstanceRequest
+from ..clouds.registry import price_per_hour
+from ..errors import KitError
+from ..storage.transfer import put_tree
+from .context import Context
+
+
+@dataclass
+class LaunchOptions:
+    command: str
+    spec: str = ""
+    data_dirs: list[str] = field(default_factory=list)
+    max_hours: float = 4.0
+    env: dict[str, str] = field(default_factory=dict)
+    machine_type: str = ""
+    spot: bool = False
+    experiment: str = ""
+    label: str = ""
+    detached: bool = False
+    max_cost: float | None = None
+    project_root: Path | None = None
+
+
+@dataclass
+class Launch:
+    run_id: str
+    manifest: protocol.RunManifest
+    script: str
+    request: InstanceRequest
+    code_uploaded_bytes: int = 0
+
+
+def worst_case_cost(ctx: Context, opts: LaunchOptions) -> float | None:
+    """Price × max hours; None when the price is unknown (then only --max-cost insists on one)."""
+    try:
+        price = price_per_hour(ctx.provider.name, opts.machine_type or ctx.provider.default_machine_type(),
+                               ctx.settings)
+    except KitError:
+        if opts.max_cost is not None:
+            raise
+        return None
+    return round(price * opts.max_hours, 2)
+
+
+def plan_launch(ctx: Context, opts: LaunchOptions, *, upload: bool = True) -> Launch:
+    """Everything up to the instance request: run id, bundle, data, script, manifest."""
+    root = opts.project_root or ctx.settings.root
+    worst = worst_case_cost(ctx, opts)
+    if opts.max_cost is not None and worst is not None and worst > opts.max_cost:
+        raise KitError(f"worst case ${worst:.2f} ({opts.max_hours:g} h of "
+                       f"{opts.machine_type or ctx.provider.default_machine_type()}) exceeds --max-cost "
+                       f"${opts.max_cost:.2f}; lower --max-hours or choose a cheaper --machine-type")
+    for d in opts.data_dirs:
+        if not (root / d).is_dir():
+            raise KitError(f"--data-dirs: {d} is not a directory under {root}")
+    label = opts.label or (Path(opts.spec).stem if opts.spec else opts.command.split()[0] if opts.command.split() else "run")
+    run_id = protocol.new_run_id(label)
+    hard, soft = protocol.deadlines(opts.max_hours)
+    heartbeat = ctx.settings.integer("RK_HEARTBEAT_SECONDS", 2 if ctx.embedded else 30)
+    from ..bundle import make_bundle, upload_bundle  # launch-only: kept off the path of pull and status
+    from ..startup import ScriptPlan, render_startup_script
+
+    bundle = make_bundle(root, ctx.settings.number("RK_MAX_BUNDLE_MB"),
+                         extra_exclude=tuple(f"{d.strip('/')}/*" for d in opts.data_dirs))
+    results_subdir = ctx.settings["RK_RESULTS_SUBDIR"]
+    script = render_startup_script(ScriptPlan(
+        run_id=run_id, store_url=ctx.store.url, provider=ctx.provider.name, bundle_key=bundle.key,
+        command=opts.command, soft_deadline_seconds=soft, heartbeat_seconds=heartbeat,
+        deadline_lines=ctx.provider.deadline_lines(hard), self_delete_lines=ctx.provider.self_delete_lines(),
+        env=opts.env, results_subdir=results_subdir, has_data=bool(opts.data_dirs),
+        vm_python=ctx.settings.text("RK_VM_PYTHON"),
+    ))
+    created = protocol.now()
+    manifest = protocol.RunManifest(
+        run_id=run_id, provider=ctx.provider.name, instance=protocol.instance_name(run_id), command=opts.command,
+        bundle=bundle.key, created_at=protocol.iso(created), expires_at=protocol.iso(created + hard),
+        max_hours=opts.max_hours, heartbeat_seconds=heartbeat, machine_type=opts.machine_type,
+        spec=opts.spec, experiment=opts.experiment, results_subdir=results_subdir,
+        data_dirs=list(opts.data_dirs), env_keys=sorted(opts.env), detached=opts.detached,
+        worst_case_cost_usd=worst,
+    )
+    labels = {TOOL_LABEL[0]: TOOL_LABEL[1], "researchkit-run": run_id,
+              "researchkit-expires": str(int(created + hard))}
+    if opts.experiment:
+        labels["researchkit-exp"] = protocol.slug(opts.experiment, 60)
+    request = InstanceRequest(manifest.instance, run_id, script, labels, hard, opts.machine_type, opts.spot)
+    plan = Launch(run_id, manifest, script, request)
+    if upload:
+        plan.code_uploaded_bytes = upload_bundle(ctx.store, bundle)
+        for d in opts.data_dirs:
+            put_tree(ctx.store, root / d, protocol.run_key(run_id, f"{protocol.DATA}/{d.strip('/')}"), label=f"data {d}")
+    os.unlink(bundle.path)
+    return plan
+
+
+def launch(ctx: Context, opts: LaunchOptions) -> Launch:
+    """Plan, write the manifest (before the VM exists, so the reaper can always find it), create."""
+    if ctx.default_bucket:  # a bucket the user named is never created: a typo must not make a new one
+        ctx.provider.prepare(ctx.store)
+    plan = plan_launch(ctx, opts)
+    manifest_key = protocol.run_key(plan.run_id, protocol.MANIFEST)
+    try:
+        ctx.store.write_json(manifest_key, plan.manifest.to_dict())
+        instance = ctx.provider.create(plan.request)
+    except BaseException as e:
+        # Leave nothing running and a record that says why (an interruption may come while
+        # the manifest's write or the instance request is in flight: both may have happened).
+        try:
+            ctx.provider.delete(plan.manifest.instance)
+        finally:
+            reason = "interrupted" if isinstance(e, KeyboardInterrupt) else str(e)
+            ctx.store.write_json(protocol.run_key(plan.run_id, protocol.STATUS), protocol.status_record(
+                plan.run_id, protocol.FAILED, cause=protocol.BOOT_ERROR, exit_code=None,
+                message=f"launch failed: {reason}"))
+        raise
+    if instance.zone and instance.zone != plan.manifest.zone:
+        plan.manifest.zone = instance.zone
+        ctx.store.write_json(manifest_key, plan.manifest.to_dict())
+    return plan
