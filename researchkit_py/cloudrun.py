@@ -74,11 +74,23 @@ def _table(rows: list[dict], cols: list[str]) -> None:
     if not rows:
         print("(no runs)", file=sys.stderr)
         return
-    cells = [[str(r.get(c) if r.get(c) is not None else "-") for c in cols] for r in rows]
+    cells = [[_cell(r.get(c)) for c in cols] for r in rows]
     widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(cols)]
     print("  ".join(c.upper().ljust(w) for c, w in zip(cols, widths, strict=True)).rstrip())
     for row in cells:
         print("  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)).rstrip())
+
+
+def _flag(value: float | None) -> str | None:
+    return None if value is None else f"{value:g}"
+
+
+def _cell(value) -> str:
+    """One table cell: one line (a command of several shows its first, with an ellipsis)."""
+    if value is None:
+        return "-"
+    lines = str(value).strip().splitlines() or [""]
+    return lines[0] + (" …" if len(lines) > 1 else "")
 
 
 def _terminate_on_sigterm() -> None:
@@ -114,7 +126,7 @@ def cmd_run(ctx, args) -> int:
     opts = LaunchOptions(
         command=args.command, spec=args.spec,
         data_dirs=[d for d in args.data_dirs.split(",") if d.strip()],
-        max_hours=args.max_hours if args.max_hours is not None else ctx.settings.max_hours(),
+        max_hours=ctx.settings.with_flags(MAX_GPU_HOURS=_flag(args.max_hours)).max_hours(),
         env=parse_env_pairs(args.env), machine_type=args.machine_type, spot=args.spot,
         experiment=Path(args.spec).stem if args.spec else "", detached=args.detach, max_cost=args.max_cost,
     )
@@ -173,7 +185,7 @@ def cmd_pull(ctx, args) -> int:
     from .lifecycle import pull, run_state
 
     out = Path(args.output_dir or f"results/{protocol.check_run_id(args.run_id)}")
-    stats, complete = pull(ctx, args.run_id, out, verify=args.verify)
+    stats, complete = pull(ctx, args.run_id, out, verify=args.verify, make_parents=not args.output_dir)
     if args.json:
         _emit_json({"run_id": args.run_id, "output_dir": str(out), "files": stats.files, "bytes": stats.bytes,
                     "unchanged": stats.skipped, "complete": complete})

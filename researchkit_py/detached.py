@@ -116,7 +116,7 @@ def launch(args) -> int:
     from . import lifecycle
 
     ctx = _context(args, launching=True)
-    max_hours = args.max_hours if args.max_hours is not None else ctx.settings.max_hours()
+    max_hours = ctx.settings.with_flags(MAX_GPU_HOURS=None if args.max_hours is None else f"{args.max_hours:g}").max_hours()
     launched = []
     for exp in args.exp:
         command, source = command_for(exp, args.quick, args.command, ctx.settings)
@@ -182,13 +182,14 @@ def cmd_list(args) -> int:
 
 
 def cmd_download(args) -> int:
-    from .lifecycle import pull
+    from .lifecycle import check_output_dir, pull
 
+    if args.output_dir:  # a path that cannot be a directory is refused before the bucket is asked
+        check_output_dir(Path(args.output_dir), make_parents=True)
     ctx = _context(args)
     run_id = _pick(ctx, args.exp, args.run)
     out = Path(args.output_dir or f"results/exp{args.exp}/{run_id}")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    stats, complete = pull(ctx, run_id, out)
+    stats, complete = pull(ctx, run_id, out, make_parents=True)
     say(f"Results of {run_id} in {out}: {stats.files} files downloaded ({stats.bytes} bytes), {stats.skipped} unchanged"
         + ("" if complete else " — the run uploaded no results manifest; these may be incomplete"))
     return 0 if complete else 1

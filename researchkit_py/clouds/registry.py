@@ -55,6 +55,28 @@ def cloud_for(settings: Settings, backend: str | None = None) -> Cloud:
     return CLOUDS[name]
 
 
+def check_bucket(url: str, cloud: Cloud, settings: Settings, backend: str | None = None) -> None:
+    """Refuse a bucket the run's VMs could not use, or one that says another cloud was meant.
+
+    A cloud's VMs reach only their own cloud's buckets (no credentials travel to them). The
+    embedded provider can use any bucket, but only when it was chosen (--backend local,
+    RK_BACKEND=local, COMPUTE_TARGET=sandbox): by default, a gs:// or s3:// bucket means the
+    user meant that cloud (e.g. after `source`-ing scripts/emulate without COMPUTE_TARGET)."""
+    owner = store_cloud(url)
+    if owner.name == cloud.name:
+        return
+    chosen = backend or settings.get("RK_BACKEND") or target(settings["COMPUTE_TARGET"]).cloud
+    if cloud.name == "local" and chosen:
+        return
+    if cloud.name == "local":
+        raise KitError(f"RK_BUCKET={url} belongs to {owner.title}, but with COMPUTE_TARGET={settings['COMPUTE_TARGET']} "
+                       f"cloud-run launches on the embedded provider; set COMPUTE_TARGET={owner.name}, or pass "
+                       "--backend local to use the embedded provider with that bucket")
+    where = f"belongs to {owner.title}" if owner.scheme else "is a directory on this machine"
+    raise KitError(f"RK_BUCKET={url} {where}, which {cloud.title} VMs cannot reach; set RK_BUCKET to one of "
+                   f"its {cloud.scheme}:// buckets, or COMPUTE_TARGET to {owner.name if owner.scheme else 'sandbox'}")
+
+
 def _load(ref: str):
     module, _, attr = ref.partition(":")
     return getattr(importlib.import_module(module), attr)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..clouds.base import Provider
-from ..clouds.registry import cloud_for, get_provider, open_store
+from ..clouds.registry import check_bucket, cloud_for, get_provider, open_store
 from ..settings import Settings
 from ..storage import Store
 
@@ -19,8 +19,11 @@ class Context:
 
     @classmethod
     def open(cls, settings: Settings, backend: str | None = None) -> Context:
-        provider = get_provider(cloud_for(settings, backend).name, settings)
+        cloud = cloud_for(settings, backend)
         bucket = settings.get("RK_BUCKET")
+        if bucket:
+            check_bucket(bucket, cloud, settings, backend)
+        provider = get_provider(cloud.name, settings)
         store = open_store(bucket or provider.default_store_url(), settings)
         return cls(settings, provider, store, default_bucket=not bucket)
 

@@ -10,6 +10,7 @@ from pathlib import Path
 from .. import protocol
 from ..errors import KitError, say
 from ..storage import join_key
+from ..storage.landing import check_landing, local_write_error
 from ..storage.paths import write_json_atomic
 from ..storage.transfer import TransferStats, pull_tree
 from .context import Context
@@ -18,51 +19,70 @@ from .monitor import read_log, read_manifest
 PULL_STATE = ".cloud-run-state.json"
 
 
-def check_output_dir(output_dir: Path) -> Path:
+def check_output_dir(output_dir: Path, *, make_parents: bool = False) -> Path:
+    """The directory results go to, refused in one line if it cannot be one. Its missing
+    parents are an error, unless `make_parents` (a default path, not the user's): pull()
+    then creates them."""
     output_dir = Path(output_dir)
-    parent = output_dir.resolve().parent
-    if not parent.is_dir():
-        raise KitError(f"--output-dir {output_dir}: its parent {parent} does not exist; create it first")
-    if output_dir.exists() and not output_dir.is_dir():
-        raise KitError(f"--output-dir {output_dir} exists and is not a directory; choose another path")
-    probe = output_dir if output_dir.is_dir() else parent
+    try:
+        blocker = next((p for p in [output_dir, *output_dir.parents] if p.exists() and not p.is_dir()), None)
+        if blocker == output_dir:
+            raise KitError(f"--output-dir {output_dir} exists and is not a directory; choose another path")
+        if blocker is not None:
+            raise KitError(f"--output-dir {output_dir}: {blocker} is a file, not a directory; choose another path")
+        parent = output_dir.resolve().parent
+        if not make_parents and not parent.is_dir():
+            raise KitError(f"--output-dir {output_dir}: its parent {parent} does not exist; create it first")
+    except OSError as e:
+        raise KitError(f"--output-dir {output_dir}: {e.strerror}; choose another path") from None
+    probe = next(p for p in [output_dir, *output_dir.resolve().parents] if p.exists())
     if not os.access(probe, os.W_OK):
         raise KitError(f"--output-dir {output_dir}: {probe} is not writable; choose a directory you can write")
     return output_dir
 
 
-def pull(ctx: Context, run_id: str, output_dir: Path, *, verify: bool = False) -> tuple[TransferStats, bool]:
+def pull(ctx: Context, run_id: str, output_dir: Path, *, verify: bool = False,
+         make_parents: bool = False) -> tuple[TransferStats, bool]:
     """Fetch a run's results, verified against results.manifest.json; (stats, complete).
 
     `.cloud-run-state.json` in output_dir remembers what the last pull installed (size,
-    mtime, sha256 per file). Unchanged local files are then not hashed again, and pulling a
-    finished run whose results are all still in place needs no request at all: once its
-    status is final nothing writes to its results or log again. `verify` ignores the state.
+    mtime, sha256 per file) and the run's status then. Unchanged local files are then not
+    hashed again, and pulling a finished run whose results are all still in place needs no
+    request at all: once its status is final nothing writes to its results or log again.
+    `verify` ignores the state. A pull that cannot complete changes nothing (see pull_tree).
     """
-    output_dir = check_output_dir(output_dir)
-    state = {} if verify else _read_pull_state(output_dir, run_id)
-    if state.get("final") and all(_stat(output_dir, p) == v[:2] for p, v in state["files"].items()):
+    state = {} if verify else read_pull_state(output_dir, run_id)
+    if state.get("final") and state.get("complete") and all(
+            _stat(output_dir, p) == v[:2] for p, v in state["files"].items()):
         return TransferStats(skipped=len(state["files"])), True
-    read_manifest(ctx, run_id)
+    read_manifest(ctx, run_id)  # an unknown run is that, whatever the directory
+    output_dir = check_output_dir(output_dir, make_parents=make_parents)
     prefix = protocol.run_prefix(run_id)
     # the status before the rest: final then means final
     status = ctx.store.read_json_or_none(protocol.run_key(run_id, protocol.STATUS)) or {}
     results = ctx.store.read_json_or_none(protocol.run_key(run_id, protocol.RESULTS_MANIFEST))
-    output_dir.mkdir(parents=True, exist_ok=True)
     packs = [join_key(prefix, p) for p in results.get("packs", [])] if results else []
-    stats = pull_tree(ctx.store, protocol.run_key(run_id, protocol.RESULTS), output_dir,
-                      expected=results["files"] if results else None, packs=packs, known=state.get("files", {}),
-                      label=f"pull {run_id}")
-    (output_dir / ".cloud-run-id").write_text(run_id + "\n")
     log = read_log(ctx, run_id)
-    if log:
-        (output_dir / ".cloud-run.log").write_bytes(log)
+    try:
+        output_dir.mkdir(parents=make_parents, exist_ok=True)
+        stats = pull_tree(ctx.store, protocol.run_key(run_id, protocol.RESULTS), output_dir,
+                          expected=results["files"] if results else None, packs=packs, known=state.get("files", {}),
+                          label=f"pull {run_id}", check=lambda files: check_landing(files, (len(log), 256, 4096)))
+    except OSError as e:
+        raise KitError(f"could not write the results of {run_id} into {output_dir}: {local_write_error(e)}") from None
+    try:
+        (output_dir / ".cloud-run-id").write_text(run_id + "\n")
+        if log:
+            (output_dir / ".cloud-run.log").write_bytes(log)
+        files = {p: [*_stat(output_dir, p), sha] for p, sha in stats.installed.items()}
+        status = {k: status.get(k) for k in ("phase", "cause", "exit_code", "message")}
+        write_json_atomic(output_dir / PULL_STATE, {"run_id": run_id, "final": status["phase"] in protocol.FINAL,
+                                                    "complete": results is not None, "status": status, "files": files})
+    except OSError as e:
+        raise KitError(f"the results of {run_id} are in {output_dir}, but not its log and records: {e.strerror}; "
+                       "free some space, then pull again") from None
     for rel in stats.kept:
         say(f"cloud-run: your local {output_dir / rel} differed from the run's; kept it as {rel}.orig")
-    if results:
-        final = status.get("phase") in protocol.FINAL
-        files = {p: [*_stat(output_dir, p), sha] for p, sha in stats.installed.items()}
-        write_json_atomic(output_dir / PULL_STATE, {"run_id": run_id, "final": final, "files": files})
     return stats, results is not None
 
 
@@ -74,9 +94,12 @@ def _stat(root: Path, rel: str) -> list[int] | None:
     return [st.st_size, st.st_mtime_ns] if stat.S_ISREG(st.st_mode) else None
 
 
-def _read_pull_state(output_dir: Path, run_id: str) -> dict:
+def read_pull_state(output_dir: Path, run_id: str) -> dict:
+    """What the last pull of this run into output_dir recorded ({} if none): `status` (the
+    run's phase, cause, exit code when pulled), `complete` (its results manifest was there),
+    `files` ({path: [size, mtime_ns, sha256]} as installed)."""
     try:
-        state = json.loads((output_dir / PULL_STATE).read_text())
+        state = json.loads((Path(output_dir) / PULL_STATE).read_text())
     except (OSError, ValueError):
         return {}
     ok = isinstance(state, dict) and state.get("run_id") == run_id and isinstance(state.get("files"), dict)

@@ -6,6 +6,7 @@ keys are relative to that prefix, always with forward slashes.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import random
@@ -140,6 +141,8 @@ class Store(ABC):
             except KitError:  # already says what to fix (a missing object or bucket, no credentials)
                 raise
             except Exception as e:  # noqa: BLE001 - classified just below
+                if isinstance(e, OSError) and e.errno in _LOCAL_DISK:
+                    raise  # this machine's disk is full or read-only, not the bucket: the caller says so
                 if not self._is_transient(e) or attempt == retries:
                     raise StorageError(
                         f"cannot {what} at {self.url}: {_short(e)}; check the bucket name, your credentials and network"
@@ -147,6 +150,9 @@ class Store(ABC):
                 time.sleep(delay * (1 + random.random() / 2))
                 delay = min(delay * 2, 10)
         raise AssertionError("unreachable")
+
+
+_LOCAL_DISK = (errno.ENOSPC, errno.EDQUOT, errno.EROFS)
 
 
 def _short(e: BaseException) -> str:

@@ -10,6 +10,9 @@ from pathlib import Path, PurePosixPath
 
 from ..errors import KitError
 
+NAME_MAX = 255  # bytes in one file name, on Linux and macOS alike
+PATH_MAX = 4096
+
 
 class UnsafePath(KitError):
     pass
@@ -31,6 +34,9 @@ class SafeRoot:
         if pure.is_absolute() or ".." in pure.parts:
             raise UnsafePath(f"refusing object key {key!r}: it would write outside {self.root}")
         dest = self.root.joinpath(*pure.parts)
+        if max(len(p.encode()) for p in pure.parts) > NAME_MAX or len(str(dest).encode()) >= PATH_MAX:
+            raise UnsafePath(f"refusing object key {key[:40]!r}…: longer than a file name or path may be here "
+                             f"({NAME_MAX} bytes a name); fetch that object by hand under a shorter name")
         # resolve the parent only: the final component may be an existing symlink that we replace
         parent = self._parents.get(dest.parent)
         if parent is None:
@@ -44,6 +50,16 @@ class SafeRoot:
 def safe_join(root: Path, key: str) -> Path:
     """`root / key` for one untrusted key (see SafeRoot)."""
     return SafeRoot(root).join(key)
+
+
+def free_name(dest: Path) -> Path:
+    """Where a local file that differs from the run's is kept: <name>.orig, .orig2, …"""
+    cand = dest.with_name(dest.name + ".orig")
+    n = 1
+    while cand.exists():
+        n += 1
+        cand = dest.with_name(f"{dest.name}.orig{n}")
+    return cand
 
 
 def write_json_atomic(path: Path, value: object, indent: int | None = None) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import sys
 import threading
 from collections.abc import Callable, Iterable
@@ -21,7 +22,7 @@ from pathlib import Path
 from ..errors import KitError
 from ..protocol import PACKS, RESULTS
 from .base import Store, join_key
-from .paths import SafeRoot
+from .paths import SafeRoot, free_name
 
 PACK_FILE_LIMIT = 1 << 20  # files up to this size also go into a pack
 PACK_SIZE = 64 << 20  # a pack is closed once it holds this much
@@ -173,17 +174,19 @@ def _write_packs(root: Path, entries: list[dict], scratch: Path) -> list[str]:
 
 def pull_tree(store: Store, prefix: str, local_dir: Path, *, expected: list[dict] | None = None,
               packs: list[str] | None = None, known: dict[str, list] | None = None,
-              label: str = "download") -> TransferStats:
-    """Download prefix/ into local_dir.
+              label: str = "download", check: Callable[[list], None] | None = None) -> TransferStats:
+    """Download prefix/ into local_dir: all of it or, on any failure, nothing.
 
     With `expected` (a results manifest's files) only those are fetched, each verified by
     sha256 — runs of packed files by one ranged read of their pack (`packs`: the packs' keys,
-    which the entries' `pack` indexes);
-    without it, whatever is listed (compared by MD5 where the backend has one). Files already
-    present and identical are skipped; `known` ({path: [size, mtime_ns, sha256]} of a previous
-    pull) spares hashing those whose size and mtime have not changed. A local file that differs is kept as `<name>.orig`
-    (never overwritten silently). Keys that would land outside local_dir are refused before
-    anything is written.
+    which the entries' `pack` indexes); without it, whatever is listed (compared by MD5 where
+    the backend has one). Files already present and identical are skipped; `known` ({path:
+    [size, mtime_ns, sha256]} of a previous pull) spares hashing those whose size and mtime
+    have not changed. A local file that differs is kept as `<name>.orig` (never overwritten
+    silently). Keys that would land outside local_dir are refused, then `check` sees the
+    (entry, destination) of each file to write, before anything is written. The files are
+    fetched into a staging directory inside local_dir and moved into place only once all of
+    them are verified: a failure half-way (a full disk, a lost bucket) leaves local_dir as it was.
     """
     local_dir = Path(local_dir)
     if expected is None:
@@ -205,36 +208,30 @@ def pull_tree(store: Store, prefix: str, local_dir: Path, *, expected: list[dict
         if exists:
             stats.kept.append(entry["path"])
         todo.append((entry, dest, exists))  # an existing, different file is preserved as .orig
+    if not todo:
+        return stats
+    if check:
+        check([(entry, dest) for entry, dest, _ in todo])
+    staging = local_dir / f".rk-pull-{os.getpid()}"
+    staged = {id(entry): staging / str(n) for n, (entry, _, _) in enumerate(todo)}
     bar = _Progress(sum(e["size"] for e, _, _ in todo), label, store.progress)
-    def install(entry: dict, dest: Path, preserve: bool, data: bytes | None = None) -> None:
-        """Write dest atomically: through a temporary file beside it (filled with `data`, or
-        downloaded), verified before it takes dest's name."""
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        tmp = dest.parent / f".rk-part-{os.getpid()}-{threading.get_ident()}"  # one per thread at a time
-        tmp.unlink(missing_ok=True)  # never write through whatever stands there
-        try:
-            if data is None:
-                store.get_file(join_key(prefix, entry["path"]), tmp)
-            else:
-                with open(tmp, "wb") as f:
-                    f.write(data)
-            if "sha256" in entry:
-                size, sha = file_digest(tmp) if data is None else (len(data), hashlib.sha256(data).hexdigest())
-                if sha != entry["sha256"] or size != entry["size"]:
-                    raise KitError(f"{entry['path']}: downloaded content does not match its manifest checksum; pull again")
-            if preserve:
-                os.replace(dest, _free_name(dest))
-            os.replace(tmp, dest)
-        finally:
-            tmp.unlink(missing_ok=True)
+
+    def fetch(entry: dict, data: bytes | None = None) -> None:
+        """Stage one file (downloaded, or `data`), verified against its manifest checksum."""
+        tmp = staged[id(entry)]
+        if data is None:
+            store.get_file(join_key(prefix, entry["path"]), tmp)
+        else:
+            tmp.write_bytes(data)
         if "sha256" in entry:
-            with stats._lock:
-                stats.installed[entry["path"]] = entry["sha256"]
+            size, sha = file_digest(tmp) if data is None else (len(data), hashlib.sha256(data).hexdigest())
+            if sha != entry["sha256"] or size != entry["size"]:
+                raise KitError(f"{entry['path']}: downloaded content does not match its manifest checksum; pull again")
         bar.update(entry["size"])
 
-    def single(entry: dict, dest: Path, preserve: bool) -> Callable[[], None]:
+    def single(entry: dict) -> Callable[[], None]:
         def go() -> None:
-            install(entry, dest, preserve)
+            fetch(entry)
             stats.add(1, entry["size"])
         return go
 
@@ -242,16 +239,25 @@ def pull_tree(store: Store, prefix: str, local_dir: Path, *, expected: list[dict
         def go() -> None:
             start = items[0][0]["offset"]
             data = store.get_range(key, start, items[-1][0]["offset"] + items[-1][0]["size"])
-            for entry, dest, preserve in items:
-                install(entry, dest, preserve, data[entry["offset"] - start:entry["offset"] - start + entry["size"]])
+            for entry, _, _ in items:
+                fetch(entry, data[entry["offset"] - start:entry["offset"] - start + entry["size"]])
             stats.add(len(items), sum(e["size"] for e, _, _ in items))
         return go
 
     singles, runs = _segments(todo, packs or [])
     try:
-        _run_parallel([single(*t) for t in singles] + [segment(k, items) for k, items in runs], store.threads)
+        staging.mkdir(parents=True, exist_ok=True)
+        _run_parallel([single(t[0]) for t in singles] + [segment(k, items) for k, items in runs], store.threads)
+        for entry, dest, preserve in todo:  # all verified: now into place
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            if preserve:
+                os.replace(dest, free_name(dest))
+            os.replace(staged[id(entry)], dest)
+            if "sha256" in entry:
+                stats.installed[entry["path"]] = entry["sha256"]
     finally:
         bar.close()
+        shutil.rmtree(staging, ignore_errors=True)
     return stats
 
 
@@ -285,12 +291,3 @@ def _segments(todo: list, packs: list[str]) -> tuple[list, list]:
                 continue
         runs.append((packs[entry["pack"]], [item]))
     return singles, runs
-
-
-def _free_name(dest: Path) -> Path:
-    cand = dest.with_name(dest.name + ".orig")
-    n = 1
-    while cand.exists():
-        n += 1
-        cand = dest.with_name(f"{dest.name}.orig{n}")
-    return cand

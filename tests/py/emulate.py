@@ -36,7 +36,7 @@ def start_gce(host: str, net, root: Path):
 
     bucket = f"emu-{uuid.uuid4().hex[:8]}"
     gcs_client().create_bucket(bucket)
-    exports = {"STORAGE_EMULATOR_HOST": gcs.url, "RK_GCE_API_ENDPOINT": gce.url, "GCE_PROJECT": "emu-project",
+    exports = {"COMPUTE_TARGET": "gce", "STORAGE_EMULATOR_HOST": gcs.url, "RK_GCE_API_ENDPOINT": gce.url, "GCE_PROJECT": "emu-project",
                "RK_BUCKET": f"gs://{bucket}/researchkit"}
     return exports, [vms.stop, gce.stop, gcs.stop]
 
@@ -55,7 +55,7 @@ def prepare_ec2(moto_url: str) -> dict[str, str]:
     ami = aws_client("ec2").describe_images()["Images"][0]["ImageId"]
     aws_client("ssm").put_parameter(Name="/researchkit/emulator/ami", Value=ami, Type="String")
     aws_client("iam").create_instance_profile(InstanceProfileName="researchkit-vm")
-    return {**aws, "RK_BUCKET": f"s3://{bucket}/researchkit", "EC2_INSTANCE_PROFILE": "researchkit-vm",
+    return {**aws, "COMPUTE_TARGET": "ec2", "RK_BUCKET": f"s3://{bucket}/researchkit", "EC2_INSTANCE_PROFILE": "researchkit-vm",
             "EC2_AMI_PARAM": "/researchkit/emulator/ami"}
 
 

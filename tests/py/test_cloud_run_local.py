@@ -84,21 +84,30 @@ def test_pre_provisioned_python_is_used_as_is(project, tmp_path, monkeypatch):
     assert "pre-provisioned Python" in cloud_run("logs", r.stdout.decode().strip()).stdout.decode()
 
 
+def launch(command: str, max_hours: float) -> str:
+    """A detached run launched in-process: the CLI refuses deadlines under 30 s, these tests need seconds."""
+    from researchkit_py import lifecycle
+    from researchkit_py.settings import Settings
+
+    ctx = lifecycle.Context.open(Settings(), "local")
+    return lifecycle.launch(ctx, lifecycle.LaunchOptions(command=command, max_hours=max_hours, detached=True)).run_id
+
+
 def test_command_hanging_past_its_deadline_is_stopped(project, tmp_path):
+    from researchkit_py.protocol import EXIT_TIMEOUT, client_exit_code
+
     marker = f"rk-hang-{os.getpid()}"
-    r = cloud_run("run", f"exec -a {marker} sleep 300", "--max-hours", "0.0015", "--quiet")
-    assert r.exit_code == 124
-    s = status(r.stdout.decode().strip())
-    assert (s["phase"], s["cause"]) == ("FAILED", "timeout")
+    run_id = launch(f"exec -a {marker} sleep 300", 0.0015)
+    s = wait_for(lambda: (lambda st: st if st["phase"] == "FAILED" else None)(status(run_id)), timeout=30)
+    assert s["cause"] == "timeout" and client_exit_code(s) == EXIT_TIMEOUT
+    wait_for(lambda: instances(tmp_path) == [])
     assert subprocess.run(["pgrep", "-f", marker]).returncode == 1, "the hung command survived"
-    assert instances(tmp_path) == []
 
 
 def test_hard_deadline_alone_ends_a_vm_whose_trap_cannot(project, tmp_path):
     # the command ignores TERM and the soft deadline is out of reach: only the supervisor's kill works
     marker = f"rk-stubborn-{os.getpid()}"
-    r = cloud_run("run", f"trap '' TERM; exec -a {marker} sleep 300", "--max-hours", "0.001", "--detach")
-    run_id = r.stdout.decode().strip()
+    run_id = launch(f"trap '' TERM; exec -a {marker} sleep 300", 0.001)
     wait_for(lambda: instances(tmp_path) == [], timeout=15)
     assert subprocess.run(["pgrep", "-f", marker]).returncode == 1
     # nothing reported a final status: the bucket and the deadline say what happened
@@ -253,7 +262,9 @@ def test_dry_run_prints_the_script_and_creates_nothing(project, tmp_path):
     (["run", "true", "--output-dir", "/nonexistent/parent/r"], 1, "its parent /nonexistent/parent does not exist"),
     (["run", "true", "--env", "NOEQUALS"], 2, "write it as NAME=value"),
     (["run", "true", "--env", "GITHUB_TOKEN=ghp_x"], 1, "looks like a credential"),
-    (["run", "true", "--max-hours", "0"], 2, "--max-hours must be positive"),
+    (["run", "true", "--max-hours", "0"], 2, "--max-hours 0 must be positive"),
+    (["run", "true", "--max-hours", "0.008"], 2, "--max-hours 0.008 is 28.8 s; a run's deadline must be between 30 s"),
+    (["run", "true", "--max-hours", "3000"], 2, "and 120 days (its longest): use 0.0084 to 2880 hours"),
     (["--backend", "azure", "ls"], 2, "unknown backend 'azure'"),
 ])
 def test_bad_input_is_one_line_and_creates_nothing(project, tmp_path, args, code, message):
