@@ -180,6 +180,8 @@ sync_results() {
   else
     note "  ${YELLOW}Warning: metrics.json not found in $results_path after sync${NC}"
   fi
+  # The RUN record follows the pull: READ judges only what the run itself produced.
+  kit record-run "$results_path"
 }
 
 run_read() {

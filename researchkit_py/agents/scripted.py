@@ -61,7 +61,7 @@ def phase_frame(args) -> int:
     spec = load_spec(args.spec)
     problems = spec.problems()
     if problems:
-        return finish(False, f"{args.spec} is missing: {'; '.join(problems)}")
+        return finish(False, f"{args.spec} is not ready to run: {'; '.join(problems)}")
     return finish(True, f"{spec.id}: spec complete ({len(spec.criteria)} criteria, ~{spec.estimated_hours:g} h)")
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from ..errors import KitError, run_cli
 from ..settings import Settings
-from . import records
+from . import records, runrecord
 from .locks import unlock
 from .phases import cmd_begin, cmd_end
 from .prompts import PHASES
@@ -62,6 +62,15 @@ def cmd_record_cycle(args, settings: Settings) -> str:
     if verdict in ("CONFIRMED", "REFUTED", "INCONCLUSIVE"):
         records.mark_question(Path("QUESTIONS.md"), args.spec, verdict)
     return verdict + "\n"
+
+
+def cmd_record_run(args, settings: Settings) -> str:
+    """After sync_results pulled: the RUN record follows what the pull brought."""
+    results = Path(args.results)
+    if runrecord.refresh(results) is None:
+        return ""
+    why = runrecord.problem(results)
+    return f"  {runrecord.provenance(results)}" + (f"\n  READ will say INCONCLUSIVE: {why}" if why else "") + "\n"
 
 
 def cmd_handoff(args, settings: Settings) -> str:
@@ -125,6 +134,8 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("spec")
     r.add_argument("exit_code", type=int)
     r.add_argument("seconds", type=int)
+    rr = sub.add_parser("record-run")
+    rr.add_argument("results")
     h = sub.add_parser("handoff")
     h.add_argument("action", choices=["validate", "complete", "pending"])
     sub.add_parser("status")
@@ -132,7 +143,8 @@ def _parser() -> argparse.ArgumentParser:
 
 
 COMMANDS = {"begin": cmd_begin, "end": cmd_end, "unlock": cmd_unlock, "watch": cmd_watch,
-            "next-question": cmd_next_question, "record-cycle": cmd_record_cycle, "handoff": cmd_handoff,
+            "next-question": cmd_next_question, "record-cycle": cmd_record_cycle, "record-run": cmd_record_run,
+            "handoff": cmd_handoff,
             "status": cmd_status}
 
 

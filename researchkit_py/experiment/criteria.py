@@ -1,27 +1,101 @@
-"""Success criteria a machine can check: `metric >= 0.9` against metrics.json."""
+"""Success criteria: one grammar, checked at FRAME, judged at READ against metrics.json.
+
+    criterion := [label] metric op operand
+    label     := **text** [:]  |  WORD:                 (orchestration-kit's `**SC-1**:`, `C1:`)
+    metric    := name[.name]...  (a metrics.json key; dotted for nested), optionally in backticks
+    op        := >=  <=  >  <  ==  !=                  (≥ ≤ ≠ are read as >= <= !=)
+    operand   := number  |  metric [+|- number]
+    number    := 0.9, -1, 1e-3, .5: no units, no words after it
+
+A line that begins (after its label) with `metric op` is a machine criterion and must be
+exactly that: a typo, a unit or trailing words are errors, reported at FRAME. Any other line
+is a criterion in words, which only an LLM READ agent can judge (docs/specs.md).
+"""
 
 from __future__ import annotations
 
 import json
 import operator
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import KitError
 
 OPS = {">=": operator.ge, "<=": operator.le, ">": operator.gt, "<": operator.lt, "==": operator.eq, "!=": operator.ne}
-_CRITERION = re.compile(r"^`?(?P<metric>[A-Za-z_][\w.\-]*)`?\s*(?P<op>>=|<=|==|!=|>|<)\s*(?P<value>-?[\d.]+(?:e-?\d+)?)")
+_SYNONYMS = {"≥": ">=", "≤": "<=", "≠": "!="}
+ACCEPTED = ("accepted forms: `metric op number` or `metric op other_metric [+|- number]`, op one of "
+            ">= <= > < == !=, numbers as metrics.json holds them (0.9, not 90%), nothing after them")
+_NAME = r"`?[A-Za-z_][\w\-]*(?:\.[A-Za-z_][\w\-]*)*`?"
+_OP = r">=|<=|==|!=|>|<|≥|≤|≠"
+_NUMBER = re.compile(r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?")
+_LABEL = re.compile(r"^(?:\*\*[^*]+\*\*\s*:?|[A-Za-z][\w\-]*:)\s*")
+_HEAD = re.compile(rf"^(?P<metric>{_NAME})\s*(?P<op>{_OP})\s*(?P<rest>.*)$")
+_OFFSET = re.compile(rf"^(?P<metric>{_NAME})(?:\s*(?P<sign>[+-])\s*(?P<number>\S+))?(?P<rest>.*)$")
 
 
 @dataclass
-class Check:
+class Criterion:
     text: str
-    metric: str | None
-    op: str | None
-    threshold: float | None
-    observed: object = None
-    result: str = "UNCHECKABLE"  # PASS | FAIL | MISSING | UNCHECKABLE
+    line: int = 0  # in the spec; 0 when not from a spec
+    metric: str | None = None  # None: a criterion in words
+    op: str | None = None
+    threshold: float | None = None  # the number, or the offset added to `other`
+    other: str | None = None  # the metric compared against
+    error: str = ""  # why a machine criterion does not parse
+
+    @property
+    def in_words(self) -> bool:
+        return self.metric is None and not self.error
+
+    def describe(self) -> str:
+        """Where it is and what is wrong with it, for FRAME's message."""
+        return f"line {self.line}: {self.text!r}: {self.error}" if self.line else f"{self.text!r}: {self.error}"
+
+
+def parse(text: str, line: int = 0) -> Criterion:
+    body = text.strip().strip("_").strip()  # a template's _italic placeholder_ is words
+    body = _LABEL.sub("", body, count=1) if _LABEL.match(body) and not _HEAD.match(body) else body
+    m = _HEAD.match(body)
+    if not m:
+        return Criterion(text, line)
+    c = Criterion(text, line, metric=m.group("metric").strip("`"), op=_SYNONYMS.get(m.group("op"), m.group("op")))
+    rest = m.group("rest").strip()
+    number = _NUMBER.match(rest)
+    currency = rest[:1] in ("$", "€", "£")
+    if number:
+        c.threshold = float(number.group())
+        c.error = _trailing(rest[number.end():], number.group())
+    elif (o := _OFFSET.match(rest)) and not currency:
+        c.other = o.group("metric").strip("`")
+        if o.group("sign"):
+            offset = _NUMBER.fullmatch(o.group("number"))
+            if not offset:
+                c.error = f"the offset {o.group('number')!r} is not a number"
+            else:
+                c.threshold = float(o.group("sign") + offset.group())
+        c.threshold = c.threshold or 0.0
+        c.error = c.error or _trailing(o.group("rest"), "")
+    else:
+        c.error = (f"a unit ({rest[:1]}) before the number" if currency
+                   else f"expected a number or a metric after {c.op!r}, found {rest[:20]!r}" if rest
+                   else f"nothing after {c.op!r}")
+    if c.error:
+        c.error = f"{c.error}; {ACCEPTED}"
+    return c
+
+
+def _trailing(rest: str, number: str) -> str:
+    """Why the text after an operand makes the criterion invalid ('' when nothing follows)."""
+    if not rest.strip():
+        return ""
+    if rest[0] in ".0123456789eE":
+        return f"{number + rest.split()[0]!r} is not a number"
+    if rest.lstrip()[0] == "%" or (rest[0].isalpha() and len(rest.split()[0]) <= 3):
+        unit = rest.split()[0]
+        return f"a unit ({unit}) after the number; write it as metrics.json holds it (0.9, not 90%)"
+    return f"words after the comparison ({rest.strip()[:40]!r}); put explanations outside the criterion"
 
 
 def read_metrics(path: Path) -> dict | None:
@@ -40,6 +114,9 @@ def read_metrics(path: Path) -> dict | None:
 
 
 def lookup(metrics: dict, dotted: str) -> object:
+    """A metric's value: the key itself, else the path through nested objects; None if absent."""
+    if dotted in metrics:
+        return metrics[dotted]
     value: object = metrics
     for part in dotted.split("."):
         if not isinstance(value, dict) or part not in value:
@@ -48,20 +125,46 @@ def lookup(metrics: dict, dotted: str) -> object:
     return value
 
 
-def evaluate(criteria: list[str], metrics: dict | None) -> tuple[str, list[Check]]:
+def _number(value: object) -> float | None:
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None  # type: ignore[arg-type]
+
+
+@dataclass
+class Check:
+    criterion: Criterion
+    observed: float | None = None
+    target: float | None = None  # what it is compared with: the number, or the other metric plus the offset
+    result: str = "UNCHECKABLE"  # PASS | FAIL | MISSING | UNCHECKABLE (in words) | INVALID
+
+    @property
+    def threshold_text(self) -> str:
+        c = self.criterion
+        if c.metric is None or c.error:
+            return "-"
+        if c.other is None:
+            return f"{c.op} {c.threshold:g}"
+        offset = f" {'+' if c.threshold >= 0 else '-'} {abs(c.threshold):g}" if c.threshold else ""
+        return f"{c.op} {c.other}{offset}" + (f" (= {self.target:g})" if self.target is not None else "")
+
+
+def evaluate(criteria: Iterable[str | Criterion], metrics: dict | None) -> tuple[str, list[Check]]:
     checks = []
-    for text in criteria:
-        m = _CRITERION.match(text.strip())
-        if not m:
-            checks.append(Check(text, None, None, None))
-            continue
-        c = Check(text, m.group("metric"), m.group("op"), float(m.group("value")))
-        c.observed = lookup(metrics or {}, c.metric)
-        if isinstance(c.observed, bool) or not isinstance(c.observed, (int, float)):
-            c.result = "MISSING"
-        else:
-            c.result = "PASS" if OPS[c.op](c.observed, c.threshold) else "FAIL"
-        checks.append(c)
+    for item in criteria:
+        c = parse(item) if isinstance(item, str) else item
+        check = Check(c)
+        if c.error:
+            check.result = "INVALID"
+        elif c.metric is not None:
+            check.observed = _number(lookup(metrics or {}, c.metric))
+            base = c.threshold if c.other is None else _number(lookup(metrics or {}, c.other))
+            if c.other is not None and base is not None:
+                base += c.threshold or 0.0
+            check.target = base
+            if check.observed is None or base is None:
+                check.result = "MISSING"
+            else:
+                check.result = "PASS" if OPS[c.op](check.observed, base) else "FAIL"  # type: ignore[index]
+        checks.append(check)
     return verdict(checks, metrics), checks
 
 

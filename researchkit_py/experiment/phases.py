@@ -16,7 +16,7 @@ from pathlib import Path
 from ..clouds import registry as clouds
 from ..errors import KitError
 from ..settings import ENV_FILE, Settings, parse_env_file
-from . import records
+from . import records, runrecord
 from .locks import lock, unlock
 from .prompts import compute_directive, render
 from .spec import Spec, load_spec
@@ -124,11 +124,12 @@ def cmd_begin(args, settings: Settings) -> str:
         assert results is not None
         if not results.is_dir():
             raise KitError(f"no results for {results.name} in {results}; run it first (experiment.sh run {args.spec})")
-        locked = [Path(args.spec), results / "spec.md", results / "metrics.json"]
+        locked = [Path(args.spec), results / "spec.md", results / "metrics.json", results / runrecord.RECORD]
         record = _lock_record(values, f"read-{results.name}")
         lock(record, locked, exact_mode=0o444)
         out.set("LOCK_RECORD", record)
         out.set("GUARD_PATHS", ":".join(map(str, locked)))
+        fields["run_record"] = runrecord.read_brief(results)
     elif phase == "log":
         assert results is not None
         out.set("VERDICT", records.read_verdict(results) or "")
@@ -157,7 +158,11 @@ def _begin_spec(args, values: dict, fields: dict, out: Shell) -> tuple[Spec | No
 
 
 def _begin_run(spec: Spec, results: Path, values: dict, settings: Settings, out: Shell) -> str:
-    """RUN: the frozen copy READ judges against, the locks, the time budget, the directive."""
+    """RUN: the frozen copy READ judges against, the record of this run, the locks, the time
+    budget, the directive."""
+    errors = spec.criteria_errors()
+    if errors:  # READ could never judge them: nothing runs (FRAME says the same)
+        raise KitError(f"{spec.path}: {'; '.join(errors)}")
     results.mkdir(parents=True, exist_ok=True)
     frozen = results / "spec.md"
     if frozen.exists():
@@ -169,9 +174,10 @@ def _begin_run(spec: Spec, results: Path, values: dict, settings: Settings, out:
     if not settings.get("EXP_RESULTS_LOCKED"):  # a batch locked the others' results once for all
         lock(record, _other_results(values, [spec.id]))
     out.set("LOCK_RECORD", record)
+    target = values["COMPUTE_TARGET"]
+    runrecord.start(results, spec.id, target, cloud=bool(clouds.target(target).cloud))
     est = spec.estimated_hours
     out.set("RUN_BUDGET_SECONDS", settings.text("EXP_TIME_BUDGET") or (str(max(600, int(est * 3600 * 2))) if est else ""))
-    target = values["COMPUTE_TARGET"]
     if clouds.target(target).cloud:
         data_dir = values["DATA_DIR"]
         return compute_directive(
@@ -207,24 +213,58 @@ def cmd_end(args, settings: Settings) -> str:
     if stderr.is_file() and stderr.stat().st_size:
         tail = stderr.read_text(encoding="utf-8", errors="replace").splitlines()[-5:]
         print("\n".join(f"  ! {line}" for line in tail), file=sys.stderr)
-    if args.phase == "run" and args.rc == 124:
-        records.abort_metrics(Path(args.results), f"RUN exceeded its time budget of {args.budget}s")
-        raise KitError(f"RUN of {args.spec_id} exceeded its time budget ({args.budget}s); "
-                       f"{args.results}/metrics.json records the abort")
+    if args.phase == "run":
+        return _end_run(args, log)
     if args.rc != 0:
         what = {"frame": f"FRAME failed for {args.spec}", "run": f"RUN of {args.spec_id} failed (exit {args.rc})",
                 "read": f"READ of {args.spec_id} failed (exit {args.rc})"}.get(args.phase, f"{args.phase.upper()} failed")
         raise KitError(f"{what}; see {log}")
     if args.phase == "frame":  # whatever the agent did, RUN starts only from a complete spec
-        problems = load_spec(args.spec).problems()
+        problems = load_spec(args.spec).problems(scripted=settings.text("EXP_AGENT") == "scripted")
         if problems:
-            raise KitError(f"{args.spec} is missing: {'; '.join(problems)} (see templates/experiment-spec.md)")
+            raise KitError(f"{args.spec} is not ready to run: {'; '.join(problems)} (see docs/specs.md)")
     if args.phase == "read":
-        verdict = records.read_verdict(Path(args.results))
-        if not verdict:
-            raise KitError(f"READ wrote no '## Verdict:' line in {args.results}/analysis.md")
-        return f"  Verdict: {verdict}\n"
+        return _end_read(Path(args.results), args.spec_id)
     return ""
+
+
+def _end_run(args, log: Path) -> str:
+    """RUN's record says what the run came to; a failed or stopped run fails the phase."""
+    results = Path(args.results)
+    aborted = f"RUN exceeded its time budget of {args.budget}s" if args.rc == 124 else ""
+    if aborted:
+        records.abort_metrics(results, aborted)
+    record = runrecord.finish(results, args.rc, aborted)
+    run = record.get("run_id") or args.spec_id
+    cloud_failure = f": run {run} FAILED: {record['cause']}" if record["cloud"] and record["state"] == "FAILED" else ""
+    if aborted:
+        raise KitError(f"RUN of {args.spec_id} exceeded its time budget ({args.budget}s); "
+                       f"{args.results}/metrics.json records the abort")
+    if args.rc != 0:
+        raise KitError(f"RUN of {args.spec_id} failed (exit {args.rc}){cloud_failure}; see {log}")
+    if record["state"] == "FAILED":
+        raise KitError(f"RUN of {args.spec_id} failed{cloud_failure}; "
+                       + (f"`cloud-run logs {run}` shows why" if record.get("run_id") else f"see {log}"))
+    if record["state"] != runrecord.DONE:
+        return f"  run {run} is {record['state']}: {record['cause']}\n"
+    return ""
+
+
+def _end_read(results: Path, spec_id: str) -> str:
+    """READ's verdict stands only for the metrics of the run RUN made; the analysis names them."""
+    verdict = records.read_verdict(results, any_run=True)
+    if not verdict:
+        raise KitError(f"READ wrote no '## Verdict:' line in {results}/analysis.md")
+    refused = runrecord.check_verdict(results, verdict)
+    analysis = results / "analysis.md"
+    if refused:
+        analysis.replace(results / "analysis.refused.md")
+        raise KitError(f"{refused}; only INCONCLUSIVE can stand, so the analysis was moved to "
+                       f"{results}/analysis.refused.md; read {spec_id} again")
+    text = analysis.read_text(encoding="utf-8")
+    if not runrecord.judges_current_run(results, text):
+        analysis.write_text(text.rstrip("\n") + f"\n\n{runrecord.provenance(results)}\n")
+    return f"  Verdict: {verdict}\n"
 
 
 def guard_settings() -> str:

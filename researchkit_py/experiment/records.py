@@ -3,7 +3,6 @@ state file, HANDOFF.md and SYNTHESIS.md."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 import time
@@ -12,6 +11,7 @@ from pathlib import Path
 
 from ..errors import KitError
 from ..storage.paths import write_json_atomic
+from . import runrecord
 from .criteria import evaluate, read_metrics
 from .spec import Spec
 
@@ -25,21 +25,27 @@ def today() -> str:
 
 
 def write_analysis(spec: Spec, results: Path) -> str:
+    """The scripted READ: judge metrics.json against the criteria, if it is the metrics of the
+    run RUN made; otherwise INCONCLUSIVE, with the cause, and no number judged."""
     metrics_path = results / "metrics.json"
-    metrics = read_metrics(metrics_path)
+    refused = runrecord.problem(results)
+    metrics = None if refused else read_metrics(metrics_path)
     result, checks = evaluate(spec.criteria, metrics)
     rows = "\n".join(
-        f"| {c.text.replace('|', '/')} | {c.metric or '-'} | {c.observed if c.observed is not None else '-'} "
-        f"| {c.op + ' ' + format(c.threshold, 'g') if c.op else '-'} | {c.result} |" for c in checks)
-    if metrics is None:
+        f"| {c.criterion.text.replace('|', '/')} | {c.criterion.metric or '-'} | "
+        f"{c.observed if c.observed is not None else '-'} | {c.threshold_text} | "
+        f"{'NOT JUDGED' if refused else c.result} |" for c in checks)
+    if refused:
+        source = f"Not judged: {refused}."
+    elif metrics is None:
         source = f"{metrics_path} was not produced."
     else:
-        digest = hashlib.sha256(metrics_path.read_bytes()).hexdigest()[:16]
-        source = f"{metrics_path} (sha256 {digest}…)" + (
+        source = f"{metrics_path}" + (
             f"; the run was aborted: {metrics.get('reason', 'no reason recorded')}" if metrics.get("aborted") else "")
     text = (f"# Analysis: {spec.id}\n\n{spec.title}\n\n## Verdict: {result}\n\n"
             f"| Criterion | Metric | Observed | Threshold | Result |\n|---|---|---|---|---|\n{rows}\n\n"
-            f"Evidence: {source}\nEvaluated by the scripted READ agent on {today()}.\n")
+            f"Evidence: {source}\n{runrecord.provenance(results)}\n"
+            f"Evaluated by the scripted READ agent on {today()}.\n")
     (results / "analysis.md").write_text(text)
     return result
 
@@ -53,10 +59,15 @@ def abort_metrics(results: Path, reason: str) -> None:
     path.write_text(json.dumps({"aborted": True, "reason": reason, "at": today()}, indent=2) + "\n")
 
 
-def read_verdict(results: Path) -> str | None:
+def read_verdict(results: Path, *, any_run: bool = False) -> str | None:
+    """The verdict of analysis.md; None when there is none, or (unless `any_run`) when it
+    judged an earlier run than the one RUN last made (it does not name that run's id)."""
     try:
-        m = VERDICT_RE.search((results / "analysis.md").read_text(encoding="utf-8"))
+        text = (results / "analysis.md").read_text(encoding="utf-8")
     except OSError:
+        return None
+    m = VERDICT_RE.search(text)
+    if not any_run and not runrecord.judges_current_run(results, text):
         return None
     return m.group(1) if m else None
 

@@ -24,17 +24,16 @@ WANT
   [[ "$output" != *"Syncing"* ]]
 }
 
-@test "sync warns when metrics.json did not come back, and survives a failed pull" {
+@test "sync warns when metrics.json did not come back, and survives a failed pull; READ cannot confirm" {
   use_stub_tools
-  mkdir -p results/exp-001-toy-logreg && echo stub-run-9 >results/exp-001-toy-logreg/.cloud-run-id
-  cat >"$SANDBOX/bin/claude" <<'STUB'
-#!/usr/bin/env bash
-echo '{"type":"result","result":"did nothing"}'
-STUB
-  STUB_PULL_EXIT=1 COMPUTE_TARGET=ec2 EXP_AGENT=claude run -1 "$EXP" cycle "$SPEC"
+  STUB_CLOUD_RUN_NO_METRICS=1 STUB_PULL_EXIT=1 COMPUTE_TARGET=ec2 EXP_AGENT=claude run --separate-stderr -1 "$EXP" cycle "$SPEC"
   [[ "$output" == *"cloud-run pull failed, trying artifact-store hydrate..."* ]]
   [[ "$output" == *"Warning: metrics.json not found in results/exp-001-toy-logreg after sync"* ]]
+  [[ "$output" == *"READ will say INCONCLUSIVE: run stub-run-1 produced no metrics.json"* ]]
   grep -qx "artifact-store hydrate results/exp-001-toy-logreg" "$EVENTS"
+  # the stub READ agent wrote CONFIRMED anyway: refused, and set aside
+  [[ "$stderr" == "experiment.sh: READ wrote CONFIRMED, but run stub-run-1 produced no metrics.json; only INCONCLUSIVE can stand"* ]]
+  [ ! -f results/exp-001-toy-logreg/analysis.md ] && [ -f results/exp-001-toy-logreg/analysis.refused.md ]
 }
 
 @test "full: SURVEY first, then the cycle, with the PI directive in the survey prompt" {
@@ -71,7 +70,8 @@ STUB
 }
 
 @test "READ with unreadable metrics.json is a one-line error; the spec is unlocked after" {
-  mkdir -p results/exp-001-toy-logreg && echo '{broken' >results/exp-001-toy-logreg/metrics.json
+  sed -i 's|^python3 train.py.*|mkdir -p "$RESULTS_DIR" \&\& echo "{broken" >"$RESULTS_DIR/metrics.json"|' "$SPEC"
+  EXP_AGENT=scripted run -0 "$EXP" run "$SPEC"
   EXP_AGENT=scripted run --separate-stderr -1 "$EXP" read "$SPEC"
   grep -q 'metrics.json is not valid JSON' .kit-state/logs/read.log
   [ "$(stat -c %a "$SPEC")" = 644 ]
@@ -85,7 +85,7 @@ STUB
   EXP_AGENT=scripted run -0 "$EXP" cycle "$SPEC"
   [ "$(git rev-parse --abbrev-ref HEAD)" = "$before" ] && [ "$(git rev-parse HEAD)" = "$head" ]
   files=$(git show --name-only --format= experiment/exp-001-toy-logreg | sort | tr '\n' ' ')
-  [ "$files" = "QUESTIONS.md RESEARCH_LOG.md results/exp-001-toy-logreg/analysis.md results/exp-001-toy-logreg/metrics.json results/exp-001-toy-logreg/spec.md " ]
+  [ "$files" = "QUESTIONS.md RESEARCH_LOG.md results/exp-001-toy-logreg/.run-record.json results/exp-001-toy-logreg/analysis.md results/exp-001-toy-logreg/metrics.json results/exp-001-toy-logreg/spec.md " ]
   [ -f notes.txt ] && [ -d .kit-state ]
   [ "$(git log -1 --format=%s experiment/exp-001-toy-logreg)" = "experiment exp-001-toy-logreg: CONFIRMED — exp-001: Logistic regression beats the majority baseline on two noisy blobs" ]
   ! grep -q gh "$EVENTS"  # no remote: no push, no PR

@@ -174,7 +174,7 @@ STUB
   ORCHESTRATION_KIT_ROOT="$KIT" EXP_AGENT=claude run -0 "$EXP" run "$SPEC"
   last_call claude | grep -qx '## Compute Advisory (preflight)'
   last_call claude | grep -qx 'Recommendation: LOCAL'
-  ORCHESTRATION_KIT_ROOT="$KIT" COMPUTE_TARGET=ec2 EXP_AGENT=claude run -0 "$EXP" run "$SPEC"
+  ORCHESTRATION_KIT_ROOT="$KIT" COMPUTE_TARGET=ec2 EXP_AGENT=claude run "$EXP" run "$SPEC"  # no AWS here: the run fails
   ! last_call claude | grep -q 'Compute Advisory'
   last_call claude | grep -q 'Compute Directive (MANDATORY — EC2)'
 }

@@ -74,18 +74,32 @@ STUB
 echo "gh $*" >>"$EVENTS"
 [[ "$1 $2" != "pr view" ]]
 STUB
-  # cloud-run: `run` writes results like a real run; `pull` records; both keep args.
+  # cloud-run: `run` writes results and the pull's record like a real attached run; `pull`
+  # records its call (STUB_PULL_FINISHES: the run has ended since, its results come now).
   cat >"$SANDBOX/okit/tools/cloud-run" <<'STUB'
 #!/usr/bin/env bash
 echo "cloud-run $*" >>"$EVENTS"
 cmd="$1"; shift
 out=""; prev=""
 for a in "$@"; do [[ "$prev" == --output-dir ]] && out="$a"; prev="$a"; done
+pulled() {  # what a real pull records: the run's status and each file's verified sha256
+  local phase="$1" rc="$2" files="{}"
+  if [[ -f "$out/metrics.json" ]]; then files="{\"metrics.json\": [0, 0, \"$(sha256sum "$out/metrics.json" | cut -d' ' -f1)\"]}"; fi
+  echo "{\"run_id\": \"stub-run-1\", \"final\": true, \"complete\": true, \"files\": $files,
+    \"status\": {\"phase\": \"$phase\", \"cause\": \"exit\", \"exit_code\": $rc, \"message\": \"command exited $rc\"}}" \
+    >"$out/.cloud-run-state.json"
+}
 case "$cmd" in
-  run) mkdir -p "$out" && echo '{"accuracy": 0.95, "baseline_gap": 0.3}' >"$out/metrics.json"
-       echo "stub-run-1" >"$out/.cloud-run-id"; echo "stub-run-1"
-       exit "${STUB_CLOUD_RUN_EXIT:-0}" ;;
-  pull) exit "${STUB_PULL_EXIT:-0}" ;;
+  run) mkdir -p "$out" && echo "stub-run-1" >"$out/.cloud-run-id"; echo "stub-run-1"
+       rc="${STUB_CLOUD_RUN_EXIT:-0}" phase=DONE
+       [[ "$rc" == 0 ]] || phase=FAILED
+       [[ -n "${STUB_CLOUD_RUN_NO_METRICS:-}" ]] || echo '{"accuracy": 0.95, "baseline_gap": 0.3}' >"$out/metrics.json"
+       pulled "${STUB_CLOUD_RUN_PHASE:-$phase}" "$rc"
+       exit "$rc" ;;
+  pull) if [[ -n "${STUB_PULL_FINISHES:-}" ]]; then
+          echo '{"accuracy": 0.95, "baseline_gap": 0.3}' >"$out/metrics.json"; pulled DONE 0
+        fi
+        exit "${STUB_PULL_EXIT:-0}" ;;
 esac
 STUB
   cat >"$SANDBOX/okit/tools/artifact-store" <<'STUB'

@@ -1,0 +1,146 @@
+"""Specs and their success criteria: one grammar, checked at FRAME; orchestration-kit's specs
+read as they are."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from researchkit_py.experiment.criteria import evaluate, parse
+from researchkit_py.experiment.spec import NEEDS_RUN, load_spec, parse_spec
+
+REPO = Path(__file__).resolve().parents[2]
+TOY = REPO / "examples" / "toy" / "experiments" / "exp-001-toy-logreg.md"
+OKIT = Path(__file__).parent / "specs" / "exp-004-okit-calibration.md"
+
+
+@pytest.mark.parametrize("text,metric,op,number,other", [
+    ("accuracy >= 0.90", "accuracy", ">=", 0.9, None),
+    ("`gap.vs_base` > 1e-1", "gap.vs_base", ">", 0.1, None),
+    ("loss < .5", "loss", "<", 0.5, None),
+    ("n != -3", "n", "!=", -3, None),
+    ("x ≥ 2", "x", ">=", 2, None),
+    ("accuracy >= baseline_accuracy + 0.10", "accuracy", ">=", 0.1, "baseline_accuracy"),
+    ("cv.acc.gbt >= cv.acc.logreg - 0.005", "cv.acc.gbt", ">=", -0.005, "cv.acc.logreg"),
+    ("a == b", "a", "==", 0.0, "b"),
+    ("**SC-1**: mean_r2 >= 0.05", "mean_r2", ">=", 0.05, None),
+    ("C2: loss <= 0.3", "loss", "<=", 0.3, None),
+])
+def test_the_grammar(text, metric, op, number, other):
+    c = parse(text)
+    assert (c.metric, c.op, c.threshold, c.other, c.error) == (metric, op, number, other, "")
+
+
+@pytest.mark.parametrize("text,why", [
+    ("accuracy >= 0.9.5", "'0.9.5' is not a number"),
+    ("accuracy >= 90%", "a unit (%) after the number; write it as metrics.json holds it (0.9, not 90%)"),
+    ("accuracy >= 5pp", "a unit (pp) after the number"),
+    ("expectancy >= $0.50/trade", "a unit ($) before the number"),
+    ("accuracy >= 0.95 over the majority baseline", "words after the comparison ('over the majority baseline')"),
+    ("**SC-1**: r2 >= 0.05 (with proper validation)", "words after the comparison ('(with proper validation)')"),
+    ("accuracy >= baseline + 10%", "the offset '10%' is not a number"),
+    ("accuracy >=", "nothing after '>='"),
+    ("accuracy >= -baseline", "expected a number or a metric after '>='"),
+])
+def test_typos_units_and_trailing_words_are_errors(text, why):
+    c = parse(text, line=7)
+    assert c.error.startswith(why) and "accepted forms: `metric op number` or `metric op other_metric [+|- number]`" \
+        in c.error
+    assert c.describe().startswith(f"line 7: {text!r}: {why}")
+
+
+@pytest.mark.parametrize("text", ["the plots look reasonable", "Results reproducible across 3 seeds with std < 0.01",
+                                  "_Criterion 1: [metric] [direction] [threshold] over [baseline]_", "ȳ_long ∈ [0.28, 0.38]"])
+def test_criteria_in_words(text):
+    assert parse(text).in_words
+
+
+@pytest.mark.parametrize("metrics,verdict", [
+    ({"accuracy": 0.92, "baseline_accuracy": 0.5}, "CONFIRMED"),
+    ({"accuracy": 0.55, "baseline_accuracy": 0.5}, "REFUTED"),
+    ({"accuracy": 0.92}, "INCONCLUSIVE"),  # the baseline is missing
+    ({"accuracy": 0.92, "baseline_accuracy": True}, "INCONCLUSIVE"),
+])
+def test_comparison_against_another_metric(metrics, verdict):
+    result, (check,) = evaluate(["accuracy >= baseline_accuracy + 0.10"], metrics)
+    assert result == verdict
+    if verdict != "INCONCLUSIVE":
+        assert check.threshold_text == ">= baseline_accuracy + 0.1 (= 0.6)"
+
+
+def test_read_never_crashes_on_a_criterion_that_skipped_frame():
+    result, checks = evaluate(["accuracy >= 0.9.5", "accuracy >= 90%"], {"accuracy": 0.95})
+    assert result == "INCONCLUSIVE" and [c.result for c in checks] == ["INVALID", "INVALID"]
+
+
+def test_dotted_names_nested_or_literal():
+    assert evaluate(["a.b >= 1", "c.d >= 1"], {"a": {"b": 2}, "c.d": 3})[0] == "CONFIRMED"
+
+
+def spec_with(tmp_path: Path, criteria: str) -> Path:
+    text = TOY.read_text().replace("- [ ] accuracy >= 0.90\n- [ ] baseline_gap >= 0.10\n", criteria)
+    path = tmp_path / "experiments" / "exp-009-x.md"
+    path.parent.mkdir(exist_ok=True)
+    path.write_text(text)
+    return path
+
+
+def test_frame_names_each_bad_line_and_the_accepted_forms(tmp_path):
+    spec = load_spec(spec_with(tmp_path, "- [ ] accuracy >= 0.9.5\n- [ ] baseline_gap >= 10%\n- [ ] ok >= 1\n"))
+    problems = spec.problems()
+    assert problems[0].startswith("line 20: 'accuracy >= 0.9.5': '0.9.5' is not a number")  # as the editor counts
+    assert problems[1].startswith("line 21: 'baseline_gap >= 10%': a unit (%)")
+    assert len(problems) == 2 and all("accepted forms" in p for p in problems)
+    assert spec.criteria_errors() == problems
+
+
+def test_criteria_in_words_are_for_llm_agents_only(tmp_path):
+    spec = load_spec(spec_with(tmp_path, "- [ ] accuracy >= 0.9\n- [ ] the decision boundary looks linear\n"))
+    assert spec.problems(scripted=False) == []
+    assert spec.problems() == ["line 21: 'the decision boundary looks linear' is in words, which the scripted agent "
+                               "cannot judge; write it as `metric op number` (or use an LLM agent)"]
+
+
+def test_an_orchestration_kit_spec_reads_as_it_is():
+    spec = load_spec(OKIT)
+    assert {"Hypothesis", "Variables", "Controls", "Metrics", "Success Criteria", "Budget", "Full Protocol"} \
+        <= set(spec.sections)
+    assert [(c.metric, c.other, c.threshold) for c in spec.criteria] == [
+        ("cv.brier_skill.gbt", "cv.brier_skill.logreg", 0.02), ("cv.accuracy.gbt", "cv.accuracy.logreg", -0.005),
+        ("sanity.label_rate", None, 0.3), ("sanity.label_rate", None, 0.4)]
+    assert spec.estimated_hours == 0.5 and spec.budget["max_gpu_hours"] == "2"
+    assert spec.run_command == ""
+    assert spec.problems(scripted=False) == []  # a protocol in prose: fine for an LLM agent
+    assert spec.problems() == [f"missing {NEEDS_RUN}"]  # the scripted agent needs the one section
+    metrics = {"cv": {"brier_skill": {"gbt": 0.07, "logreg": 0.04}, "accuracy": {"gbt": 0.71, "logreg": 0.712}},
+               "sanity": {"label_rate": 0.33}}
+    assert evaluate(spec.criteria, metrics)[0] == "CONFIRMED"
+
+
+def test_a_budget_that_is_not_a_number_is_a_frame_error(tmp_path):
+    spec = parse_spec(OKIT.read_text().replace("- Max GPU-hours: 2", "- Max GPU-hours: _N_"), tmp_path / "e.md")
+    assert "max_gpu_hours under '## Budget' must be a number of hours, not '_N_'" in spec.problems(scripted=False)
+
+
+@pytest.mark.parametrize("heading,section", [
+    ("## Success Criteria (immutable once RUN begins)", "Success Criteria"),
+    ("## Metrics (ALL must be reported)", "Metrics"),
+    ("## Independent Variables", "Variables"),
+    ("## Resource Budget", "Budget"),
+])
+def test_heading_variants(tmp_path, heading, section):
+    assert section in parse_spec(f"# t\n\n{heading}\nbody\n", tmp_path / "e.md").sections
+
+
+def test_run_refuses_a_spec_whose_criteria_never_parse(tmp_path):
+    spec = spec_with(tmp_path, "- [ ] accuracy >= 90%\n")
+    r = subprocess.run([sys.executable, "-m", "researchkit_py.experiment.cli", "begin", "run", "--spec", str(spec)],
+                       cwd=tmp_path, capture_output=True, text=True,
+                       env={**os.environ, "PYTHONPATH": str(REPO), "EXP_AGENT": "scripted"})
+    assert r.returncode == 1 and len(r.stderr.splitlines()) == 1
+    assert r.stderr.startswith(f"experiment.sh: {spec}: line 20: 'accuracy >= 90%': a unit (%)")
+    assert not (tmp_path / "results").exists()
