@@ -58,7 +58,10 @@ class LocalProvider(Provider):
             proc = subprocess.Popen(
                 [sys.executable, "-m", "researchkit_py.clouds.local.supervisor", str(self._record(req.name))],
                 stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True, cwd=vm_dir,
-                env={**self.settings.environ, "PYTHONPATH": _package_parent()},  # cwd: never a project's own copy
+                # cwd: never a project's own copy. The supervisor reads no env file (it runs in its VM
+                # directory): the one setting it needs travels resolved, in its environment.
+                env={**self.settings.environ, "PYTHONPATH": _package_parent(),
+                     "RK_KEEP_VM_DIR": "1" if self.settings.flag("RK_KEEP_VM_DIR") else ""},
             )
         # the supervisor leads a new session that the script shares: killing that session is power-off
         record.update(supervisor_pid=proc.pid, supervisor_start=start_time(proc.pid), session=proc.pid,
