@@ -8,7 +8,6 @@ Git then holds the link and the manifest; the bytes live in the bucket.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import re
@@ -16,6 +15,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from .argv import ArgumentParser
 from .clouds.registry import open_store
 from .errors import KitError, UsageError, run_cli
 from .settings import Settings
@@ -172,7 +172,7 @@ def open_artifacts(settings: Settings) -> ArtifactStore:
 
 
 def main(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(prog="artifact-store", description=__doc__.split("\n\n")[1].replace("\n", " "))
+    p = ArgumentParser(prog="artifact-store", description=__doc__.split("\n\n")[1].replace("\n", " "))
     sub = p.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
     for name, arg, what in (
             ("push", "file", "move one file's bytes to the bucket; leave a link"),

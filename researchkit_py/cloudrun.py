@@ -10,17 +10,18 @@ import sys
 from pathlib import Path
 
 from . import protocol
+from .argv import ArgumentParser
 from .errors import KitError, ProviderError, run_cli, say
 from .settings import Settings
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="cloud-run", description=__doc__.split("\n")[0].split(": ", 1)[1],
+    p = ArgumentParser(prog="cloud-run", description=__doc__.split("\n")[0].split(": ", 1)[1],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     backend_help = "local (embedded), gce or ec2; default from COMPUTE_TARGET / RK_BACKEND"
     p.add_argument("--backend", help=backend_help)
     # accepted after the subcommand too; SUPPRESS keeps a value given before it
-    common = argparse.ArgumentParser(add_help=False)
+    common = ArgumentParser(add_help=False)
     common.add_argument("--backend", default=argparse.SUPPRESS, help=backend_help)
     sub = p.add_subparsers(dest="cmd", metavar="COMMAND")
 

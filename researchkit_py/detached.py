@@ -14,6 +14,7 @@ import json
 import sys
 from pathlib import Path
 
+from .argv import ArgumentParser
 from .errors import KitError, ProviderError, run_cli, say
 from .settings import Settings
 
@@ -65,7 +66,7 @@ def _context(args, *, launching: bool = False):
 def launch_parser() -> argparse.ArgumentParser:
     later = later_parser()._subparsers._group_actions[0]  # type: ignore[union-attr]
     commands = "\n".join(f"  {a.dest:<10} {a.help}" for a in later._choices_actions)
-    p = argparse.ArgumentParser(prog="python -m researchkit_py.detached", description=__doc__.split("\n\n")[1],
+    p = ArgumentParser(prog="python -m researchkit_py.detached", description=__doc__.split("\n\n")[1],
                                 formatter_class=argparse.RawDescriptionHelpFormatter,
                                 epilog=f"later (python -m researchkit_py.detached COMMAND --help):\n{commands}")
     p.add_argument("--exp", type=int, nargs="+", required=True, metavar="N", help="experiment number(s): one VM each")
@@ -81,7 +82,7 @@ def launch_parser() -> argparse.ArgumentParser:
 
 
 def later_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m researchkit_py.detached")
+    p = ArgumentParser(prog="python -m researchkit_py.detached")
     p.add_argument("--project")
     p.add_argument("--zone")
     sub = p.add_subparsers(dest="cmd", required=True)

@@ -38,13 +38,18 @@ def say(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
+def one_line(text: str) -> str:
+    """The message on one line whatever it quotes: control characters (a path's newline) escaped."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
 def run_cli(prog: str, main: Callable[[list[str]], int], argv: list[str] | None = None) -> NoReturn:
     """Run a CLI entry point: KitError becomes `prog: message` and its exit code, never a traceback."""
     args = sys.argv[1:] if argv is None else argv
     try:
         code = main(args)
     except KitError as e:
-        print(f"{prog}: {e}", file=sys.stderr)
+        print(f"{prog}: {one_line(str(e))}", file=sys.stderr)
         code = e.exit_code
     except KeyboardInterrupt:
         print(f"{prog}: interrupted", file=sys.stderr)

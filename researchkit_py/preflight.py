@@ -8,11 +8,11 @@ type, estimated and worst-case cost (price × max hours) and the reason.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 from dataclasses import asdict, dataclass
 
+from .argv import ArgumentParser
 from .clouds.registry import CLOUDS, price_per_hour, target
 from .errors import KitError, run_cli
 from .experiment.spec import load_spec
@@ -102,7 +102,7 @@ def advise(spec_path: str, settings: Settings, max_hours: float | None = None, b
 
 
 def main(argv: list[str]) -> int:
-    ap = argparse.ArgumentParser(prog="preflight", description=__doc__.split("\n")[0])
+    ap = ArgumentParser(prog="preflight", description=__doc__.split("\n")[0])
     ap.add_argument("spec")
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--max-hours", type=float)

@@ -7,7 +7,6 @@ Its log is JSON lines in the same shape as Claude Code's stream-json.
 
 from __future__ import annotations
 
-import argparse
 import json
 import re
 import shlex
@@ -15,6 +14,7 @@ import subprocess
 import time
 from pathlib import Path
 
+from ..argv import ArgumentParser
 from ..errors import KitError, run_cli
 from ..experiment import records
 from ..experiment.prompts import PHASES
@@ -125,7 +125,7 @@ def phase_synthesize(args) -> int:
 
 
 def main(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(prog="scripted-agent")
+    p = ArgumentParser(prog="scripted-agent")
     p.add_argument("phase", choices=PHASES)
     p.add_argument("--prompt", required=True)
     p.add_argument("--spec", default="")

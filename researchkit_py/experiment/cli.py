@@ -13,6 +13,7 @@ import shlex
 import sys
 from pathlib import Path
 
+from ..argv import ArgumentParser
 from ..errors import KitError, run_cli
 from ..settings import Settings
 from . import records, runrecord
@@ -104,7 +105,7 @@ def cmd_status(args, settings: Settings) -> str:
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="experiment.sh (python half)")
+    p = ArgumentParser(prog="experiment.sh (python half)")
     sub = p.add_subparsers(dest="cmd", required=True)
     b = sub.add_parser("begin")
     b.add_argument("phase", choices=[*PHASES, "batch", "program"])

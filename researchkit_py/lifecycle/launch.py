@@ -71,34 +71,36 @@ def plan_launch(ctx: Context, opts: LaunchOptions, *, upload: bool = True) -> La
 
     bundle = make_bundle(root, ctx.settings.number("RK_MAX_BUNDLE_MB"),
                          extra_exclude=tuple(f"{d.strip('/')}/*" for d in opts.data_dirs))
-    results_subdir = ctx.settings["RK_RESULTS_SUBDIR"]
-    script = render_startup_script(ScriptPlan(
-        run_id=run_id, store_url=ctx.store.url, provider=ctx.provider.name, bundle_key=bundle.key,
-        command=opts.command, soft_deadline_seconds=soft, heartbeat_seconds=heartbeat,
-        deadline_lines=ctx.provider.deadline_lines(hard), self_delete_lines=ctx.provider.self_delete_lines(),
-        env=opts.env, results_subdir=results_subdir, has_data=bool(opts.data_dirs),
-        vm_python=ctx.settings.text("RK_VM_PYTHON"),
-    ))
-    created = protocol.now()
-    manifest = protocol.RunManifest(
-        run_id=run_id, provider=ctx.provider.name, instance=protocol.instance_name(run_id), command=opts.command,
-        bundle=bundle.key, created_at=protocol.iso(created), expires_at=protocol.iso(created + hard),
-        max_hours=opts.max_hours, heartbeat_seconds=heartbeat, machine_type=opts.machine_type,
-        spec=opts.spec, experiment=opts.experiment, results_subdir=results_subdir,
-        data_dirs=list(opts.data_dirs), env_keys=sorted(opts.env), detached=opts.detached,
-        worst_case_cost_usd=worst,
-    )
-    labels = {TOOL_LABEL[0]: TOOL_LABEL[1], "researchkit-run": run_id,
-              "researchkit-expires": str(int(created + hard))}
-    if opts.experiment:
-        labels["researchkit-exp"] = protocol.slug(opts.experiment, 60)
-    request = InstanceRequest(manifest.instance, run_id, script, labels, hard, opts.machine_type, opts.spot)
-    plan = Launch(run_id, manifest, script, request)
-    if upload:
-        plan.code_uploaded_bytes = upload_bundle(ctx.store, bundle)
-        for d in opts.data_dirs:
-            put_tree(ctx.store, root / d, protocol.run_key(run_id, f"{protocol.DATA}/{d.strip('/')}"), label=f"data {d}")
-    os.unlink(bundle.path)
+    try:  # the bundle is a temporary file: gone whatever fails below
+        results_subdir = ctx.settings["RK_RESULTS_SUBDIR"]
+        script = render_startup_script(ScriptPlan(
+            run_id=run_id, store_url=ctx.store.url, provider=ctx.provider.name, bundle_key=bundle.key,
+            command=opts.command, soft_deadline_seconds=soft, heartbeat_seconds=heartbeat,
+            deadline_lines=ctx.provider.deadline_lines(hard), self_delete_lines=ctx.provider.self_delete_lines(),
+            env=opts.env, results_subdir=results_subdir, has_data=bool(opts.data_dirs),
+            vm_python=ctx.settings.text("RK_VM_PYTHON"),
+        ))
+        created = protocol.now()
+        manifest = protocol.RunManifest(
+            run_id=run_id, provider=ctx.provider.name, instance=protocol.instance_name(run_id), command=opts.command,
+            bundle=bundle.key, created_at=protocol.iso(created), expires_at=protocol.iso(created + hard),
+            max_hours=opts.max_hours, heartbeat_seconds=heartbeat, machine_type=opts.machine_type,
+            spec=opts.spec, experiment=opts.experiment, results_subdir=results_subdir,
+            data_dirs=list(opts.data_dirs), env_keys=sorted(opts.env), detached=opts.detached,
+            worst_case_cost_usd=worst,
+        )
+        labels = {TOOL_LABEL[0]: TOOL_LABEL[1], "researchkit-run": run_id,
+                  "researchkit-expires": str(int(created + hard))}
+        if opts.experiment:
+            labels["researchkit-exp"] = protocol.slug(opts.experiment, 60)
+        request = InstanceRequest(manifest.instance, run_id, script, labels, hard, opts.machine_type, opts.spot)
+        plan = Launch(run_id, manifest, script, request)
+        if upload:
+            plan.code_uploaded_bytes = upload_bundle(ctx.store, bundle)
+            for d in opts.data_dirs:
+                put_tree(ctx.store, root / d, protocol.run_key(run_id, f"{protocol.DATA}/{d.strip('/')}"), label=f"data {d}")
+    finally:
+        os.unlink(bundle.path)
     return plan
 
 

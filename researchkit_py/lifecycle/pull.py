@@ -8,7 +8,7 @@ import stat
 from pathlib import Path
 
 from .. import protocol
-from ..errors import KitError, say
+from ..errors import KitError, UsageError, say
 from ..storage import join_key
 from ..storage.landing import check_landing, local_write_error
 from ..storage.paths import write_json_atomic
@@ -23,6 +23,8 @@ def check_output_dir(output_dir: Path, *, make_parents: bool = False) -> Path:
     """The directory results go to, refused in one line if it cannot be one. Its missing
     parents are an error, unless `make_parents` (a default path, not the user's): pull()
     then creates them."""
+    if "\x00" in str(output_dir):
+        raise UsageError(f"--output-dir {str(output_dir)!r} contains a NUL byte; choose another path")
     output_dir = Path(output_dir)
     try:
         blocker = next((p for p in [output_dir, *output_dir.parents] if p.exists() and not p.is_dir()), None)
@@ -63,18 +65,18 @@ def pull(ctx: Context, run_id: str, output_dir: Path, *, verify: bool = False,
     results = ctx.store.read_json_or_none(protocol.run_key(run_id, protocol.RESULTS_MANIFEST))
     packs = [join_key(prefix, p) for p in results.get("packs", [])] if results else []
     log = read_log(ctx, run_id)
-    try:
-        output_dir.mkdir(parents=make_parents, exist_ok=True)
+    try:  # pull_tree makes output_dir when it has something to write; a refused pull leaves none
         stats = pull_tree(ctx.store, protocol.run_key(run_id, protocol.RESULTS), output_dir,
                           expected=results["files"] if results else None, packs=packs, known=state.get("files", {}),
                           label=f"pull {run_id}", check=lambda files: check_landing(files, (len(log), 256, 4096)))
     except OSError as e:
         raise KitError(f"could not write the results of {run_id} into {output_dir}: {local_write_error(e)}") from None
     try:
+        output_dir.mkdir(parents=True, exist_ok=True)
         (output_dir / ".cloud-run-id").write_text(run_id + "\n")
         if log:
             (output_dir / ".cloud-run.log").write_bytes(log)
-        files = {p: [*_stat(output_dir, p), sha] for p, sha in stats.installed.items()}
+        files = {p: [*st, sha] for p, sha in stats.installed.items() if (st := _stat(output_dir, p))}
         status = {k: status.get(k) for k in ("phase", "cause", "exit_code", "message")}
         write_json_atomic(output_dir / PULL_STATE, {"run_id": run_id, "final": status["phase"] in protocol.FINAL,
                                                     "complete": results is not None, "status": status, "files": files})

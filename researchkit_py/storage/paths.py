@@ -31,7 +31,7 @@ class SafeRoot:
         if not key or "\x00" in key or "\\" in key:
             raise UnsafePath(f"refusing object key {key!r}: empty or not a plain relative path")
         pure = PurePosixPath(key)
-        if pure.is_absolute() or ".." in pure.parts:
+        if not pure.parts or pure.is_absolute() or ".." in pure.parts:
             raise UnsafePath(f"refusing object key {key!r}: it would write outside {self.root}")
         dest = self.root.joinpath(*pure.parts)
         if max(len(p.encode()) for p in pure.parts) > NAME_MAX or len(str(dest).encode()) >= PATH_MAX:
