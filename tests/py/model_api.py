@@ -56,8 +56,8 @@ class Say:
 @dataclass
 class Shell:
     """Run a shell command: claude's Bash tool, codex's shell tool (whichever flavour it offers).
-    `timeout_s` raises claude's Bash limit (2 min by default, 10 min at most); codex commands
-    are waited for to their end (see poll_item)."""
+    `timeout_s` becomes claude's Bash `timeout` (at most 10 min); codex commands are waited for
+    to their end (see poll_item)."""
 
     command: str
     description: str = "scripted command"
