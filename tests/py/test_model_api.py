@@ -21,7 +21,6 @@ import pytest
 from model_api import (
     CLAUDE_QUIET_ENV,
     CODE_MODE_SHELL,
-    REPO,
     BrokenStream,
     EditFile,
     Hang,
@@ -184,7 +183,7 @@ def first_request_headers(api: ModelAPI) -> dict[str, str]:
 
 
 def hook_settings(hook: Path | str) -> str:
-    """The --settings JSON of `kit guard-settings` (researchkit_py/kit.py), for any hook command."""
+    """The --settings JSON of researchkit_py/experiment/phases.guard_settings, for any hook command."""
     matcher = "Edit|MultiEdit|Write|NotebookEdit|Bash"
     return json.dumps({"hooks": {"PreToolUse": [{"matcher": matcher, "hooks": [{"type": "command",
                                                                                   "command": str(hook)}]}]}})
@@ -297,10 +296,10 @@ def test_claude_edit_of_an_unread_file_outside_the_working_dir_fails_before_any_
 
 @needs_clis
 def test_claude_kit_guard_blocks_edits_and_shell_writes_to_locked_paths(workdir):
-    """The kit's own hook (tools/guard-hook) and settings (`kit guard-settings`) with the real CLI."""
-    settings = subprocess.run([str(REPO / "tools" / "_py"), "researchkit_py.kit", "guard-settings",
-                               str(REPO / "tools" / "guard-hook")], capture_output=True, text=True, check=True,
-                              timeout=60).stdout
+    """The kit's own hook (tools/guard-hook) and settings (phases.guard_settings) with the real CLI."""
+    from researchkit_py.experiment.phases import guard_settings
+
+    settings = guard_settings()
     spec = workdir / "spec.md"
     spec.write_text("metric: accuracy\n")
     play = script(ReadFile(str(spec)), EditFile(str(spec), "accuracy", "loss"), Shell("sed -i s/accuracy/loss/ spec.md"),
