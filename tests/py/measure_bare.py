@@ -229,7 +229,7 @@ def main(argv: list[str]) -> int:
         gcs, moto = FakeGCS(host=net.host_ip), Moto(host=net.host_ip)
         os.environ.update(STORAGE_EMULATOR_HOST=gcs.url, AWS_ENDPOINT_URL=moto.url, AWS_ACCESS_KEY_ID="testing",
                           AWS_SECRET_ACCESS_KEY="testing", AWS_REGION="us-east-1")
-        from researchkit_py.storage import open_store
+        from researchkit_py.clouds.registry import open_store
 
         print("boot overhead (median of 10):")
         for mode, m in boot_overhead(net, images, 10).items():
@@ -253,7 +253,7 @@ def main(argv: list[str]) -> int:
 
                         boto3.client("s3").create_bucket(Bucket=bucket)
                         env = {"AWS_ENDPOINT_URL": moto.url, "AWS_REGION": "us-east-1"}
-                    head = STEP.replace("{payload}", agent_payload(store_url))
+                    head = STEP.replace("{payload}", agent_payload("local", store_url))
                     for way, body in WAYS.items():
                         for i in range(args.repeat):
                             run_id = f"{way}-{i}"

@@ -69,6 +69,7 @@ class Outcome:
 def run(provider: str, vms, tmp_path: Path, case: str) -> Outcome:
     """`cloud-run run COMMAND` in the foreground; what it said, and what reached the bucket."""
     from researchkit_py.lifecycle import Context
+    from researchkit_py.settings import Settings
 
     t0 = time.monotonic()
     r = subprocess.run([str(REPO / "tools" / "cloud-run"), "--backend", provider, "run", COMMAND, "--output-dir",
@@ -76,7 +77,7 @@ def run(provider: str, vms, tmp_path: Path, case: str) -> Outcome:
     wall = time.monotonic() - t0
     vms.wait_all_gone()
     prefix = f"runs/{r.stdout.strip()}/"
-    store = Context.open(provider).store
+    store = Context.open(Settings(), provider).store
     keys = sorted(o.key.removeprefix(prefix) for o in store.list(prefix))
     log = store.get_bytes(prefix + "logs/run.log").decode() if "logs/run.log" in keys else None
     (vm,) = vms.vms.values()

@@ -212,9 +212,9 @@ def test_cached_artifacts_are_built_once_atomically_and_keyed_by_their_inputs(tm
 
 
 def test_wheelhouse_holds_what_the_startup_script_installs():
-    from researchkit_py.startup import BACKENDS
+    from researchkit_py.clouds.registry import CLOUDS
 
-    assert {p for _modules, _probe, packages in BACKENDS.values() for p in packages} <= set(bare_image.SDK_PACKAGES)
+    assert {p for cloud in CLOUDS.values() for p in cloud.vm_packages} <= set(bare_image.SDK_PACKAGES)
 
 
 def test_package_server_serves_both_trees_byte_ranges_and_nothing_else(tmp_path):
