@@ -11,6 +11,7 @@ Standard library only: the VM agent ships this module.
 
 from __future__ import annotations
 
+import copy
 import math
 import os
 import re
@@ -125,8 +126,7 @@ class Settings(Mapping[str, str]):
 
     def with_flags(self, **flags: str | None) -> Settings:
         """The same settings with command-line flags on top (None or "" means not given)."""
-        new = object.__new__(Settings)
-        new.environ, new.root, new._file = self.environ, self.root, self._file
+        new = copy.copy(self)
         new._flags = {**self._flags, **{k: v for k, v in flags.items() if v not in (None, "")}}
         return new
 

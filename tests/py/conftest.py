@@ -15,6 +15,7 @@ REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(Path(__file__).parent))
 
+import bare_image  # noqa: E402 - before any test changes HOME: it finds its cache from there
 from emulators import FAKE_SECRET, FakeGCS, Moto  # noqa: E402
 from fake_gce import FakeGCE  # noqa: E402
 from fake_vm import EC2VMs, GCEVMs  # noqa: E402
@@ -128,12 +129,41 @@ def vm_gcs(vm_network, gcs_server):
     yield from _on_vm_bridge(vm_network, gcs_server, FakeGCS)
 
 
+@pytest.fixture(scope="session")
+def bare_images(vm_network):
+    """The bare image, its variants and their package sources served on the VM bridge (built
+    once, then cached: tests/py/bare_image.py); skips, saying why, where they cannot be had."""
+    if vm_network is None:
+        pytest.skip(f"bare-image VMs need network namespaces ({VM_ISOLATION['reason']})")
+    try:
+        images = bare_image.BareImages(vm_network.host_ip)
+    except bare_image.Unavailable as e:
+        pytest.skip(str(e))
+    yield images
+    images.stop()
+
+
 @pytest.fixture
-def gce(project, vm_network, vm_gcs, monkeypatch, tmp_path):
+def vm_image(request):
+    """What the fake VMs boot from: this machine's root (None), or, for a test marked
+    @pytest.mark.vm_image(variant, package_sources=True, dpkg_lock_seconds=0, pep658=False), a
+    bare image (a fake_vm.VMImage; variants and options: tests/py/BARE_IMAGES.md)."""
+    marker = request.node.get_closest_marker("vm_image")
+    if marker is None:
+        return None
+    return request.getfixturevalue("bare_images").image(*marker.args, **marker.kwargs)
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "vm_image(variant, **options): boot the test's fake VMs from a bare image")
+
+
+@pytest.fixture
+def gce(project, vm_network, vm_gcs, vm_image, monkeypatch, tmp_path):
     """Fake Compute API + storage emulator + fake VMs (in network namespaces where possible)."""
     host = vm_network.host_ip if vm_network else "127.0.0.1"
     fake = FakeGCE(host=host)
-    vms = GCEVMs(fake, tmp_path / "vms", {"STORAGE_EMULATOR_HOST": vm_gcs.url}, vm_network)
+    vms = GCEVMs(fake, tmp_path / "vms", {"STORAGE_EMULATOR_HOST": vm_gcs.url}, vm_network, vm_image)
     monkeypatch.setenv("STORAGE_EMULATOR_HOST", vm_gcs.url)
     from researchkit_py.clouds.gce.store import gcs_client
 
@@ -156,7 +186,7 @@ def vm_moto(vm_network, moto_server):
 
 
 @pytest.fixture
-def ec2(project, vm_network, vm_moto, monkeypatch, tmp_path):
+def ec2(project, vm_network, vm_moto, vm_image, monkeypatch, tmp_path):
     vm_moto.reset()
     env = {"AWS_ENDPOINT_URL": vm_moto.url, "AWS_REGION": "us-east-1"}
     for k, v in {**env, "AWS_ACCESS_KEY_ID": "AKIAIOSFODNN7EXAMPLE", "AWS_SECRET_ACCESS_KEY": FAKE_SECRET}.items():
@@ -175,7 +205,7 @@ def ec2(project, vm_network, vm_moto, monkeypatch, tmp_path):
     monkeypatch.setenv("RK_BUCKET", f"s3://{bucket}/rk")
     monkeypatch.setenv("RK_SELF_DELETE_WAIT", "20")
     monkeypatch.setenv("RK_POLL_SECONDS", "0.2")
-    vms = EC2VMs(client, tmp_path / "vms", env, vm_network)  # the VM gets no keys: IMDS gives it the role's
+    vms = EC2VMs(client, tmp_path / "vms", env, vm_network, vm_image)  # no keys: IMDS gives the VM the role's
     vms.ami = ami
     yield vms
     vms.stop()
@@ -233,8 +263,9 @@ def pytest_terminal_summary(terminalreporter):
     booted = FakeVMs.booted
     if booted["netns"] or booted["process"]:
         why = f" (network namespaces unavailable: {VM_ISOLATION['reason']})" if VM_ISOLATION["reason"] else ""
-        terminalreporter.write_line(f"fake VMs: {booted['netns']} booted in their own network namespace, "
-                                    f"{booted['process']} as plain processes{why}")
+        terminalreporter.write_line(f"fake VMs: {booted['netns']} booted in their own network namespace "
+                                    f"({booted['bare']} from a bare image), {booted['process']} as plain "
+                                    f"processes{why}")
 
 
 @pytest.fixture(params=["local", "gcs", "s3"])

@@ -14,6 +14,10 @@ Two isolation levels:
   the host's root read-only, its own /tmp, /root and hostname.
 - `process`: a plain process group; the agent finds its metadata server through
   RK_METADATA_URL. Used where namespaces are not available.
+
+With a `VMImage` (netns only), the VM boots from a bare root filesystem instead of the
+host's (see bare_image.py and BARE_IMAGES.md): its image's layers, read-only, under a
+writable layer of its own (an overlay mounted in the VM's private mount namespace).
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ import subprocess
 import sys
 import threading
 import time
+from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -171,16 +176,35 @@ class VMNetwork:
         subprocess.run(["ip", "link", "del", self.bridge], capture_output=True)
 
 
+@dataclass
+class VMImage:
+    """A root filesystem to boot from: `layers` are overlay lower directories, the first on
+    top (a variant's layer over the base image). `env` and `files` (absolute path in the VM ->
+    content, put in each VM's own layer) point it at its package sources; for
+    `dpkg_lock_seconds` after boot another process holds apt's locks, as unattended-upgrades
+    does on a fresh cloud VM."""
+
+    layers: tuple[Path, ...]
+    env: dict[str, str] = field(default_factory=dict)
+    files: dict[str, str] = field(default_factory=dict)
+    dpkg_lock_seconds: float = 0
+
+
 class FakeVMs:
     """Boots VMs from startup scripts; with a VMNetwork each gets its own namespace, without,
-    a plain process group. `api_env` is what the image needs to reach the emulators."""
+    a plain process group. `api_env` is what the image needs to reach the emulators; `image`,
+    a bare image to boot from instead of the host's root."""
 
-    booted = {"netns": 0, "process": 0}  # reported at the end of the test session
+    booted = {"netns": 0, "process": 0, "bare": 0}  # reported at the end of the test session
 
-    def __init__(self, root: Path, api_env: dict[str, str], network: VMNetwork | None = None):
-        self.root, self.api_env, self.network = Path(root), api_env, network
+    def __init__(self, root: Path, api_env: dict[str, str], network: VMNetwork | None = None,
+                 image: VMImage | None = None):
+        if image is not None and network is None:
+            raise ValueError("a VM booted from an image needs its own network namespace (a VMNetwork)")
+        self.root, self.api_env, self.network, self.image = Path(root), api_env, network, image
         self.vms: dict[str, dict] = {}
         self.enforce_deadlines, self.minute_seconds = True, 60.0
+        self.trace_startup = False  # bash's xtrace of the startup script, each line timed, into its log
 
     def boot(self, script: str, identity: dict) -> None:
         name = identity["name"]
@@ -194,6 +218,10 @@ class FakeVMs:
         (vm_root / "startup-script").write_text(script)
         env = {"PATH": f"{vm_root / 'bin'}:{Path(sys.executable).parent}:/usr/local/bin:/usr/bin:/bin",
                "HOME": str(vm_root / "home"), "LANG": "C.UTF-8", "RK_VM_ROOT": str(vm_root / "var"), **self.api_env}
+        if self.trace_startup:  # bash sources BASH_ENV first; as root it takes no PS4 from the environment
+            (vm_root / "trace.sh").write_text(
+                "if [[ $0 == */startup-script ]]; then PS4='+ ${EPOCHREALTIME} '; set -x; fi\n")
+            env["BASH_ENV"] = str(vm_root / "trace.sh")
         vm = {"root": vm_root, "zone": identity["zone"], "console": open(vm_root / "console.log", "wb"),
               "meta": None, "net": None, "identity": identity}
         if self.network is None:
@@ -215,15 +243,54 @@ class FakeVMs:
                 stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=vm["console"],
                 env={**os.environ, "PYTHONPATH": str(Path(__file__).parent)})
             (vm_root / "hosts").write_text("127.0.0.1 localhost\n169.254.169.254 metadata.google.internal metadata\n")
-            argv = ["ip", "netns", "exec", ns, "bwrap", "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc",
-                    "--tmpfs", "/tmp", "--tmpfs", "/root", *_bind_back_python(), "--bind", str(vm_root), str(vm_root),
-                    "--ro-bind", str(vm_root / "hosts"), "/etc/hosts", "--unshare-uts", "--hostname", name[:63],
-                    "--die-with-parent", "--chdir", str(vm_root), "bash", str(vm_root / "startup-script")]
+            if self.image is not None:
+                env.update(PATH="/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", HOME="/root",
+                           **self.image.env)
+                argv = self._image_argv(ns, vm_root, name)
+            else:
+                argv = ["ip", "netns", "exec", ns, "bwrap", "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc",
+                        "--tmpfs", "/tmp", "--tmpfs", "/root", *_bind_back_python(),
+                        "--bind", str(vm_root), str(vm_root), "--ro-bind", str(vm_root / "hosts"), "/etc/hosts",
+                        "--unshare-uts", "--hostname", name[:63], "--die-with-parent", "--chdir", str(vm_root),
+                        "bash", str(vm_root / "startup-script")]
             _wait_for_metadata(ns, identity["flavor"])
             FakeVMs.booted["netns"] += 1
+            FakeVMs.booted["bare"] += self.image is not None
         vm["proc"] = subprocess.Popen(argv, cwd=vm_root, env=env, stdin=subprocess.DEVNULL, stdout=vm["console"],
                                       stderr=vm["console"], start_new_session=True)
         self.vms[name] = vm
+
+    def _image_argv(self, ns: str, vm_root: Path, name: str) -> list[str]:
+        """Boot from self.image: its layers under this VM's own writable layer, which starts
+        with its /etc/hosts, its package sources and `shutdown`/`poweroff`/`halt` shims in
+        /usr/sbin. The overlay is mounted in a private mount namespace: it goes when the VM does."""
+        image = self.image
+        layer = self.root / ".layers" / name  # outside vm_root: the VM must not see its own layers
+        upper, work, merged = layer / "upper", layer / "work", layer / "root"
+        for d in (upper, work, merged):
+            d.mkdir(parents=True)
+        seed = {"/etc/hosts": (vm_root / "hosts").read_text(), "/etc/hostname": f"{name}\n", **image.files}
+        for shim in ("shutdown", "poweroff", "halt"):
+            seed[f"/usr/sbin/{shim}"] = (vm_root / "bin" / shim).read_text()
+        for path, text in seed.items():
+            target = upper / path.lstrip("/")
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_text(text)
+            target.chmod(0o755 if path.startswith("/usr/sbin/") else 0o644)
+        if any(c in str(p) for p in (*image.layers, layer) for c in ",:"):  # mount -o's separators
+            raise ValueError(f"overlay paths may hold no commas or colons: {image.layers}, {layer}")
+        lower = ":".join(str(p) for p in image.layers)
+        boot = ["bash", str(vm_root / "startup-script")]
+        if image.dpkg_lock_seconds:
+            (vm_root / "hold-dpkg-locks.py").write_text(_HOLD_DPKG_LOCKS)
+            boot = ["python3", str(vm_root / "hold-dpkg-locks.py"), str(image.dpkg_lock_seconds), *boot]
+        return ["ip", "netns", "exec", ns, "unshare", "--mount", "--propagation", "private",
+                "sh", "-c", 'mount -t overlay overlay -o "$1" "$2" && shift 2 && exec "$@"', "mount-layers",
+                f"lowerdir={lower},upperdir={upper},workdir={work}", str(merged),
+                "bwrap", "--bind", str(merged), "/", "--dev", "/dev", "--proc", "/proc",
+                "--perms", "1777", "--tmpfs", "/tmp",  # apt's _apt user writes there
+                "--bind", str(vm_root), str(vm_root), "--unshare-uts", "--hostname", name[:63],
+                "--die-with-parent", "--chdir", str(vm_root), *boot]
 
     def kill(self, name: str, zone: str | None = None, sig: int = signal.SIGKILL) -> None:
         vm = self.vms.get(name)
@@ -271,8 +338,9 @@ class FakeVMs:
 class GCEVMs(FakeVMs):
     """A VM per instance the fake Compute API inserts; its delete call ends it."""
 
-    def __init__(self, gce, root: Path, storage_env: dict[str, str], network: VMNetwork | None = None):
-        super().__init__(root, {"RK_COMPUTE_API": f"{gce.url}/compute/v1", **storage_env}, network)
+    def __init__(self, gce, root: Path, storage_env: dict[str, str], network: VMNetwork | None = None,
+                 image: VMImage | None = None):
+        super().__init__(root, {"RK_COMPUTE_API": f"{gce.url}/compute/v1", **storage_env}, network, image)
         self.gce = gce
         gce.on_insert = self.on_insert
         gce.on_delete = self.on_delete
@@ -328,8 +396,9 @@ class EC2VMs(FakeVMs):
     instance as its InstanceInitiatedShutdownBehavior says. Instances terminated through
     the API lose their VM."""
 
-    def __init__(self, ec2, root: Path, storage_env: dict[str, str], network: VMNetwork | None = None):
-        super().__init__(root, storage_env, network)
+    def __init__(self, ec2, root: Path, storage_env: dict[str, str], network: VMNetwork | None = None,
+                 image: VMImage | None = None):
+        super().__init__(root, storage_env, network, image)
         self.ec2 = ec2
         self.ids: dict[str, str] = {}  # name -> instance id
         self.terminated_by_shutdown: list[str] = []
@@ -387,6 +456,25 @@ class EC2VMs(FakeVMs):
         self._stop.set()
         self.thread.join(timeout=5)
         super().stop()
+
+
+# Run by the image's python3 before the startup script: a child takes apt's locks (fcntl locks,
+# which flock(1) cannot hold and a fork does not inherit), holds them for argv[1] seconds; once
+# they are held, this process becomes the startup script.
+_HOLD_DPKG_LOCKS = """import fcntl, os, sys, time
+r, w = os.pipe()
+if os.fork() == 0:
+    os.close(r)
+    for path in ("/var/lib/dpkg/lock-frontend", "/var/lib/dpkg/lock"):
+        fcntl.lockf(os.open(path, os.O_RDWR | os.O_CREAT, 0o640), fcntl.LOCK_EX)
+    os.write(w, b"held")
+    os.close(w)
+    time.sleep(float(sys.argv[1]))
+    os._exit(0)
+os.close(w)
+os.read(r, 4)
+os.execvp(sys.argv[2], sys.argv[2:])
+"""
 
 
 def _bind_back_python() -> list[str]:
