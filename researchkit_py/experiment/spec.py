@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import KitError
-from .criteria import Criterion, parse
+from .criteria import ACCEPTED, Criterion, parse
 
 REQUIRED_SECTIONS = ("Hypothesis", "Variables", "Controls", "Metrics", "Success Criteria")
 ALIASES = {"Independent Variables": "Variables", "Resource Budget": "Budget"}
@@ -61,7 +61,7 @@ class Spec:
             out.append("missing estimated_wall_hours (a number) in the compute profile")
         if "Success Criteria" in self.sections and not self.criteria:
             out.append("missing criteria as '- [ ] metric >= value' lines under '## Success Criteria'")
-        out += [c.describe() for c in self.criteria if c.error]
+        out += self.criteria_errors()
         if scripted:
             out += [f"line {c.line}: {c.text!r} is in words, which the scripted agent cannot judge; write it as "
                     "`metric op number` (or use an LLM agent)" for c in self.criteria if c.in_words]
@@ -71,8 +71,10 @@ class Spec:
         return out
 
     def criteria_errors(self) -> list[str]:
-        """Criteria that can never be judged: RUN refuses to start with these."""
-        return [c.describe() for c in self.criteria if c.error]
+        """Criteria that can never be judged (RUN refuses to start with these), then the forms
+        that would be."""
+        errors = [c.describe() for c in self.criteria if c.error]
+        return [*errors, ACCEPTED] if errors else []
 
 
 def _is_number(text: str) -> bool:
