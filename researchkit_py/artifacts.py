@@ -187,7 +187,7 @@ def main(argv: list[str]) -> int:
             s.add_argument("--threshold", default="10M", help="size above which a file is pushed (default 10M)")
     args = p.parse_args(argv)
     arts = open_artifacts(Settings())
-    target = Path(getattr(args, "file", None) or args.dir)
+    target = Path(args.file if args.cmd == "push" else args.dir)
     if args.cmd != "push" and not target.is_dir():
         raise KitError(f"{target} is not a directory")
     if args.cmd == "push":

@@ -54,6 +54,11 @@ def run_cli(prog: str, main: Callable[[list[str]], int], argv: list[str] | None 
     except KeyboardInterrupt:
         print(f"{prog}: interrupted", file=sys.stderr)
         code = 130
+    except OSError as e:  # this machine's files or network, where no message was written for it: still one line
+        where = f" ({e.filename})" if e.filename else ""
+        print(f"{prog}: {one_line(e.strerror or str(e))}{one_line(where)}; check that path and its permissions",
+              file=sys.stderr)
+        code = 1
     except BrokenPipeError:
         code = 0
     sys.exit(code)

@@ -20,7 +20,7 @@ PULL_STATE = ".cloud-run-state.json"
 
 
 def check_output_dir(output_dir: Path, *, make_parents: bool = False) -> Path:
-    """The directory results go to, refused in one line if it cannot be one. Its missing
+    """The directory results go to (resolved), refused in one line if it cannot be one. Its missing
     parents are an error, unless `make_parents` (a default path, not the user's): pull()
     then creates them."""
     if "\x00" in str(output_dir):
@@ -40,7 +40,7 @@ def check_output_dir(output_dir: Path, *, make_parents: bool = False) -> Path:
     probe = next(p for p in [output_dir, *output_dir.resolve().parents] if p.exists())
     if not os.access(probe, os.W_OK):
         raise KitError(f"--output-dir {output_dir}: {probe} is not writable; choose a directory you can write")
-    return output_dir
+    return output_dir.resolve()  # as checked: `a/../b` is not to make a missing `a` on the way
 
 
 def pull(ctx: Context, run_id: str, output_dir: Path, *, verify: bool = False,
