@@ -118,6 +118,7 @@ def main(argv: list[str]) -> int:
 
 
 def cmd_run(ctx, args) -> int:
+    from .clouds.registry import deadline_hours
     from .lifecycle import LaunchOptions, check_output_dir, launch, plan_launch
     from .startup import parse_env_pairs
 
@@ -127,7 +128,7 @@ def cmd_run(ctx, args) -> int:
     opts = LaunchOptions(
         command=args.command, spec=args.spec,
         data_dirs=[d for d in args.data_dirs.split(",") if d.strip()],
-        max_hours=ctx.settings.with_flags(MAX_GPU_HOURS=_flag(args.max_hours)).max_hours(),
+        max_hours=deadline_hours(ctx.settings.with_flags(MAX_GPU_HOURS=_flag(args.max_hours))),
         env=parse_env_pairs(args.env), machine_type=args.machine_type, spot=args.spot,
         experiment=Path(args.spec).stem if args.spec else "", detached=args.detach, max_cost=args.max_cost,
     )

@@ -115,9 +115,10 @@ def main(argv: list[str]) -> int:
 
 def launch(args) -> int:
     from . import lifecycle
+    from .clouds.registry import deadline_hours
 
     ctx = _context(args, launching=True)
-    max_hours = ctx.settings.with_flags(MAX_GPU_HOURS=None if args.max_hours is None else f"{args.max_hours:g}").max_hours()
+    max_hours = deadline_hours(ctx.settings.with_flags(MAX_GPU_HOURS=None if args.max_hours is None else f"{args.max_hours:g}"))
     launched = []
     for exp in args.exp:
         command, source = command_for(exp, args.quick, args.command, ctx.settings)

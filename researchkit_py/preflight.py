@@ -13,7 +13,7 @@ import os
 from dataclasses import asdict, dataclass
 
 from .argv import ArgumentParser
-from .clouds.registry import CLOUDS, price_per_hour, target
+from .clouds.registry import CLOUDS, deadline_hours, price_per_hour, target
 from .errors import KitError, run_cli
 from .experiment.spec import load_spec
 from .settings import Settings
@@ -91,8 +91,8 @@ def advise(spec_path: str, settings: Settings, max_hours: float | None = None, b
     else:
         where, itype = "local", small
         reason = f"~{hours:g} h on CPU with {p['memory_gb']:g} GB fits this machine"
-    limit = max_hours if max_hours is not None else settings.max_hours(
-        spec.budget.get("max_gpu_hours") or spec.budget.get("max_hours"))
+    limit = max_hours if max_hours is not None else deadline_hours(
+        settings, spec.budget.get("max_gpu_hours") or spec.budget.get("max_hours"))
     price = price_per_hour(backend, itype, settings) if where == "remote" else 0.0
     est, worst = price * hours, price * limit
     max_cost = spec.budget.get("max_cost_usd")

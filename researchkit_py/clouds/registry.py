@@ -9,6 +9,7 @@ only when that provider or store is first used.
 from __future__ import annotations
 
 import importlib
+import math
 from dataclasses import dataclass
 
 from ..errors import KitError, UsageError
@@ -53,6 +54,32 @@ def cloud_for(settings: Settings, backend: str | None = None) -> Cloud:
     if name not in CLOUDS:
         raise UsageError(f"unknown backend {name!r}; choose one of: {', '.join(sorted(CLOUDS))}")
     return CLOUDS[name]
+
+
+# The deadlines every provider can enforce, in seconds: GCE's scheduling.maxRunDuration takes
+# 30 s to 120 days ("Limit the run time of a VM", Compute Engine documentation). EC2 and the
+# embedded provider could do shorter or longer, but a run that works on one target must work
+# on the others: the sandbox rehearses the cloud.
+DEADLINE_RANGE = (30, 120 * 86400)
+
+
+def deadline_hours(settings: Settings, spec_budget: str | float | None = None) -> float:
+    """settings.max_hours(spec_budget), refused (naming where it came from) outside DEADLINE_RANGE."""
+    hours = settings.max_hours(spec_budget)
+    source, raw = settings.source("MAX_GPU_HOURS"), settings["MAX_GPU_HOURS"]
+    if source == "default" and spec_budget:
+        what = f"the spec's max_gpu_hours {spec_budget}"
+    else:
+        what = f"--max-hours {raw}" if source == "flag" else f"MAX_GPU_HOURS={raw} ({source})"
+    error = UsageError if source == "flag" else KitError
+    low, high = DEADLINE_RANGE
+    if hours <= 0:
+        raise error(f"{what} must be positive")
+    if not low <= hours * 3600 <= high:
+        raise error(f"{what} is {hours * 3600:g} s; a run's deadline must be between {low} s (GCE's shortest "
+                    f"maxRunDuration, applied on every provider) and {high // 86400} days (its longest): "
+                    f"use {math.ceil(low / 3600 * 1e4) / 1e4:g} to {high // 3600} hours")
+    return hours
 
 
 def check_bucket(url: str, cloud: Cloud, settings: Settings, backend: str | None = None) -> None:

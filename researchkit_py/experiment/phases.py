@@ -183,7 +183,7 @@ def _begin_run(spec: Spec, results: Path, values: dict, settings: Settings, out:
         return compute_directive(
             target, okit=values["ORCHESTRATION_KIT_ROOT"], spec=str(spec.path), results=str(results),
             command=spec.run_command, data_dir=data_dir if Path(data_dir).is_dir() else None,
-            max_hours=f"{settings.max_hours(spec.budget.get('max_gpu_hours')):g}")
+            max_hours=f"{clouds.deadline_hours(settings, spec.budget.get('max_gpu_hours')):g}")
     # Local RUN gets the preflight advisory only when a tools root is configured: without one,
     # local RUN is exactly as it always was.
     preflight = Path(values["ORCHESTRATION_KIT_ROOT"]) / "tools" / "preflight"

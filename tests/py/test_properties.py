@@ -96,13 +96,15 @@ def _under(path: str, allowed: str) -> bool:
 
 @pytest.fixture
 def example(tmp_path, monkeypatch):
-    return lambda: Example(tmp_path, monkeypatch)
+    yield lambda: Example(tmp_path, monkeypatch)
+    for d in tmp_path.iterdir():  # hundreds of example directories, some of them deep
+        shutil.rmtree(d, ignore_errors=True)
 
 
 # --- strategies ---------------------------------------------------------------------------
 NAME = st.text("abcxyz_.-", min_size=1, max_size=12)
 ODD = st.sampled_from(["", ".", "..", "../x", "/etc/rk-prop", "a/../../b", "a//b", "./c", "x\\y", "nul\x00l", "é ü",
-                       "\n", "-", "--", "$(touch pwned)", "`id`", "k" * 300, "sub/" + "k" * 256, "a/" * 600])
+                       "\n", "-", "--", "$(touch pwned)", "`id`", "k" * 300, "sub/" + "k" * 256, "a/" * 100, "abcdefghij/" * 400])
 # Paths a user names, relative and inside the example's directory: the tools do write where
 # they are told (a pull into /etc would be one), and these tests must not write outside.
 PATH = st.one_of(ODD, NAME, st.lists(st.one_of(NAME, ODD), min_size=1, max_size=4).map("/".join),
