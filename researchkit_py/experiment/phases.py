@@ -52,7 +52,7 @@ def _settings_exports(settings: Settings, out: Shell) -> dict[str, str]:
     state = settings["KIT_STATE_DIR"]
     values = {
         "COMPUTE_TARGET": target.name, "KIT_STATE_DIR": state, "EXP_LOG_DIR": settings.text("EXP_LOG_DIR", f"{state}/logs"),
-        "RESULTS_ROOT": settings["RESULTS_ROOT"], "DATA_DIR": settings["DATA_DIR"],
+        "RESULTS_ROOT": settings["RESULTS_ROOT"], "DATA_DIR": settings["DATA_DIR"], "EXP_PROJECT_ROOT": settings.root,
         "ORCHESTRATION_KIT_ROOT": settings.text("ORCHESTRATION_KIT_ROOT", str(KIT_ROOT)),
     }
     for key, value in values.items():
@@ -174,8 +174,9 @@ def _begin_run(spec: Spec, results: Path, values: dict, settings: Settings, out:
     target = values["COMPUTE_TARGET"]
     if clouds.target(target).cloud:
         data_dir = values["DATA_DIR"]
+        # Absolute paths, and EXP_PROJECT_ROOT exported: the block runs the same from any directory.
         return compute_directive(
-            target, okit=values["ORCHESTRATION_KIT_ROOT"], spec=str(spec.path), results=str(results),
+            target, okit=values["ORCHESTRATION_KIT_ROOT"], spec=str(spec.path.resolve()), results=str(results.resolve()),
             command=spec.run_command, data_dir=data_dir if Path(data_dir).is_dir() else None,
             max_hours=f"{settings.max_hours(spec.budget.get('max_gpu_hours')):g}")
     # Local RUN gets the preflight advisory only when a tools root is configured: without one,

@@ -91,8 +91,10 @@ def test_directives():
     assert compute_directive("local", **kw) == ""
     ec2 = compute_directive("ec2", **kw)
     assert "## Compute Directive (MANDATORY — EC2)" in ec2 and "--backend ec2" in ec2 and "--data-dirs" not in ec2
-    assert '/kit/tools/cloud-run run "python t.py --out \\"$RESULTS_DIR\\"" \\' in ec2
+    assert "  /kit/tools/cloud-run run \\\n      --backend ec2 \\\n      --spec experiments/e.md \\\n" in ec2
+    assert "\n'python t.py --out \"$RESULTS_DIR\"'\n" in ec2  # shown single-quoted, never in the command block
     assert "--data-dirs data/" in compute_directive("gce", **{**kw, "data_dir": "data"})
+    assert "'/my kit/tools/cloud-run' run" in compute_directive("gce", **{**kw, "okit": "/my kit"})
     with pytest.raises(KitError, match="not one of local, ec2, gce, sandbox"):
         compute_directive("azure", **kw)
 
