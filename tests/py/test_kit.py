@@ -106,30 +106,47 @@ def test_prompts_exist_for_every_phase_and_fill_values():
         assert "{{" not in render(phase, {})
 
 
-def guard(event: dict, protected: str, cwd: Path) -> subprocess.CompletedProcess:
-    env = {**os.environ, "EXP_GUARD_PATHS": protected, "PYTHONPATH": str(REPO)}
-    return subprocess.run([str(REPO / "tools" / "guard-hook")], input=json.dumps({**event, "cwd": str(cwd)}),
-                          text=True, capture_output=True, env=env)
+def guard(event: dict, protected: list[Path], cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([str(REPO / "tools" / "guard-hook"), *map(str, protected)],
+                          input=json.dumps({**event, "cwd": str(cwd)}), text=True, capture_output=True,
+                          env={**os.environ, "PYTHONPATH": str(REPO)})
 
 
-@pytest.mark.parametrize("event,blocked", [
-    ({"tool_name": "Edit", "tool_input": {"file_path": "experiments/e.md"}}, True),
-    ({"tool_name": "Write", "tool_input": {"file_path": "/P/results/e/metrics.json"}}, True),
-    ({"tool_name": "Write", "tool_input": {"file_path": "results/e/analysis.md"}}, False),
-    ({"tool_name": "Bash", "tool_input": {"command": "sed -i s/0.9/0.5/ experiments/e.md"}}, True),
-    ({"tool_name": "Bash", "tool_input": {"command": "echo '{}' > results/e/metrics.json"}}, True),
-    ({"tool_name": "Bash", "tool_input": {"command": "cat results/e/metrics.json"}}, False),
-    ({"tool_name": "Read", "tool_input": {"file_path": "experiments/e.md"}}, False),
+PATCH = "*** Begin Patch\n*** {} File: {}\n@@\n-a\n+b\n*** End Patch\n"
+
+
+@pytest.mark.parametrize("cwd,event,blocked", [
+    (".", {"tool_name": "Edit", "tool_input": {"file_path": "experiments/e.md"}}, True),
+    ("results/e", {"tool_name": "Edit", "tool_input": {"file_path": "../../experiments/e.md"}}, True),
+    ("results/e", {"tool_name": "Write", "tool_input": {"file_path": "metrics.json"}}, True),
+    (".", {"tool_name": "Write", "tool_input": {"file_path": "/P/results/e/metrics.json"}}, True),
+    ("results/e", {"tool_name": "Write", "tool_input": {"file_path": "analysis.md"}}, False),
+    (".", {"tool_name": "Bash", "tool_input": {"command": "sed -i s/0.9/0.5/ experiments/e.md"}}, True),
+    ("results", {"tool_name": "Bash", "tool_input": {"command": "cd e && echo '{}' > metrics.json"}}, True),
+    ("/", {"tool_name": "Bash", "tool_input": {"command": "chmod u+w /P/experiments/e.md"}}, True),
+    (".", {"tool_name": "Bash", "tool_input": {"command": "cp /tmp/m.json results/e/ && rm -rf results"}}, True),
+    (".", {"tool_name": "Bash", "tool_input": {"command": "python3 -c \"open('results/e/metrics.json', 'w')\""}}, True),
+    (".", {"tool_name": "Bash", "tool_input": {"command": "cat results/e/metrics.json | python3 -m json.tool"}}, False),
+    (".", {"tool_name": "Bash", "tool_input": {"command": "cp model.pkl results/e/ 2>&1 | tee results/e/log.txt"}}, False),
+    (".", {"tool_name": "Bash", "tool_input": {"command": "cat >results/e/analysis.md <<'EOF'\nmetrics.json's values\nEOF"}},
+     False),
+    (".", {"tool_name": "apply_patch", "tool_input": {"command": PATCH.format("Update", "experiments/e.md")}}, True),
+    ("results", {"tool_name": "apply_patch", "tool_input": {"command": PATCH.format("Delete", "e/metrics.json")}}, True),
+    (".", {"tool_name": "apply_patch", "tool_input": {"command": PATCH.format("Add", "results/e/analysis.md")}}, False),
+    (".", {"tool_name": "Read", "tool_input": {"file_path": "experiments/e.md"}}, False),
 ])
-def test_guard_hook_protocol(tmp_path, event, blocked):
+def test_guard_hook_protocol(tmp_path, cwd, event, blocked):
+    """The hook gets absolute paths: the model's working directory changes nothing."""
+    (tmp_path / "results" / "e").mkdir(parents=True)
     event = json.loads(json.dumps(event).replace("/P/", f"{tmp_path}/"))
-    r = guard({"hook_event_name": "PreToolUse", **event}, "experiments/e.md:results/e/metrics.json", tmp_path)
-    assert r.returncode == (2 if blocked else 0)
-    assert ("locked" in r.stderr) == blocked
+    protected = [tmp_path / "experiments" / "e.md", tmp_path / "results" / "e" / "metrics.json"]
+    r = guard({"hook_event_name": "PreToolUse", **event}, protected, (tmp_path / cwd).resolve())
+    assert r.returncode == (2 if blocked else 0), r.stderr
+    assert ("locked during this phase" in r.stderr) == blocked
 
 
 def test_guard_allows_everything_when_nothing_is_protected(tmp_path):
-    assert guard({"tool_name": "Edit", "tool_input": {"file_path": "x"}}, "", tmp_path).returncode == 0
+    assert guard({"tool_name": "Edit", "tool_input": {"file_path": "x"}}, [], tmp_path).returncode == 0
 
 
 def test_locks_restore_exact_modes_and_nest(tmp_path):
