@@ -186,6 +186,38 @@ def test_stream_rendering_and_summary(tmp_path):
     assert summary(log) == "All done\n(1 tool calls)"
 
 
+def test_codex_events_rendering_and_summary(tmp_path):
+    """codex exec --json, in the shapes tests/agents/FACTS.md records."""
+    log = tmp_path / "read.log"
+    cmd = {"id": "item_0", "type": "command_execution", "command": "/bin/bash -lc 'cat metrics.json'",
+           "aggregated_output": "", "exit_code": None, "status": "in_progress"}
+    events = [
+        {"type": "thread.started", "thread_id": "t-1"},
+        {"type": "turn.started"},
+        {"type": "item.started", "item": cmd},
+        {"type": "item.completed", "item": {**cmd, "aggregated_output": '{"accuracy": 0.92}\n', "exit_code": 0,
+                                            "status": "completed"}},
+        {"type": "item.completed", "item": {"id": "item_1", "type": "file_change", "status": "completed",
+                                            "changes": [{"path": "/p/results/e/analysis.md", "kind": "add"}]}},
+        {"type": "item.completed", "item": {"id": "item_2", "type": "error", "message": "Model metadata not found"}},
+        {"type": "error", "message": "Reconnecting... 1/1"},
+        {"type": "item.completed", "item": {"id": "item_3", "type": "agent_message", "text": "## Verdict: CONFIRMED"}},
+        {"type": "turn.completed", "usage": {"input_tokens": 120, "cached_input_tokens": 0, "output_tokens": 30}},
+    ]
+    log.write_text("\n".join(json.dumps(e) for e in events) + "\n")
+    rendered = [r for line in log.read_text().splitlines() if (r := render_event(line))]
+    assert rendered == ["[init] codex thread t-1", "→ $ /bin/bash -lc 'cat metrics.json'",
+                        '← exit 0: {"accuracy": 0.92}', "✎ add /p/results/e/analysis.md",
+                        "[warning] Model metadata not found", "[error] Reconnecting... 1/1", "## Verdict: CONFIRMED",
+                        "[done] 120 tokens in, 30 out"]
+    assert summary(log) == "## Verdict: CONFIRMED\n(2 tool calls)"
+    log.write_text(json.dumps({"type": "turn.failed", "error": {"message": "stream disconnected"}}) + "\n")
+    assert summary(log) == "ERROR: stream disconnected"
+    retry = {"type": "system", "subtype": "api_retry", "attempt": 1, "max_retries": 3, "error_status": 529,
+             "error": "overloaded"}
+    assert render_event(json.dumps(retry)) == "[retry 1/3] 529 overloaded"
+
+
 def test_kit_helper_errors_are_one_line(tmp_path):
     r = subprocess.run([sys.executable, "-m", "researchkit_py.experiment.cli", "begin", "run", "--spec", "nope.md"],
                        cwd=tmp_path,
