@@ -190,8 +190,10 @@ def first_request_headers(api: ModelAPI) -> dict[str, str]:
 
 
 def hook_settings(hook: Path | str) -> str:
-    """The --settings JSON of researchkit_py/experiment/phases.guard_settings, for any hook command."""
-    matcher = "Edit|MultiEdit|Write|NotebookEdit|Bash"
+    """The --settings JSON experiment.sh gives claude (researchkit_py/agents/clis.py), for any hook command."""
+    from researchkit_py.agents.clis import GUARDED_TOOLS
+
+    matcher = GUARDED_TOOLS["claude"]
     return json.dumps({"hooks": {"PreToolUse": [{"matcher": matcher, "hooks": [{"type": "command",
                                                                                   "command": str(hook)}]}]}})
 
