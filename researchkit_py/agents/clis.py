@@ -104,7 +104,7 @@ def agent_call(agent: str, phase: str, settings: Settings, *, guard: list[Path],
         for key in CODEX_QUIET:
             flags += ["-c", key]
         if guard:  # hooks given on the command line run only with the trust check bypassed
-            flags += ["-c", f"hooks.PreToolUse=[{_toml(guard_hook(agent, guard))}]", "--dangerously-bypass-hook-trust"]
+            flags += ["-c", f"hooks.PreToolUse=[{inline_toml(guard_hook(agent, guard))}]", "--dangerously-bypass-hook-trust"]
         if cloud_run:  # cloud-run reaches the bucket and the cloud, and keeps its state outside the project
             flags += ["-c", "sandbox_workspace_write.network_access=true"]
             for d in _cloud_run_dirs(settings):
@@ -127,10 +127,10 @@ def _cloud_run_dirs(settings: Settings) -> list[Path]:
     return dirs
 
 
-def _toml(value: object) -> str:
+def inline_toml(value: object) -> str:
     """An inline TOML value (JSON strings are TOML basic strings)."""
     if isinstance(value, dict):
-        return "{" + ", ".join(f"{k}={_toml(v)}" for k, v in value.items()) + "}"
+        return "{" + ", ".join(f"{k}={inline_toml(v)}" for k, v in value.items()) + "}"
     if isinstance(value, list):
-        return "[" + ", ".join(_toml(v) for v in value) + "]"
+        return "[" + ", ".join(inline_toml(v) for v in value) + "]"
     return json.dumps(value)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from ..agents import clis
 from ..clouds import registry as clouds
-from ..errors import KitError
+from ..errors import KitError, say
 from ..settings import ENV_FILE, Settings, parse_env_file
 from . import records
 from .locks import lock, unlock
@@ -81,7 +81,7 @@ def _agent(settings: Settings, out: Shell) -> str:
     if name in clis.TESTED and not checked.startswith(f"{name} "):
         version, warning = clis.check_version(name)
         if warning:
-            print(f"experiment.sh: {warning}", file=sys.stderr)
+            say(f"experiment.sh: {warning}")
         out.set("EXP_AGENT_VERSION", f"{name} {version}", export=True)
     return name
 

@@ -577,12 +577,12 @@ def test_codex_runs_pretooluse_hooks_given_as_flags_only_with_hook_trust_bypasse
     apply_patch (the patch in tool_input.command); exit 2 blocks, stderr is the reason. Hooks
     given with -c run only with --dangerously-bypass-hook-trust; without it, silently none. Its
     shell does not keep a `cd` from one command to the next."""
-    from researchkit_py.agents.clis import _toml, guard_hook
+    from researchkit_py.agents.clis import guard_hook, inline_toml
 
     spec = workdir / "spec.md"
     spec.write_text("metric: accuracy\n")
     (workdir / "sub").mkdir()
-    hook = ["-c", f"hooks.PreToolUse=[{_toml(guard_hook('codex', [spec]))}]"]
+    hook = ["-c", f"hooks.PreToolUse=[{inline_toml(guard_hook('codex', [spec]))}]"]
     if trust == "bypassed":
         hook.append("--dangerously-bypass-hook-trust")
     play = script(Shell("cd sub && pwd"), Shell("pwd"), Shell("cd sub && echo x > ../spec.md"),
