@@ -115,7 +115,7 @@ def cmd_run(ctx, args) -> int:
     if output_dir is not None:
         check_output_dir(output_dir)
     command = args.command or _spec_command(args.spec)
-    say(f"cloud-run: command{'' if args.command else f' (the `## Run` block of {args.spec})'}: {shlex.quote(command)}")
+    shown = f"cloud-run: command{'' if args.command else f' (the `## Run` block of {args.spec})'}: {shlex.quote(command)}"
     opts = LaunchOptions(
         command=command, spec=args.spec,
         data_dirs=[d for d in args.data_dirs.split(",") if d.strip()],
@@ -125,6 +125,7 @@ def cmd_run(ctx, args) -> int:
     )
     if args.dry_run:
         plan = plan_launch(ctx, opts, upload=False)
+        say(shown)
         req = plan.request
         say(f"cloud-run: dry run — would create {req.name} on {ctx.provider.name} with labels {req.labels}, "
             f"deadline {req.max_seconds} s, bucket {ctx.store.url}; nothing was created")
@@ -132,6 +133,7 @@ def cmd_run(ctx, args) -> int:
         return 0
     _terminate_on_sigterm()
     plan = launch(ctx, opts)
+    say(shown)  # once it is valid: an error stays one line
     run_id = plan.run_id
     if output_dir is not None:  # at once, so that a wait cut short still leaves the id for a later pull
         output_dir.mkdir(parents=True, exist_ok=True)

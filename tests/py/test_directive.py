@@ -83,13 +83,16 @@ def test_the_pasted_directive_runs_the_spec_command_unchanged_on_the_vm(quoting_
     assert paste(pull, root).returncode == 0
 
 
-@pytest.mark.skipif(shutil.which("shellcheck") is None, reason="shellcheck not installed (scripts/setup --test)")
+SHELLCHECK = shutil.which("shellcheck", path=f"{REPO / '.venv' / 'bin'}:{os.environ['PATH']}")
+
+
+@pytest.mark.skipif(SHELLCHECK is None, reason="shellcheck not installed (scripts/setup --test)")
 def test_the_directive_commands_are_shellcheck_clean(quoting_project, tmp_path):
     prompt = rendered_run_prompt(quoting_project)
     pull = re.search(r"^    (.* pull .*)$", prompt, re.M).group(1)
     script = tmp_path / "pasted.sh"
     script.write_text(f"#!/usr/bin/env bash\n{block_after(prompt, DIRECTIVE)}\n{pull}\n")
-    r = subprocess.run(["shellcheck", str(script)], capture_output=True, text=True)
+    r = subprocess.run([str(SHELLCHECK), str(script)], capture_output=True, text=True)
     assert r.returncode == 0, r.stdout
 
 
