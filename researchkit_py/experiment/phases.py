@@ -4,7 +4,6 @@ spec, agent, the frozen copy, locks, prompt) and prints shell assignments; `end`
 
 from __future__ import annotations
 
-import json
 import os
 import shlex
 import shutil
@@ -13,8 +12,9 @@ import sys
 import time
 from pathlib import Path
 
+from ..agents import clis
 from ..clouds import registry as clouds
-from ..errors import KitError
+from ..errors import KitError, say
 from ..settings import ENV_FILE, Settings, parse_env_file
 from . import records
 from .locks import lock, unlock
@@ -23,10 +23,6 @@ from .spec import Spec, load_spec
 
 KIT_ROOT = Path(__file__).resolve().parents[2]
 AGENTS = ("claude", "codex", "scripted")
-# The tools each phase may use (Claude Code's --allowedTools).
-PHASE_TOOLS = {"survey": "Read,Grep,Glob,WebSearch,WebFetch,Write,Edit", "run": "Read,Grep,Glob,Write,Edit,Bash",
-               "read": "Read,Grep,Glob,Write,Bash"}
-DEFAULT_TOOLS = "Read,Grep,Glob,Write,Edit"
 
 
 class Shell:
@@ -37,6 +33,9 @@ class Shell:
 
     def set(self, name: str, value: object, export: bool = False) -> None:
         self.lines.append(f"{'export ' if export else ''}{name}={shlex.quote(str(value))}")
+
+    def set_array(self, name: str, values: list[str]) -> None:
+        self.lines.append(f"{name}=({' '.join(map(shlex.quote, values))})")
 
     def text(self) -> str:
         return "\n".join(self.lines) + "\n"
@@ -52,7 +51,7 @@ def _settings_exports(settings: Settings, out: Shell) -> dict[str, str]:
     state = settings["KIT_STATE_DIR"]
     values = {
         "COMPUTE_TARGET": target.name, "KIT_STATE_DIR": state, "EXP_LOG_DIR": settings.text("EXP_LOG_DIR", f"{state}/logs"),
-        "RESULTS_ROOT": settings["RESULTS_ROOT"], "DATA_DIR": settings["DATA_DIR"],
+        "RESULTS_ROOT": settings["RESULTS_ROOT"], "DATA_DIR": settings["DATA_DIR"], "EXP_PROJECT_ROOT": settings.root,
         "ORCHESTRATION_KIT_ROOT": settings.text("ORCHESTRATION_KIT_ROOT", str(KIT_ROOT)),
     }
     for key, value in values.items():
@@ -65,16 +64,25 @@ def _settings_exports(settings: Settings, out: Shell) -> dict[str, str]:
     return values
 
 
-def _agent(settings: Settings) -> str:
+def _agent(settings: Settings, out: Shell) -> str:
+    """The agent (exported as EXP_AGENT); a CLI's version is checked once per experiment.sh
+    invocation (exported as EXP_AGENT_VERSION), with a warning outside the tested range."""
     name = settings.text("EXP_AGENT")
     if not name:
         if not shutil.which("claude"):
             raise KitError("no agent: install Claude Code (npm install -g @anthropic-ai/claude-code) or set EXP_AGENT=scripted")
-        return "claude"
+        name = "claude"
     if name not in AGENTS:
         raise KitError(f"EXP_AGENT={name} is not one of {', '.join(AGENTS)}")
     if name != "scripted" and not shutil.which(name):
         raise KitError(f"EXP_AGENT={name} but '{name}' is not on PATH; install it or set EXP_AGENT=scripted")
+    out.set("EXP_AGENT", name, export=True)
+    checked = settings.text("EXP_AGENT_VERSION")
+    if name in clis.TESTED and not checked.startswith(f"{name} "):
+        version, warning = clis.check_version(name)
+        if warning:
+            say(f"experiment.sh: {warning}")
+        out.set("EXP_AGENT_VERSION", f"{name} {version}", export=True)
     return name
 
 
@@ -101,10 +109,10 @@ def cmd_begin(args, settings: Settings) -> str:
     phase = args.phase
     if phase == "program":
         if not args.dry_run:
-            out.set("EXP_AGENT", _agent(settings), export=True)
+            _agent(settings, out)
         return out.text()
     if phase == "batch":
-        out.set("EXP_AGENT", _agent(settings), export=True)
+        _agent(settings, out)
         record = _lock_record(values, "batch")
         lock(record, _other_results(values, [Path(s).stem for s in args.specs]))  # once for all its runs
         out.set("LOCK_RECORD", record)
@@ -112,7 +120,9 @@ def cmd_begin(args, settings: Settings) -> str:
     fields = {"reason": args.reason, "question": args.question,
               "pi_directive": f"PI directive (takes precedence): {args.pi_directive}" if args.pi_directive else ""}
     spec, results = _begin_spec(args, values, fields, out)
-    out.set("EXP_AGENT", _agent(settings), export=True)
+    agent = _agent(settings, out)
+    guard: list[Path] = []  # what the agent's hook refuses to let it change
+    budget = settings.integer("EXP_PHASE_BUDGET")
     if phase == "survey":
         slug = "-".join("".join(c if c.isalnum() else " " for c in args.question).split())[:40].rstrip("-")
         fields["survey_file"] = f"surveys/{time.strftime('%Y%m%d-%H%M%S')}-{slug}.md"
@@ -120,21 +130,26 @@ def cmd_begin(args, settings: Settings) -> str:
     elif phase == "run":
         assert spec is not None and results is not None
         fields["compute_advisory"] = _begin_run(spec, results, values, settings, out)
+        guard = [spec.path, results / "spec.md"]
+        est = spec.estimated_hours
+        budget = settings.integer("EXP_TIME_BUDGET", max(600, int(est * 3600 * 2)) if est else budget)
     elif phase == "read":
         assert results is not None
         if not results.is_dir():
             raise KitError(f"no results for {results.name} in {results}; run it first (experiment.sh run {args.spec})")
-        locked = [Path(args.spec), results / "spec.md", results / "metrics.json"]
+        guard = [Path(args.spec), results / "spec.md", results / "metrics.json"]
         record = _lock_record(values, f"read-{results.name}")
-        lock(record, locked, exact_mode=0o444)
+        lock(record, guard, exact_mode=0o444)
         out.set("LOCK_RECORD", record)
-        out.set("GUARD_PATHS", ":".join(map(str, locked)))
     elif phase == "log":
         assert results is not None
         out.set("VERDICT", records.read_verdict(results) or "")
     out.set("PROMPT_FILE", _write_prompt(values, phase, fields))
-    out.set("AGENT_TOOLS", PHASE_TOOLS.get(phase, DEFAULT_TOOLS))
-    out.set("GUARD_SETTINGS", guard_settings())
+    flags, env = clis.agent_call(agent, phase, settings, guard=[p.resolve() for p in guard], budget=budget,
+                                 cloud_run=phase == "run" and clouds.target(values["COMPUTE_TARGET"]).cloud is not None)
+    out.set_array("AGENT_FLAGS", flags)
+    out.set_array("AGENT_ENV", env)
+    out.set("PHASE_BUDGET", budget)
     return out.text()
 
 
@@ -157,7 +172,7 @@ def _begin_spec(args, values: dict, fields: dict, out: Shell) -> tuple[Spec | No
 
 
 def _begin_run(spec: Spec, results: Path, values: dict, settings: Settings, out: Shell) -> str:
-    """RUN: the frozen copy READ judges against, the locks, the time budget, the directive."""
+    """RUN: the frozen copy READ judges against, the locks, the directive."""
     results.mkdir(parents=True, exist_ok=True)
     frozen = results / "spec.md"
     if frozen.exists():
@@ -169,13 +184,12 @@ def _begin_run(spec: Spec, results: Path, values: dict, settings: Settings, out:
     if not settings.get("EXP_RESULTS_LOCKED"):  # a batch locked the others' results once for all
         lock(record, _other_results(values, [spec.id]))
     out.set("LOCK_RECORD", record)
-    est = spec.estimated_hours
-    out.set("RUN_BUDGET_SECONDS", settings.text("EXP_TIME_BUDGET") or (str(max(600, int(est * 3600 * 2))) if est else ""))
     target = values["COMPUTE_TARGET"]
     if clouds.target(target).cloud:
         data_dir = values["DATA_DIR"]
+        # Absolute paths, and EXP_PROJECT_ROOT exported: the block runs the same from any directory.
         return compute_directive(
-            target, okit=values["ORCHESTRATION_KIT_ROOT"], spec=str(spec.path), results=str(results),
+            target, okit=values["ORCHESTRATION_KIT_ROOT"], spec=str(spec.path.resolve()), results=str(results.resolve()),
             command=spec.run_command, data_dir=data_dir if Path(data_dir).is_dir() else None,
             max_hours=f"{settings.max_hours(spec.budget.get('max_gpu_hours')):g}")
     # Local RUN gets the preflight advisory only when a tools root is configured: without one,
@@ -204,13 +218,20 @@ def cmd_end(args, settings: Settings) -> str:
     log = Path(args.log)
     print("\n".join("  " + line for line in summary(log).splitlines()))
     stderr = Path(f"{log}.stderr")
-    if stderr.is_file() and stderr.stat().st_size:
-        tail = stderr.read_text(encoding="utf-8", errors="replace").splitlines()[-5:]
-        print("\n".join(f"  ! {line}" for line in tail), file=sys.stderr)
+    errors = stderr.read_text(encoding="utf-8", errors="replace") if stderr.is_file() else ""
+    if errors:
+        print("\n".join(f"  ! {line}" for line in errors.splitlines()[-5:]), file=sys.stderr)
     if args.phase == "run" and args.rc == 124:
         records.abort_metrics(Path(args.results), f"RUN exceeded its time budget of {args.budget}s")
         raise KitError(f"RUN of {args.spec_id} exceeded its time budget ({args.budget}s); "
                        f"{args.results}/metrics.json records the abort")
+    if args.rc == 124:
+        raise KitError(f"{args.phase.upper()} ran past its time budget ({args.budget}s) and was stopped; see {log} "
+                       f"(EXP_PHASE_BUDGET sets it)")
+    agent, _, version = settings.text("EXP_AGENT_VERSION").partition(" ")
+    refused = clis.refused_flag(agent, version, errors) if args.rc != 0 else None
+    if refused:
+        raise KitError(refused)
     if args.rc != 0:
         what = {"frame": f"FRAME failed for {args.spec}", "run": f"RUN of {args.spec_id} failed (exit {args.rc})",
                 "read": f"READ of {args.spec_id} failed (exit {args.rc})"}.get(args.phase, f"{args.phase.upper()} failed")
@@ -226,9 +247,3 @@ def cmd_end(args, settings: Settings) -> str:
         return f"  Verdict: {verdict}\n"
     return ""
 
-
-def guard_settings() -> str:
-    """Claude Code --settings JSON registering the PreToolUse guard."""
-    matcher = "Edit|MultiEdit|Write|NotebookEdit|Bash"
-    hook = shlex.quote(str(KIT_ROOT / "tools" / "guard-hook"))
-    return json.dumps({"hooks": {"PreToolUse": [{"matcher": matcher, "hooks": [{"type": "command", "command": hook}]}]}})

@@ -6,7 +6,7 @@ load test_helper
   cat >"$SANDBOX/want" <<WANT
 claude FRAME
 claude RUN
-cloud-run run python3 train.py --output-dir results/exp-001-toy-logreg/
+cloud-run run --output-dir results/exp-001-toy-logreg/
 cloud-run pull stub-run-1 --output-dir results/exp-001-toy-logreg
 artifact-store hydrate results/exp-001-toy-logreg
 claude READ
@@ -27,8 +27,7 @@ WANT
 @test "sync warns when metrics.json did not come back, and survives a failed pull" {
   use_stub_tools
   mkdir -p results/exp-001-toy-logreg && echo stub-run-9 >results/exp-001-toy-logreg/.cloud-run-id
-  cat >"$SANDBOX/bin/claude" <<'STUB'
-#!/usr/bin/env bash
+  stub_agent claude <<'STUB'
 echo '{"type":"result","result":"did nothing"}'
 STUB
   STUB_PULL_EXIT=1 COMPUTE_TARGET=ec2 EXP_AGENT=claude run -1 "$EXP" cycle "$SPEC"
