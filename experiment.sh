@@ -54,11 +54,12 @@ kit() { "${PY[@]}" researchkit_py.experiment.cli "$@"; }
 
 # phase_begin PHASE ARGS...: settings, agent, spec, locks and prompt in one Python call; it
 # prints assignments (every value shell-quoted: nothing from a file or spec runs) — the
-# settings (exported), SPEC_ID, RESULTS_PATH, PROMPT_FILE, LOCK_RECORD, GUARD_PATHS, …
+# settings (exported), SPEC_ID, RESULTS_PATH, PROMPT_FILE, LOCK_RECORD, PHASE_BUDGET, and the
+# agent CLI's flags and environment for this phase (AGENT_FLAGS, AGENT_ENV), …
 phase_begin() {
   local assignments
-  SPEC_ID="" SPEC_TITLE="" RESULTS_PATH="" RUN_BUDGET_SECONDS="" VERDICT="" SURVEY_FILE=""
-  PROMPT_FILE="" AGENT_TOOLS="" LOCK_RECORD="" GUARD_PATHS="" GUARD_SETTINGS=""
+  SPEC_ID="" SPEC_TITLE="" RESULTS_PATH="" PHASE_BUDGET="" VERDICT="" SURVEY_FILE=""
+  PROMPT_FILE="" LOCK_RECORD="" AGENT_FLAGS=() AGENT_ENV=()
   assignments="$(kit begin "$@")" || exit 1
   eval "$assignments"
   if [[ -n "$LOCK_RECORD" ]]; then LOCK_RECORDS+=("$LOCK_RECORD"); fi
@@ -69,7 +70,8 @@ phase_begin() {
 phase_end() {
   local phase="$1" rc="$2"
   shift 2
-  kit end "$phase" --rc "$rc" --log "$EXP_LOG_DIR/$phase.log" --lock-record "$LOCK_RECORD" "$@" || exit 1
+  kit end "$phase" --rc "$rc" --log "$EXP_LOG_DIR/$phase.log" --lock-record "$LOCK_RECORD" --budget "$PHASE_BUDGET" \
+    "$@" || exit 1
   LOCK_RECORDS=()
 }
 
@@ -81,7 +83,8 @@ release_locks() {
   LOCK_RECORDS=()
 }
 on_signal() {
-  if [[ -n "$AGENT_PID" ]]; then kill -TERM "$AGENT_PID" 2>/dev/null || true; fi
+  # The agent leads a process group of its own (see invoke_agent): stop all of it.
+  if [[ -n "$AGENT_PID" ]]; then kill -TERM -- "-$AGENT_PID" 2>/dev/null || kill -TERM "$AGENT_PID" 2>/dev/null || true; fi
   release_locks
   exit "$1"
 }
@@ -92,10 +95,11 @@ install_traps() {
 }
 
 # ---------- the agent call ----------
-# invoke_agent PHASE [scripted-agent args...]; the prompt is $PROMPT_FILE; honours AGENT_BUDGET
-# (seconds). Its exit code is the agent's (124 when the budget stopped it).
+# invoke_agent PHASE [scripted-agent args...]; the prompt is $PROMPT_FILE, the flags and
+# environment of the agent's CLI for this phase AGENT_FLAGS and AGENT_ENV (kit begin). Its exit
+# code is the agent's, 124 when the phase's budget (PHASE_BUDGET seconds) stopped it.
 invoke_agent() {
-  local phase="$1" log rc=0 task
+  local phase="$1" log rc=0 task t0=$SECONDS
   shift
   mkdir -p "$EXP_LOG_DIR"
   log="$EXP_LOG_DIR/$phase.log"
@@ -104,18 +108,25 @@ invoke_agent() {
   case "$EXP_AGENT" in
     claude)
       cmd=(claude -p "$task" --append-system-prompt "$(cat "$PROMPT_FILE")" --output-format stream-json --verbose
-        --allowedTools "$AGENT_TOOLS" --settings "$GUARD_SETTINGS") ;;
+        "${AGENT_FLAGS[@]}") ;;
     codex)
-      cmd=(codex exec --json --full-auto "$(cat "$PROMPT_FILE")"$'\n\n'"$task") ;;
+      cmd=(codex exec --json "${AGENT_FLAGS[@]}" "$(cat "$PROMPT_FILE")"$'\n\n'"$task") ;;
     scripted)
       cmd=("${PY[@]}" researchkit_py.agents.scripted "$phase" --prompt "$PROMPT_FILE" "$@") ;;
   esac
-  if [[ -n "${AGENT_BUDGET:-}" ]]; then cmd=(timeout --kill-after=30 "$AGENT_BUDGET" "${cmd[@]}"); fi
-  # In the background so a Ctrl-C here can stop it (timeout runs it in its own process group).
-  EXP_GUARD_PATHS="$GUARD_PATHS" "${cmd[@]}" >"$log" 2>"$log.stderr" </dev/null &
+  # timeout puts the agent in a process group of its own and signals the whole group (on its
+  # budget, and when on_signal stops it): codex's npm wrapper would leave codex running.
+  # In the background so that a Ctrl-C here reaches on_signal at once.
+  env ${AGENT_ENV[@]+"${AGENT_ENV[@]}"} timeout --kill-after=30 "$PHASE_BUDGET" "${cmd[@]}" \
+    >"$log" 2>"$log.stderr" </dev/null &
   AGENT_PID=$!
   wait "$AGENT_PID" || rc=$?
   AGENT_PID=""
+  if [[ ($rc -eq 124 || $rc -eq 137) && $((SECONDS - t0)) -ge $PHASE_BUDGET ]]; then
+    rc=124  # recorded in the phase log, where watch and the summary show it
+    printf '{"type":"result","subtype":"error_budget","is_error":true,"result":"researchkit stopped the agent: %s ran past its time budget of %s s"}\n' \
+      "${phase^^}" "$PHASE_BUDGET" >>"$log"
+  fi
   return "$rc"
 }
 
@@ -156,8 +167,8 @@ run_run() {
   require_spec "$spec" run
   phase_begin run --spec "$spec"
   note "${CYAN}── RUN $SPEC_ID (compute: $COMPUTE_TARGET) ──${NC}"
-  AGENT_BUDGET="$RUN_BUDGET_SECONDS" invoke_agent run --spec "$spec" --results "$RESULTS_PATH" || rc=$?
-  phase_end run "$rc" --spec-id "$SPEC_ID" --results "$RESULTS_PATH" --budget "$RUN_BUDGET_SECONDS"
+  invoke_agent run --spec "$spec" --results "$RESULTS_PATH" || rc=$?
+  phase_end run "$rc" --spec-id "$SPEC_ID" --results "$RESULTS_PATH"
 }
 
 # Pull results from the cloud after a remote RUN phase. No-op unless COMPUTE_TARGET is a cloud target.

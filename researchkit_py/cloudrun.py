@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import signal
 import sys
 from pathlib import Path
 
 from . import protocol
 from .argv import ArgumentParser
-from .errors import KitError, ProviderError, run_cli, say
+from .errors import KitError, ProviderError, UsageError, run_cli, say
 from .settings import Settings
 
 
@@ -26,8 +27,10 @@ def _parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="cmd", metavar="COMMAND")
 
     r = sub.add_parser("run", parents=[common], help="launch a command on a fresh VM; wait and pull unless --detach")
-    r.add_argument("command", help="shell command, run in the unpacked project; write outputs to $RESULTS_DIR")
-    r.add_argument("--spec", default="", help="experiment spec this run belongs to (names the run)")
+    r.add_argument("command", nargs="?", default="",
+                   help="shell command (single-quoted), run in the unpacked project; write outputs to $RESULTS_DIR "
+                        "(default: the spec's `## Run` command)")
+    r.add_argument("--spec", default="", help="experiment spec this run belongs to (names the run; gives the command)")
     r.add_argument("--data-dirs", default="", help="comma-separated directories to ship beside the code")
     r.add_argument("--output-dir", help="where results are pulled (attached mode)")
     r.add_argument("--max-hours", type=float, help="hard deadline; the VM is deleted by then whatever happens")
@@ -125,8 +128,10 @@ def cmd_run(ctx, args) -> int:
     output_dir = Path(args.output_dir) if args.output_dir else None
     if output_dir is not None:
         check_output_dir(output_dir)
+    command = args.command or _spec_command(args.spec)
+    shown = f"cloud-run: command{'' if args.command else f' (the `## Run` block of {args.spec})'}: {shlex.quote(command)}"
     opts = LaunchOptions(
-        command=args.command, spec=args.spec,
+        command=command, spec=args.spec,
         data_dirs=[d for d in args.data_dirs.split(",") if d.strip()],
         max_hours=deadline_hours(ctx.settings.with_flags(MAX_GPU_HOURS=_flag(args.max_hours))),
         env=parse_env_pairs(args.env), machine_type=args.machine_type, spot=args.spot,
@@ -134,6 +139,7 @@ def cmd_run(ctx, args) -> int:
     )
     if args.dry_run:
         plan = plan_launch(ctx, opts, upload=False)
+        say(shown)
         req = plan.request
         say(f"cloud-run: dry run — would create {req.name} on {ctx.provider.name} with labels {req.labels}, "
             f"deadline {req.max_seconds} s, bucket {ctx.store.url}; nothing was created")
@@ -141,13 +147,31 @@ def cmd_run(ctx, args) -> int:
         return 0
     _terminate_on_sigterm()
     plan = launch(ctx, opts)
+    say(shown)  # once it is valid: an error stays one line
     run_id = plan.run_id
+    if output_dir is not None:  # at once, so that a wait cut short still leaves the id for a later pull
+        output_dir.mkdir(parents=True, exist_ok=True)
+        (output_dir / ".cloud-run-id").write_text(run_id + "\n")
     try:
         return _after_launch(ctx, args, plan, output_dir)
     except KeyboardInterrupt:  # from here on the VM runs its course and deletes itself
         say(f"\ncloud-run: stopped waiting; {run_id} goes on. `cloud-run status {run_id}`, "
             f"or `cloud-run terminate {run_id}` to stop it")
         return 130
+
+
+def _spec_command(spec: str) -> str:
+    """The command of the spec's `## Run` block, for `run --spec SPEC` without a command."""
+    from .experiment.spec import load_spec
+
+    if not spec:
+        raise UsageError("run needs a command (single-quoted: 'python3 train.py --out \"$RESULTS_DIR\"') "
+                         "or --spec SPEC whose `## Run` block has one")
+    command = load_spec(spec).run_command
+    if not command:
+        raise UsageError(f"{spec} has no command in a ``` block under '## Run'; add one there, or give the "
+                         f"command (single-quoted) as the first argument of `cloud-run run`")
+    return command
 
 
 def _after_launch(ctx, args, plan, output_dir: Path | None) -> int:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import sys
 from pathlib import Path
 
@@ -128,13 +129,13 @@ def launch(args) -> int:
             plan = lifecycle.plan_launch(ctx, opts, upload=False)
             print(plan.script)
             body = json.dumps(ctx.provider.request_body(plan.request), indent=2)
-            say(f"dry run, experiment {exp} ({command!r} from {source}): would insert\n{body}\nnothing was created")
+            say(f"dry run, experiment {exp} ({shlex.quote(command)} from {source}): would insert\n{body}\nnothing was created")
             continue
         plan = lifecycle.launch(ctx, opts)
         launched.append((exp, plan))
         print(plan.run_id)
         say(f"Experiment {exp} launched: VM {plan.manifest.instance} in {plan.manifest.zone or ctx.provider.zones[0]} "
-                      f"runs {command!r} ({source})")
+                      f"runs {shlex.quote(command)} ({source})")
     if launched:
         bucket = ctx.store.url
         many = len(launched) > 1

@@ -1,7 +1,7 @@
 """The scripted agent: every phase done by plain code, so the whole cycle runs without an LLM.
 
-It reads the same rendered prompt the LLM agents get, and obeys it: in RUN, a mandatory
-compute directive in the prompt is executed as written (its `cloud-run run …` command).
+It reads the same rendered prompt the LLM agents get, and obeys it: in RUN, the command block of
+a mandatory compute directive is pasted into bash as written, as a model does.
 Its log is JSON lines in the same shape as Claude Code's stream-json.
 """
 
@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import json
 import re
-import shlex
 import subprocess
+import textwrap
 import time
 from pathlib import Path
 
@@ -38,19 +38,20 @@ def finish(ok: bool, text: str) -> int:
     return 0 if ok else 1
 
 
-def directive_command(prompt: str) -> list[str] | None:
-    """The `cloud-run run …` invocation a mandatory directive prescribes, as argv."""
+def directive_block(prompt: str) -> str | None:
+    """The command block a mandatory directive prescribes — the indented lines after "Use
+    cloud-run to execute the experiment:" — exactly as written (dedented), as a model copies it."""
     if "(MANDATORY" not in prompt:
         return None
-    m = re.search(r"Use cloud-run to execute the experiment:\n((?:.+\n?)+?)\n", prompt)
-    if not m:
-        return None
-    return shlex.split(m.group(1).replace("\\\n", " "))
+    m = re.search(r"^Use cloud-run to execute the experiment:\n((?:[ \t]+\S.*\n?)+)", prompt, re.M)
+    return textwrap.dedent(m.group(1)).rstrip("\n") if m else None
 
 
-def stream(argv: list[str], env: dict[str, str]) -> int:
-    emit("assistant", message={"content": [{"type": "tool_use", "name": "Bash", "input": {"command": shlex.join(argv)}}]})
-    proc = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace")
+def stream(command: str, env: dict[str, str]) -> int:
+    """Paste `command` into bash, as a model's shell tool does; stream what it prints."""
+    emit("assistant", message={"content": [{"type": "tool_use", "name": "Bash", "input": {"command": command}}]})
+    proc = subprocess.Popen(["bash", "-c", command], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, errors="replace")
     assert proc.stdout is not None
     for line in proc.stdout:
         emit("user", message={"content": [{"type": "tool_result", "content": line.rstrip()}]})
@@ -72,13 +73,13 @@ def phase_run(args, prompt: str) -> int:
     results = Path(args.results)
     results.mkdir(parents=True, exist_ok=True)
     env = {**Settings(read_file=False).environ, "RESULTS_DIR": str(results)}
-    argv = directive_command(prompt)
-    if argv:
+    command = directive_block(prompt)
+    if command:
         say("The compute directive is mandatory: running the experiment through cloud-run.")
     else:
-        argv = ["bash", "-c", spec.run_command]
+        command = spec.run_command
         say(f"Running the experiment locally with RESULTS_DIR={results}.")
-    code = stream(argv, env)
+    code = stream(command, env)
     if code != 0:
         return finish(False, f"the experiment command exited {code}")
     found = "metrics.json present" if (results / "metrics.json").exists() else "no metrics.json yet"

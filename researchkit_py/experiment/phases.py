@@ -4,7 +4,6 @@ spec, agent, the frozen copy, locks, prompt) and prints shell assignments; `end`
 
 from __future__ import annotations
 
-import json
 import os
 import shlex
 import shutil
@@ -13,8 +12,9 @@ import sys
 import time
 from pathlib import Path
 
+from ..agents import clis
 from ..clouds import registry as clouds
-from ..errors import KitError
+from ..errors import KitError, say
 from ..settings import ENV_FILE, Settings, parse_env_file
 from . import records, runrecord
 from .locks import lock, unlock
@@ -23,10 +23,6 @@ from .spec import Spec, load_spec
 
 KIT_ROOT = Path(__file__).resolve().parents[2]
 AGENTS = ("claude", "codex", "scripted")
-# The tools each phase may use (Claude Code's --allowedTools).
-PHASE_TOOLS = {"survey": "Read,Grep,Glob,WebSearch,WebFetch,Write,Edit", "run": "Read,Grep,Glob,Write,Edit,Bash",
-               "read": "Read,Grep,Glob,Write,Bash"}
-DEFAULT_TOOLS = "Read,Grep,Glob,Write,Edit"
 
 
 class Shell:
@@ -37,6 +33,9 @@ class Shell:
 
     def set(self, name: str, value: object, export: bool = False) -> None:
         self.lines.append(f"{'export ' if export else ''}{name}={shlex.quote(str(value))}")
+
+    def set_array(self, name: str, values: list[str]) -> None:
+        self.lines.append(f"{name}=({' '.join(map(shlex.quote, values))})")
 
     def text(self) -> str:
         return "\n".join(self.lines) + "\n"
@@ -52,7 +51,7 @@ def _settings_exports(settings: Settings, out: Shell) -> dict[str, str]:
     state = settings["KIT_STATE_DIR"]
     values = {
         "COMPUTE_TARGET": target.name, "KIT_STATE_DIR": state, "EXP_LOG_DIR": settings.text("EXP_LOG_DIR", f"{state}/logs"),
-        "RESULTS_ROOT": settings["RESULTS_ROOT"], "DATA_DIR": settings["DATA_DIR"],
+        "RESULTS_ROOT": settings["RESULTS_ROOT"], "DATA_DIR": settings["DATA_DIR"], "EXP_PROJECT_ROOT": settings.root,
         "ORCHESTRATION_KIT_ROOT": settings.text("ORCHESTRATION_KIT_ROOT", str(KIT_ROOT)),
     }
     for key, value in values.items():
@@ -65,16 +64,25 @@ def _settings_exports(settings: Settings, out: Shell) -> dict[str, str]:
     return values
 
 
-def _agent(settings: Settings) -> str:
+def _agent(settings: Settings, out: Shell) -> str:
+    """The agent (exported as EXP_AGENT); a CLI's version is checked once per experiment.sh
+    invocation (exported as EXP_AGENT_VERSION), with a warning outside the tested range."""
     name = settings.text("EXP_AGENT")
     if not name:
         if not shutil.which("claude"):
             raise KitError("no agent: install Claude Code (npm install -g @anthropic-ai/claude-code) or set EXP_AGENT=scripted")
-        return "claude"
+        name = "claude"
     if name not in AGENTS:
         raise KitError(f"EXP_AGENT={name} is not one of {', '.join(AGENTS)}")
     if name != "scripted" and not shutil.which(name):
         raise KitError(f"EXP_AGENT={name} but '{name}' is not on PATH; install it or set EXP_AGENT=scripted")
+    out.set("EXP_AGENT", name, export=True)
+    checked = settings.text("EXP_AGENT_VERSION")
+    if name in clis.TESTED and not checked.startswith(f"{name} "):
+        version, warning = clis.check_version(name)
+        if warning:
+            say(f"experiment.sh: {warning}")
+        out.set("EXP_AGENT_VERSION", f"{name} {version}", export=True)
     return name
 
 
@@ -101,10 +109,10 @@ def cmd_begin(args, settings: Settings) -> str:
     phase = args.phase
     if phase == "program":
         if not args.dry_run:
-            out.set("EXP_AGENT", _agent(settings), export=True)
+            _agent(settings, out)
         return out.text()
     if phase == "batch":
-        out.set("EXP_AGENT", _agent(settings), export=True)
+        _agent(settings, out)
         record = _lock_record(values, "batch")
         lock(record, _other_results(values, [Path(s).stem for s in args.specs]))  # once for all its runs
         out.set("LOCK_RECORD", record)
@@ -112,7 +120,9 @@ def cmd_begin(args, settings: Settings) -> str:
     fields = {"reason": args.reason, "question": args.question,
               "pi_directive": f"PI directive (takes precedence): {args.pi_directive}" if args.pi_directive else ""}
     spec, results = _begin_spec(args, values, fields, out)
-    out.set("EXP_AGENT", _agent(settings), export=True)
+    agent = _agent(settings, out)
+    guard: list[Path] = []  # what the agent's hook refuses to let it change
+    budget = settings.integer("EXP_PHASE_BUDGET")
     if phase == "survey":
         slug = "-".join("".join(c if c.isalnum() else " " for c in args.question).split())[:40].rstrip("-")
         fields["survey_file"] = f"surveys/{time.strftime('%Y%m%d-%H%M%S')}-{slug}.md"
@@ -120,22 +130,27 @@ def cmd_begin(args, settings: Settings) -> str:
     elif phase == "run":
         assert spec is not None and results is not None
         fields["compute_advisory"] = _begin_run(spec, results, values, settings, out)
+        guard = [spec.path, results / "spec.md"]
+        est = spec.estimated_hours
+        budget = settings.integer("EXP_TIME_BUDGET", max(600, int(est * 3600 * 2)) if est else budget)
     elif phase == "read":
         assert results is not None
         if not results.is_dir():
             raise KitError(f"no results for {results.name} in {results}; run it first (experiment.sh run {args.spec})")
-        locked = [Path(args.spec), results / "spec.md", results / "metrics.json", results / runrecord.RECORD]
+        guard = [Path(args.spec), results / "spec.md", results / "metrics.json", results / runrecord.RECORD]
         record = _lock_record(values, f"read-{results.name}")
-        lock(record, locked, exact_mode=0o444)
+        lock(record, guard, exact_mode=0o444)
         out.set("LOCK_RECORD", record)
-        out.set("GUARD_PATHS", ":".join(map(str, locked)))
         fields["run_record"] = runrecord.read_brief(results)
     elif phase == "log":
         assert results is not None
         out.set("VERDICT", records.read_verdict(results) or "")
     out.set("PROMPT_FILE", _write_prompt(values, phase, fields))
-    out.set("AGENT_TOOLS", PHASE_TOOLS.get(phase, DEFAULT_TOOLS))
-    out.set("GUARD_SETTINGS", guard_settings())
+    flags, env = clis.agent_call(agent, phase, settings, guard=[p.resolve() for p in guard], budget=budget,
+                                 cloud_run=phase == "run" and clouds.target(values["COMPUTE_TARGET"]).cloud is not None)
+    out.set_array("AGENT_FLAGS", flags)
+    out.set_array("AGENT_ENV", env)
+    out.set("PHASE_BUDGET", budget)
     return out.text()
 
 
@@ -158,8 +173,7 @@ def _begin_spec(args, values: dict, fields: dict, out: Shell) -> tuple[Spec | No
 
 
 def _begin_run(spec: Spec, results: Path, values: dict, settings: Settings, out: Shell) -> str:
-    """RUN: the frozen copy READ judges against, the record of this run, the locks, the time
-    budget, the directive."""
+    """RUN: the frozen copy READ judges against, the record of this run, the locks, the directive."""
     errors = spec.criteria_errors()
     if errors:  # READ could never judge them: nothing runs (FRAME says the same)
         raise KitError(f"{spec.path}: {'; '.join(errors)}")
@@ -176,12 +190,11 @@ def _begin_run(spec: Spec, results: Path, values: dict, settings: Settings, out:
     out.set("LOCK_RECORD", record)
     target = values["COMPUTE_TARGET"]
     runrecord.start(results, spec.id, target, cloud=bool(clouds.target(target).cloud))
-    est = spec.estimated_hours
-    out.set("RUN_BUDGET_SECONDS", settings.text("EXP_TIME_BUDGET") or (str(max(600, int(est * 3600 * 2))) if est else ""))
     if clouds.target(target).cloud:
         data_dir = values["DATA_DIR"]
+        # Absolute paths, and EXP_PROJECT_ROOT exported: the block runs the same from any directory.
         return compute_directive(
-            target, okit=values["ORCHESTRATION_KIT_ROOT"], spec=str(spec.path), results=str(results),
+            target, okit=values["ORCHESTRATION_KIT_ROOT"], spec=str(spec.path.resolve()), results=str(results.resolve()),
             command=spec.run_command, data_dir=data_dir if Path(data_dir).is_dir() else None,
             max_hours=f"{clouds.deadline_hours(settings, spec.budget.get('max_gpu_hours')):g}")
     # Local RUN gets the preflight advisory only when a tools root is configured: without one,
@@ -210,15 +223,27 @@ def cmd_end(args, settings: Settings) -> str:
     log = Path(args.log)
     print("\n".join("  " + line for line in summary(log).splitlines()))
     stderr = Path(f"{log}.stderr")
-    if stderr.is_file() and stderr.stat().st_size:
-        tail = stderr.read_text(encoding="utf-8", errors="replace").splitlines()[-5:]
-        print("\n".join(f"  ! {line}" for line in tail), file=sys.stderr)
-    if args.phase == "run":
-        return _end_run(args, log)
+    errors = stderr.read_text(encoding="utf-8", errors="replace") if stderr.is_file() else ""
+    if errors:
+        print("\n".join(f"  ! {line}" for line in errors.splitlines()[-5:]), file=sys.stderr)
+    record = _finish_run(args) if args.phase == "run" else None
+    if args.phase == "run" and args.rc == 124:
+        raise KitError(f"RUN of {args.spec_id} exceeded its time budget ({args.budget}s); "
+                       f"{args.results}/metrics.json records the abort")
+    if args.rc == 124:
+        raise KitError(f"{args.phase.upper()} ran past its time budget ({args.budget}s) and was stopped; see {log} "
+                       f"(EXP_PHASE_BUDGET sets it)")
+    agent, _, version = settings.text("EXP_AGENT_VERSION").partition(" ")
+    refused = clis.refused_flag(agent, version, errors) if args.rc != 0 else None
+    if refused:
+        raise KitError(refused)
     if args.rc != 0:
-        what = {"frame": f"FRAME failed for {args.spec}", "run": f"RUN of {args.spec_id} failed (exit {args.rc})",
+        what = {"frame": f"FRAME failed for {args.spec}",
+                "run": f"RUN of {args.spec_id} failed (exit {args.rc}){_cloud_failure(record)}",
                 "read": f"READ of {args.spec_id} failed (exit {args.rc})"}.get(args.phase, f"{args.phase.upper()} failed")
         raise KitError(f"{what}; see {log}")
+    if record is not None:
+        return _run_outcome(args, record, log)
     if args.phase == "frame":  # whatever the agent did, RUN starts only from a complete spec
         problems = load_spec(args.spec).problems(scripted=settings.text("EXP_AGENT") == "scripted")
         if problems:
@@ -228,25 +253,28 @@ def cmd_end(args, settings: Settings) -> str:
     return ""
 
 
-def _end_run(args, log: Path) -> str:
-    """RUN's record says what the run came to; a failed or stopped run fails the phase."""
-    results = Path(args.results)
+def _finish_run(args) -> dict:
+    """RUN's record says what the run came to, written before any check can fail the phase."""
     aborted = f"RUN exceeded its time budget of {args.budget}s" if args.rc == 124 else ""
     if aborted:
-        records.abort_metrics(results, aborted)
-    record = runrecord.finish(results, args.rc, aborted)
-    run = record.get("run_id") or args.spec_id
-    cloud_failure = f": run {run} FAILED: {record['cause']}" if record["cloud"] and record["state"] == "FAILED" else ""
-    if aborted:
-        raise KitError(f"RUN of {args.spec_id} exceeded its time budget ({args.budget}s); "
-                       f"{args.results}/metrics.json records the abort")
-    if args.rc != 0:
-        raise KitError(f"RUN of {args.spec_id} failed (exit {args.rc}){cloud_failure}; see {log}")
+        records.abort_metrics(Path(args.results), aborted)
+    return runrecord.finish(Path(args.results), args.rc, aborted)
+
+
+def _cloud_failure(record: dict | None) -> str:
+    if not record or not record["cloud"] or record["state"] != "FAILED":
+        return ""
+    return f": run {record.get('run_id') or '(none)'} FAILED: {record['cause']}"
+
+
+def _run_outcome(args, record: dict, log: Path) -> str:
+    """A run that failed fails RUN, whatever the agent said; one still going is said so."""
+    run = record.get("run_id")
     if record["state"] == "FAILED":
-        raise KitError(f"RUN of {args.spec_id} failed{cloud_failure}; "
-                       + (f"`cloud-run logs {run}` shows why" if record.get("run_id") else f"see {log}"))
+        raise KitError(f"RUN of {args.spec_id} failed{_cloud_failure(record)}; "
+                       + (f"`cloud-run logs {run}` shows why" if run else f"see {log}"))
     if record["state"] != runrecord.DONE:
-        return f"  run {run} is {record['state']}: {record['cause']}\n"
+        return f"  run {run or args.spec_id} is {record['state']}: {record['cause']}\n"
     return ""
 
 
@@ -266,9 +294,3 @@ def _end_read(results: Path, spec_id: str) -> str:
         analysis.write_text(text.rstrip("\n") + f"\n\n{runrecord.provenance(results)}\n")
     return f"  Verdict: {verdict}\n"
 
-
-def guard_settings() -> str:
-    """Claude Code --settings JSON registering the PreToolUse guard."""
-    matcher = "Edit|MultiEdit|Write|NotebookEdit|Bash"
-    hook = shlex.quote(str(KIT_ROOT / "tools" / "guard-hook"))
-    return json.dumps({"hooks": {"PreToolUse": [{"matcher": matcher, "hooks": [{"type": "command", "command": hook}]}]}})

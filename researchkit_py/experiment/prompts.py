@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import shlex
 from pathlib import Path
 
 from ..clouds.registry import target as compute_target
@@ -14,32 +15,38 @@ PHASES = ("survey", "frame", "run", "read", "log", "synthesize")
 
 def compute_directive(target: str, *, okit: str, spec: str, results: str, command: str,
                       data_dir: str | None, max_hours: str) -> str:
-    """The mandatory directive (orchestration-kit's wording), for each cloud target; empty for local."""
+    """The mandatory directive (orchestration-kit's wording), for each cloud target; empty for
+    local. Its command block needs no quoting of the experiment's command: `cloud-run run
+    --spec` takes it from the spec's `## Run` block; every path in it is shell-quoted, so the
+    block runs as written when pasted into bash (tests/py/test_directive.py pastes it)."""
     t = compute_target(target)
     if t.cloud is None:
         return ""
-    label, backend, where = t.label, t.cloud, t.where
-    data = f"      --data-dirs {data_dir}/ \\\n" if data_dir else ""
-    run = command.replace('"', '\\"') if command and "\n" not in command else "python <your-script>"
+    q = shlex.quote
+    tool, out = q(f"{okit}/tools/cloud-run"), q(f"{results}/")
+    args = [f"--backend {t.cloud}", f"--spec {q(spec)}", *([f"--data-dirs {q(data_dir + '/')}"] if data_dir else []),
+            f"--output-dir {out}", f"--max-hours {max_hours}"]
+    block = f"  {tool} run \\\n" + " \\\n".join(f"      {a}" for a in args)
+    shown = q(command) if command else "(none yet: the spec has no command in a ``` block under '## Run')"
     return f"""
-## Compute Directive (MANDATORY — {label})
-ALL training and heavy computation MUST run {where}. Do NOT run model training locally.
+## Compute Directive (MANDATORY — {t.label})
+ALL training and heavy computation MUST run {t.where}. Do NOT run model training locally.
 
 Use cloud-run to execute the experiment:
-  {okit}/tools/cloud-run run "{run}" \\
-      --backend {backend} \\
-      --spec {spec} \\
-{data}      --output-dir {results}/ \\
-      --max-hours {max_hours}
+{block}
+
+Paste that command into the shell exactly as it is. cloud-run takes the experiment's command
+from the spec's `## Run` block and runs it on the VM, where $RESULTS_DIR is set:
+{shown}
 
 IMPORTANT:
 - Do NOT use --detach. Wait for the run to complete.
 - After cloud-run finishes, pull results:
-    {okit}/tools/cloud-run pull <run-id> --output-dir {results}/
+    {tool} pull --backend {t.cloud} "$(cat {q(f"{results}/.cloud-run-id")})" --output-dir {out}
 - Write the cloud-run run-id to {results}/.cloud-run-id (cloud-run run writes it for you).
 - Verify metrics.json exists in {results}/ before exiting.
 - You may run the MVE (minimal viable experiment) locally for fast iteration,
-  but the FULL experiment (all splits, all configs) MUST run {where}.
+  but the FULL experiment (all splits, all configs) MUST run {t.where}.
 - Local-only tasks (data loading verification, normalization checks, small sanity checks) are fine locally."""
 
 

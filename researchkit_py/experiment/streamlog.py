@@ -21,6 +21,8 @@ def render_event(line: str) -> str | None:
         return line
     kind = ev.get("type", "")
     if kind == "system":
+        if ev.get("subtype") == "api_retry":  # claude: the model API failed; it tries again
+            return f"[retry {ev.get('attempt')}/{ev.get('max_retries')}] {ev.get('error_status') or ''} {ev.get('error') or ''}".rstrip()
         return f"[{ev.get('subtype', 'system')}] {ev.get('agent') or ev.get('model') or ''} {ev.get('phase', '')}".rstrip()
     if kind in ("assistant", "user"):
         parts = []
@@ -39,15 +41,35 @@ def render_event(line: str) -> str | None:
         cost = f", ${ev['total_cost_usd']:.2f}" if isinstance(ev.get("total_cost_usd"), (int, float)) else ""
         secs = f" in {ev['duration_ms'] / 1000:.1f}s" if isinstance(ev.get("duration_ms"), (int, float)) else ""
         return f"[{flag}{secs}{cost}] {ev.get('result', '')}".rstrip()
-    if kind == "item.completed":  # codex
-        item = ev.get("item") or {}
-        if item.get("type") == "agent_message":
+    return _render_codex(kind, ev)
+
+
+def _render_codex(kind: str, ev: dict) -> str | None:
+    """codex exec --json (the event shapes are in tests/agents/FACTS.md)."""
+    item = ev.get("item") or {}
+    what = item.get("type")
+    if kind == "thread.started":
+        return f"[init] codex thread {ev.get('thread_id', '')}".rstrip()
+    if kind == "item.started" and what == "command_execution":
+        return f"→ $ {item.get('command')}"
+    if kind == "item.completed":
+        if what == "agent_message":
             return item.get("text")
-        if item.get("type") == "command_execution":
-            return f"→ $ {item.get('command')} (exit {item.get('exit_code')})"
+        if what == "command_execution":
+            output = (item.get("aggregated_output") or "").strip()
+            return f"← exit {item.get('exit_code')}" + (f": {output[-300:]}" if output else "")
+        if what == "file_change":
+            return "\n".join(f"✎ {c.get('kind')} {c.get('path')}" for c in item.get("changes") or []) or None
+        if what == "error":
+            return f"[warning] {item.get('message', '')}"
         return None
-    if kind in ("turn.completed", "turn.failed"):
-        return f"[{'done' if kind == 'turn.completed' else 'error'}] {(ev.get('error') or {}).get('message', '')}".rstrip()
+    if kind == "error":
+        return f"[error] {ev.get('message', '')}"
+    if kind == "turn.completed":
+        usage = ev.get("usage") or {}
+        return f"[done] {usage.get('input_tokens', 0)} tokens in, {usage.get('output_tokens', 0)} out"
+    if kind == "turn.failed":
+        return f"[error] {(ev.get('error') or {}).get('message', '')}".rstrip()
     return None
 
 
@@ -75,8 +97,13 @@ def summary(path: Path) -> str:
                 tools += c.get("type") == "tool_use"
                 if c.get("type") == "text":
                     last_text = c.get("text", "")
-        elif ev.get("type") == "item.completed" and (ev.get("item") or {}).get("type") == "agent_message":
-            last_text = ev["item"].get("text", "")
+        elif ev.get("type") == "item.completed":  # codex
+            item = ev.get("item") or {}
+            tools += item.get("type") in ("command_execution", "file_change")
+            if item.get("type") == "agent_message":
+                last_text = item.get("text", "")
+        elif ev.get("type") == "turn.failed":
+            final = "ERROR: " + str((ev.get("error") or {}).get("message", ""))
     text = (final or last_text or "(no summary in the log)").strip()
     lines = text.splitlines()
     short = "\n".join(lines[:6]) + ("\n…" if len(lines) > 6 else "")

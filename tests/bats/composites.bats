@@ -6,7 +6,7 @@ load test_helper
   cat >"$SANDBOX/want" <<WANT
 claude FRAME
 claude RUN
-cloud-run run python3 train.py --output-dir results/exp-001-toy-logreg/
+cloud-run run --output-dir results/exp-001-toy-logreg/
 cloud-run pull stub-run-1 --output-dir results/exp-001-toy-logreg
 artifact-store hydrate results/exp-001-toy-logreg
 claude READ

@@ -63,8 +63,7 @@ break_the_run() { sed -i 's|^python3 train.py.*|exit 4|' "$SPEC"; }
   mkdir -p $R && echo '{"accuracy": 0.99, "baseline_gap": 0.5}' >$R/metrics.json
   EXP_AGENT=scripted run -0 "$EXP" read "$SPEC"
   grep -q "Not judged: there is no record of a RUN for $R (.run-record.json)" $R/analysis.md
-  cat >"$SANDBOX/bin/claude" <<'STUB'
-#!/usr/bin/env bash
+  stub_agent claude <<'STUB'
 touch "$SANDBOX/agent-started"; exec sleep 30
 STUB
   EXP_AGENT=claude "$EXP" run "$SPEC" >/dev/null 2>&1 &

@@ -4,23 +4,28 @@ load test_helper
   use_stub_tools
   COMPUTE_TARGET=ec2 EXP_AGENT=claude run -0 "$EXP" run "$SPEC"
   last_call claude | sed -n '/^## Compute Directive/,/^- Local-only/p' >"$SANDBOX/got"
+  here="$(pwd -P)"
   cat >"$SANDBOX/want" <<WANT
 ## Compute Directive (MANDATORY — EC2)
 ALL training and heavy computation MUST run on EC2. Do NOT run model training locally.
 
 Use cloud-run to execute the experiment:
-  $SANDBOX/okit/tools/cloud-run run "python3 train.py --out \\"\$RESULTS_DIR\\"" \\
+  $SANDBOX/okit/tools/cloud-run run \\
       --backend ec2 \\
-      --spec $SPEC \\
-      --output-dir results/exp-001-toy-logreg/ \\
+      --spec $here/$SPEC \\
+      --output-dir $here/results/exp-001-toy-logreg/ \\
       --max-hours 0.1
+
+Paste that command into the shell exactly as it is. cloud-run takes the experiment's command
+from the spec's \`## Run\` block and runs it on the VM, where \$RESULTS_DIR is set:
+'python3 train.py --out "\$RESULTS_DIR"'
 
 IMPORTANT:
 - Do NOT use --detach. Wait for the run to complete.
 - After cloud-run finishes, pull results:
-    $SANDBOX/okit/tools/cloud-run pull <run-id> --output-dir results/exp-001-toy-logreg/
-- Write the cloud-run run-id to results/exp-001-toy-logreg/.cloud-run-id (cloud-run run writes it for you).
-- Verify metrics.json exists in results/exp-001-toy-logreg/ before exiting.
+    $SANDBOX/okit/tools/cloud-run pull --backend ec2 "\$(cat $here/results/exp-001-toy-logreg/.cloud-run-id)" --output-dir $here/results/exp-001-toy-logreg/
+- Write the cloud-run run-id to $here/results/exp-001-toy-logreg/.cloud-run-id (cloud-run run writes it for you).
+- Verify metrics.json exists in $here/results/exp-001-toy-logreg/ before exiting.
 - You may run the MVE (minimal viable experiment) locally for fast iteration,
   but the FULL experiment (all splits, all configs) MUST run on EC2.
 - Local-only tasks (data loading verification, normalization checks, small sanity checks) are fine locally.
@@ -67,24 +72,70 @@ WANT
   [[ "$stderr" == "experiment.sh: .orchestration-kit.env:1: COMPUTE_TARGET contains a command substitution"* ]]
 }
 
-@test "claude is called non-interactively with stream-json, per-phase tools, and the guard hook" {
+@test "claude is called non-interactively with stream-json, per-phase tools, the guard hook and time limits" {
   EXP_AGENT=claude run -0 "$EXP" run "$SPEC"
   args=$(last_call claude)
   grep -qx -- '-p' <<<"$args"
   grep -qx -- '--output-format' <<<"$args" && grep -qx 'stream-json' <<<"$args" && grep -qx -- '--verbose' <<<"$args"
-  grep -qx 'Read,Grep,Glob,Write,Edit,Bash' <<<"$args"
-  grep -q '"PreToolUse"' <<<"$args" && grep -q 'tools/guard-hook' <<<"$args"
+  # --tools restricts what is offered, --allowedTools pre-approves it: the same list
+  [ "$(grep -A1 -x -- '--tools' <<<"$args" | tail -n1)" = 'Read,Grep,Glob,Write,Edit,Bash' ]
+  [ "$(grep -A1 -x -- '--allowedTools' <<<"$args" | tail -n1)" = 'Read,Grep,Glob,Write,Edit,Bash' ]
+  # the hook guards the spec and its frozen copy by absolute path
+  grep -q '"PreToolUse"' <<<"$args" && grep -q "tools/guard-hook $PWD/$SPEC $PWD/results/exp-001-toy-logreg/spec.md" <<<"$args"
+  env=$(last_env claude)
+  for v in CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC=1 DISABLE_TELEMETRY=1 DISABLE_ERROR_REPORTING=1 \
+    DISABLE_AUTOUPDATER=1 API_TIMEOUT_MS=300000 CLAUDE_CODE_MAX_RETRIES=3 BASH_MAX_TIMEOUT_MS=600000; do
+    grep -qx "$v" <<<"$env"
+  done
   grep -q '"type":"result"' .kit-state/logs/run.log
   [[ "$output" == *"stub RUN done"* ]]
+  # FRAME: no Bash, no hook; the user's own API timeout wins over the kit's default
+  API_TIMEOUT_MS=5000 EXP_AGENT=claude run -0 "$EXP" frame "$SPEC"
+  [ "$(grep -A1 -x -- '--tools' <<<"$(last_call claude)" | tail -n1)" = 'Read,Grep,Glob,Write,Edit' ]
+  ! grep -q -- '--settings' <<<"$(last_call claude)"
+  grep -qx API_TIMEOUT_MS=5000 <<<"$(last_env claude)"
 }
 
-@test "codex runs in exec mode with JSON output and the same log discipline" {
+@test "codex runs with today's flags: a workspace-write sandbox, the guard hook, network only for a cloud RUN" {
   EXP_AGENT=codex run -0 "$EXP" frame "$SPEC"
   args=$(last_call codex)
-  [ "$(head -n3 <<<"$args" | tr '\n' ' ')" = "exec --json --full-auto " ]
+  [ "$(head -n4 <<<"$args" | tr '\n' ' ')" = "exec --json --sandbox workspace-write " ]
+  grep -qx 'approval_policy="never"' <<<"$args"
+  grep -qx -- "--cd" <<<"$args" && grep -qx "$PWD" <<<"$args"
+  ! grep -q -- '--skip-git-repo-check\|network_access\|hooks.PreToolUse' <<<"$args"  # a git repository; nothing to guard
   grep -q '# Phase: FRAME' <<<"$args"
   grep -q 'agent_message' .kit-state/logs/frame.log
   [[ "$output" == *"codex did it"* ]]
+  rm -rf .git
+  use_stub_tools
+  COMPUTE_TARGET=sandbox EXP_AGENT=codex run -1 "$EXP" run "$SPEC"  # the stub makes no cloud run: RUN fails
+  args=$(last_call codex)
+  grep -qx -- '--skip-git-repo-check' <<<"$args"
+  grep -qx 'sandbox_workspace_write.network_access=true' <<<"$args"
+  [ "$(grep -A1 -x -- '--add-dir' <<<"$args" | tail -n1)" = "$RK_STATE_HOME" ]
+  grep -qx -- '--dangerously-bypass-hook-trust' <<<"$args"
+  grep -q "^hooks.PreToolUse=\[{matcher=\"Bash|apply_patch\", .*tools/guard-hook $PWD/$SPEC" <<<"$args"
+  EXP_AGENT=codex run -0 "$EXP" run "$SPEC"  # a local RUN gets no network
+  ! grep -q 'network_access' <<<"$(last_call codex)"
+}
+
+@test "an agent CLI outside the tested range: one warning line, once per invocation" {
+  STUB_CLAUDE_VERSION=2.2.0 EXP_AGENT=claude run --separate-stderr -0 "$EXP" cycle "$SPEC"
+  [ "$(grep -c 'warning' <<<"$stderr")" = 1 ]
+  grep -qx 'experiment.sh: warning: claude 2.2.0 is outside the tested range (claude >=2.1.330 <2.2); if a phase fails, install a tested one: npm install -g @anthropic-ai/claude-code@2.1.330' <<<"$stderr"
+  STUB_CODEX_VERSION=0.168.9 EXP_AGENT=codex run --separate-stderr -0 "$EXP" frame "$SPEC"
+  [[ "$stderr" == *"warning: codex 0.168.9 is outside the tested range (codex >=0.169.0 <0.170)"* ]]
+  EXP_AGENT=codex run --separate-stderr -0 "$EXP" frame "$SPEC"
+  [[ "$stderr" != *warning* ]]
+}
+
+@test "an agent CLI that rejects a flag: one line naming the flag and the tested versions" {
+  stub_agent codex <<'STUB'
+echo "error: unexpected argument '--dangerously-bypass-hook-trust' found" >&2
+exit 2
+STUB
+  STUB_CODEX_VERSION=0.160.0 EXP_AGENT=codex run --separate-stderr -1 "$EXP" run "$SPEC"
+  [ "$(tail -n1 <<<"$stderr")" = "experiment.sh: codex 0.160.0 refused the flag --dangerously-bypass-hook-trust; researchkit is tested with codex >=0.169.0 <0.170: npm install -g @openai/codex@0.169.0" ]
 }
 
 @test "the spec is read-only during RUN and restored afterwards, even when RUN fails" {
@@ -100,8 +151,7 @@ WANT
 
 @test "other experiments' results are locked during RUN, the current one's is not; all restored" {
   mkdir -p results/exp-000-old && echo '{}' >results/exp-000-old/metrics.json
-  cat >"$SANDBOX/bin/claude" <<'STUB'
-#!/usr/bin/env bash
+  stub_agent claude <<'STUB'
 # root ignores permission bits, so look at the bits themselves
 { [ "$(stat -c %a results/exp-000-old/metrics.json)" = 444 ] && echo old-locked || echo old-writable
   [ "$(stat -c %a results/exp-001-toy-logreg)" = 755 ] && echo current-writable || echo current-locked; } >"$SANDBOX/during"
@@ -113,8 +163,7 @@ STUB
 }
 
 @test "Ctrl-C during RUN restores the spec and stops the agent" {
-  cat >"$SANDBOX/bin/claude" <<'STUB'
-#!/usr/bin/env bash
+  stub_agent claude <<'STUB'
 echo started >"$SANDBOX/agent-started"
 exec sleep 37
 STUB
@@ -134,12 +183,25 @@ STUB
   [[ "$stderr" == *"exceeded its time budget (1s)"* ]]
   grep -q '"aborted": true' results/exp-001-toy-logreg/metrics.json
   [ -f results/exp-001-toy-logreg/metrics.partial.json ]  # what the run measured is kept
+  grep -q '"subtype":"error_budget".*RUN ran past its time budget of 1 s' .kit-state/logs/run.log
 }
 
-@test "the scripted agent obeys the directive: it runs the spec's command through cloud-run" {
+@test "any phase past its budget is stopped, with the whole process group, and the log says so" {
+  stub_agent claude <<'STUB'
+sleep 41 &
+wait
+STUB
+  EXP_PHASE_BUDGET=1 EXP_AGENT=claude run --separate-stderr -1 "$EXP" frame "$SPEC"
+  [[ "$stderr" == *"experiment.sh: FRAME ran past its time budget (1s) and was stopped; see .kit-state/logs/frame.log"* ]]
+  [[ "$output" == *"ERROR: researchkit stopped the agent: FRAME ran past its time budget of 1 s"* ]]
+  sleep 0.2
+  ! pgrep -f "sleep 41"
+}
+
+@test "the scripted agent obeys the directive: it pastes its command block into bash" {
   use_stub_tools
   COMPUTE_TARGET=ec2 EXP_AGENT=scripted run -0 "$EXP" run "$SPEC"
-  grep -qxF "cloud-run run python3 train.py --out \"\$RESULTS_DIR\" --backend ec2 --spec $SPEC --output-dir results/exp-001-toy-logreg/ --max-hours 0.1" "$EVENTS"
+  grep -qxF "cloud-run run --backend ec2 --spec $(pwd -P)/$SPEC --output-dir $(pwd -P)/results/exp-001-toy-logreg/ --max-hours 0.1" "$EVENTS"
 }
 
 @test "the scripted agent runs locally when the target is local" {

@@ -33,22 +33,42 @@ teardown() {
 # The stub tools root the mandatory directive points at.
 use_stub_tools() { export ORCHESTRATION_KIT_ROOT="$SANDBOX/okit"; }
 
+# stub_agent NAME: install a stub agent CLI whose body comes on stdin. It answers --version
+# (STUB_<NAME>_VERSION, else the tested version) and records every other call: its arguments
+# one per line in $SANDBOX/calls/NAME.N, its environment in $SANDBOX/env/NAME.N.
+stub_agent() {
+  local name="$1" version
+  case "$name" in
+    claude) version='${STUB_CLAUDE_VERSION:-2.1.330} (Claude Code)' ;;
+    codex) version='codex-cli ${STUB_CODEX_VERSION:-0.169.0}' ;;
+  esac
+  {
+    printf '#!/usr/bin/env bash\n'
+    printf 'if [[ "${1:-}" == --version ]]; then echo "%s"; exit 0; fi\n' "$version"
+    printf 'n=$(ls "$SANDBOX/calls" | wc -l)\n'
+    printf 'printf "%%s\\n" "$@" >"$SANDBOX/calls/%s.$n"\n' "$name"
+    printf 'env >"$SANDBOX/env/%s.$n"\n' "$name"
+    cat
+  } >"$SANDBOX/bin/$name"
+  chmod +x "$SANDBOX/bin/$name"
+}
+
 install_stubs() {
-  # claude: record args; act out each phase the way a well-behaved agent would.
-  cat >"$SANDBOX/bin/claude" <<'STUB'
-#!/usr/bin/env bash
-n=$(ls "$SANDBOX/calls" | wc -l)
-printf '%s\n' "$@" >"$SANDBOX/calls/claude.$n"
+  mkdir -p "$SANDBOX/env"
+  # claude: act out each phase the way a well-behaved agent would (the project has one
+  # experiment: its results directory is known). What a real CLI does with the real prompt is
+  # tests/py/test_agent_cycles.py's; these stubs test experiment.sh's plumbing.
+  stub_agent claude <<'STUB'
 system=""; prev=""
 for a in "$@"; do [[ "$prev" == --append-system-prompt ]] && system="$a"; prev="$a"; done
 phase=$(sed -n 's/^# Phase: //p' <<<"$system" | head -n1)
 echo "claude $phase" >>"$EVENTS"
-results=$(sed -n 's/.*RESULTS_DIR=\([^ ]*\)\.$/\1/p; s/.*Evaluate \([^ ]*\)\/metrics.json.*/\1/p' <<<"$system" | head -n1)
+results=results/exp-001-toy-logreg
 case "$phase" in
   RUN)
     stat -c '%a' experiments/*.md >"$SANDBOX/spec-mode-during-run"
     if grep -q 'MANDATORY' <<<"$system"; then
-      "$ORCHESTRATION_KIT_ROOT/tools/cloud-run" run "python3 train.py" --output-dir "$results/" >/dev/null
+      "$ORCHESTRATION_KIT_ROOT/tools/cloud-run" run --output-dir "$results/" >/dev/null
     else
       mkdir -p "$results" && RESULTS_DIR="$results" python3 train.py >/dev/null
     fi
@@ -61,10 +81,8 @@ echo '{"type":"system","subtype":"init","model":"stub"}'
 echo '{"type":"assistant","message":{"content":[{"type":"text","text":"working"}]}}'
 echo "{\"type\":\"result\",\"subtype\":\"success\",\"is_error\":false,\"result\":\"stub $phase done\"}"
 STUB
-  # codex: record args, print a JSONL session like `codex exec --json`.
-  cat >"$SANDBOX/bin/codex" <<'STUB'
-#!/usr/bin/env bash
-printf '%s\n' "$@" >"$SANDBOX/calls/codex.$(ls "$SANDBOX/calls" | wc -l)"
+  # codex: print a JSONL session like `codex exec --json`.
+  stub_agent codex <<'STUB'
 echo "codex $1" >>"$EVENTS"
 echo '{"type":"item.completed","item":{"type":"agent_message","text":"codex did it"}}'
 echo '{"type":"turn.completed"}'
@@ -109,6 +127,7 @@ STUB
   chmod +x "$SANDBOX/bin/"* "$SANDBOX/okit/tools/"*
 }
 
-# The last recorded call of a stub, one argument per line.
+# The last recorded call of a stub, one argument per line; last_env: its environment.
 last_call() { local f; f=$(ls -t "$SANDBOX/calls/$1".* | head -n1); cat "$f"; }
+last_env() { local f; f=$(ls -t "$SANDBOX/env/$1".* | head -n1); cat "$f"; }
 events() { cat "$EVENTS"; }

@@ -19,6 +19,7 @@ import bare_image  # noqa: E402 - before any test changes HOME: it finds its cac
 from emulators import FAKE_SECRET, FakeGCS, Moto  # noqa: E402
 from fake_gce import FakeGCE  # noqa: E402
 from fake_vm import EC2VMs, GCEVMs  # noqa: E402
+from model_api import AGENT_BIN, CYCLES, INSTALLER  # noqa: E402
 
 SCRUB = ("COMPUTE_TARGET", "RK_", "EXP_", "KIT_", "AWS_", "GOOGLE_", "GCE_", "CLOUDSDK_", "STORAGE_EMULATOR_HOST",
          "ORCHESTRATION_KIT_ROOT")
@@ -211,11 +212,28 @@ def ec2(project, vm_network, vm_moto, vm_image, monkeypatch, tmp_path):
     vms.stop()
 
 
+@pytest.fixture(scope="session")
+def agent_bin() -> Path:
+    """The bin directory of the pinned claude and codex. Without them a test skips, saying how
+    to install them; under CI (CI=true) it fails: CI must run the real CLIs."""
+    if AGENT_BIN is None:
+        why = f"agent CLIs not installed: run {INSTALLER.relative_to(REPO)}"
+        if os.environ.get("CI", "").lower() in ("true", "1"):
+            pytest.fail(f"{why} (CI=true: the real-CLI tests must run)")
+        pytest.skip(why)
+    return AGENT_BIN
+
+
+AGENT_OUTCOMES = {"passed": 0, "failed": 0, "skipped": 0}
+
+
 # --- the fault matrix table (scripts/fault-matrix sets RK_FAULT_TABLE) ----------------------
 FAULT_CELLS: dict[tuple[str, str], dict] = {}
 
 
 def pytest_runtest_logreport(report):
+    if "test_agent_cycles.py::test_cycle[" in report.nodeid and (report.when == "call" or report.outcome != "passed"):
+        AGENT_OUTCOMES[report.outcome] += 1
     if "test_faults.py::test_F" not in report.nodeid:
         return
     name, _, params = report.nodeid.split("::")[1].partition("[")
@@ -259,6 +277,14 @@ def pytest_sessionfinish(session):
 
 def pytest_terminal_summary(terminalreporter):
     from fake_vm import FakeVMs
+
+    if any(AGENT_OUTCOMES.values()):
+        o = AGENT_OUTCOMES
+        terminalreporter.write_line(f"real agent CLI cycles: {o['passed']} passed, {o['failed']} failed, "
+                                    f"{o['skipped']} skipped")
+        for c in CYCLES:
+            phases = ", ".join(f"{k} {v:.1f} s" for k, v in c["seconds"].items())
+            terminalreporter.write_line(f"  {c['agent']} {c['version']} on {c['target']} → {c['verdict']}: {phases}")
 
     booted = FakeVMs.booted
     if booted["netns"] or booted["process"]:

@@ -704,3 +704,9 @@ def pinned_versions() -> dict[str, str]:
     pkgs = lock["packages"]
     return {"claude": pkgs["node_modules/@anthropic-ai/claude-code"]["version"],
             "codex": pkgs["node_modules/@openai/codex"]["version"]}
+
+
+# Looked up once, at import (before the tests' autouse fixture points HOME at tmp_path).
+AGENT_BIN = find_agent_clis()
+# The real-CLI cycles that ran (tests/py/test_agent_cycles.py), for conftest's summary.
+CYCLES: list[dict] = []

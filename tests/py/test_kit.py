@@ -91,8 +91,10 @@ def test_directives():
     assert compute_directive("local", **kw) == ""
     ec2 = compute_directive("ec2", **kw)
     assert "## Compute Directive (MANDATORY — EC2)" in ec2 and "--backend ec2" in ec2 and "--data-dirs" not in ec2
-    assert '/kit/tools/cloud-run run "python t.py --out \\"$RESULTS_DIR\\"" \\' in ec2
+    assert "  /kit/tools/cloud-run run \\\n      --backend ec2 \\\n      --spec experiments/e.md \\\n" in ec2
+    assert "\n'python t.py --out \"$RESULTS_DIR\"'\n" in ec2  # shown single-quoted, never in the command block
     assert "--data-dirs data/" in compute_directive("gce", **{**kw, "data_dir": "data"})
+    assert "'/my kit/tools/cloud-run' run" in compute_directive("gce", **{**kw, "okit": "/my kit"})
     with pytest.raises(KitError, match="not one of local, ec2, gce, sandbox"):
         compute_directive("azure", **kw)
 
@@ -104,30 +106,47 @@ def test_prompts_exist_for_every_phase_and_fill_values():
         assert "{{" not in render(phase, {})
 
 
-def guard(event: dict, protected: str, cwd: Path) -> subprocess.CompletedProcess:
-    env = {**os.environ, "EXP_GUARD_PATHS": protected, "PYTHONPATH": str(REPO)}
-    return subprocess.run([str(REPO / "tools" / "guard-hook")], input=json.dumps({**event, "cwd": str(cwd)}),
-                          text=True, capture_output=True, env=env)
+def guard(event: dict, protected: list[Path], cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([str(REPO / "tools" / "guard-hook"), *map(str, protected)],
+                          input=json.dumps({**event, "cwd": str(cwd)}), text=True, capture_output=True,
+                          env={**os.environ, "PYTHONPATH": str(REPO)})
 
 
-@pytest.mark.parametrize("event,blocked", [
-    ({"tool_name": "Edit", "tool_input": {"file_path": "experiments/e.md"}}, True),
-    ({"tool_name": "Write", "tool_input": {"file_path": "/P/results/e/metrics.json"}}, True),
-    ({"tool_name": "Write", "tool_input": {"file_path": "results/e/analysis.md"}}, False),
-    ({"tool_name": "Bash", "tool_input": {"command": "sed -i s/0.9/0.5/ experiments/e.md"}}, True),
-    ({"tool_name": "Bash", "tool_input": {"command": "echo '{}' > results/e/metrics.json"}}, True),
-    ({"tool_name": "Bash", "tool_input": {"command": "cat results/e/metrics.json"}}, False),
-    ({"tool_name": "Read", "tool_input": {"file_path": "experiments/e.md"}}, False),
+PATCH = "*** Begin Patch\n*** {} File: {}\n@@\n-a\n+b\n*** End Patch\n"
+
+
+@pytest.mark.parametrize("cwd,event,blocked", [
+    (".", {"tool_name": "Edit", "tool_input": {"file_path": "experiments/e.md"}}, True),
+    ("results/e", {"tool_name": "Edit", "tool_input": {"file_path": "../../experiments/e.md"}}, True),
+    ("results/e", {"tool_name": "Write", "tool_input": {"file_path": "metrics.json"}}, True),
+    (".", {"tool_name": "Write", "tool_input": {"file_path": "/P/results/e/metrics.json"}}, True),
+    ("results/e", {"tool_name": "Write", "tool_input": {"file_path": "analysis.md"}}, False),
+    (".", {"tool_name": "Bash", "tool_input": {"command": "sed -i s/0.9/0.5/ experiments/e.md"}}, True),
+    ("results", {"tool_name": "Bash", "tool_input": {"command": "cd e && echo '{}' > metrics.json"}}, True),
+    ("/", {"tool_name": "Bash", "tool_input": {"command": "chmod u+w /P/experiments/e.md"}}, True),
+    (".", {"tool_name": "Bash", "tool_input": {"command": "cp /tmp/m.json results/e/ && rm -rf results"}}, True),
+    (".", {"tool_name": "Bash", "tool_input": {"command": "python3 -c \"open('results/e/metrics.json', 'w')\""}}, True),
+    (".", {"tool_name": "Bash", "tool_input": {"command": "cat results/e/metrics.json | python3 -m json.tool"}}, False),
+    (".", {"tool_name": "Bash", "tool_input": {"command": "cp model.pkl results/e/ 2>&1 | tee results/e/log.txt"}}, False),
+    (".", {"tool_name": "Bash", "tool_input": {"command": "cat >results/e/analysis.md <<'EOF'\nmetrics.json's values\nEOF"}},
+     False),
+    (".", {"tool_name": "apply_patch", "tool_input": {"command": PATCH.format("Update", "experiments/e.md")}}, True),
+    ("results", {"tool_name": "apply_patch", "tool_input": {"command": PATCH.format("Delete", "e/metrics.json")}}, True),
+    (".", {"tool_name": "apply_patch", "tool_input": {"command": PATCH.format("Add", "results/e/analysis.md")}}, False),
+    (".", {"tool_name": "Read", "tool_input": {"file_path": "experiments/e.md"}}, False),
 ])
-def test_guard_hook_protocol(tmp_path, event, blocked):
+def test_guard_hook_protocol(tmp_path, cwd, event, blocked):
+    """The hook gets absolute paths: the model's working directory changes nothing."""
+    (tmp_path / "results" / "e").mkdir(parents=True)
     event = json.loads(json.dumps(event).replace("/P/", f"{tmp_path}/"))
-    r = guard({"hook_event_name": "PreToolUse", **event}, "experiments/e.md:results/e/metrics.json", tmp_path)
-    assert r.returncode == (2 if blocked else 0)
-    assert ("locked" in r.stderr) == blocked
+    protected = [tmp_path / "experiments" / "e.md", tmp_path / "results" / "e" / "metrics.json"]
+    r = guard({"hook_event_name": "PreToolUse", **event}, protected, (tmp_path / cwd).resolve())
+    assert r.returncode == (2 if blocked else 0), r.stderr
+    assert ("locked during this phase" in r.stderr) == blocked
 
 
 def test_guard_allows_everything_when_nothing_is_protected(tmp_path):
-    assert guard({"tool_name": "Edit", "tool_input": {"file_path": "x"}}, "", tmp_path).returncode == 0
+    assert guard({"tool_name": "Edit", "tool_input": {"file_path": "x"}}, [], tmp_path).returncode == 0
 
 
 def test_locks_restore_exact_modes_and_nest(tmp_path):
@@ -165,6 +184,38 @@ def test_stream_rendering_and_summary(tmp_path):
     assert rendered == ["[init] claude-x", 'Running it\n→ Bash {"command": "ls"}', "← a.txt",
                         "[done in 1.5s, $0.12] All done", "not json"]
     assert summary(log) == "All done\n(1 tool calls)"
+
+
+def test_codex_events_rendering_and_summary(tmp_path):
+    """codex exec --json, in the shapes tests/agents/FACTS.md records."""
+    log = tmp_path / "read.log"
+    cmd = {"id": "item_0", "type": "command_execution", "command": "/bin/bash -lc 'cat metrics.json'",
+           "aggregated_output": "", "exit_code": None, "status": "in_progress"}
+    events = [
+        {"type": "thread.started", "thread_id": "t-1"},
+        {"type": "turn.started"},
+        {"type": "item.started", "item": cmd},
+        {"type": "item.completed", "item": {**cmd, "aggregated_output": '{"accuracy": 0.92}\n', "exit_code": 0,
+                                            "status": "completed"}},
+        {"type": "item.completed", "item": {"id": "item_1", "type": "file_change", "status": "completed",
+                                            "changes": [{"path": "/p/results/e/analysis.md", "kind": "add"}]}},
+        {"type": "item.completed", "item": {"id": "item_2", "type": "error", "message": "Model metadata not found"}},
+        {"type": "error", "message": "Reconnecting... 1/1"},
+        {"type": "item.completed", "item": {"id": "item_3", "type": "agent_message", "text": "## Verdict: CONFIRMED"}},
+        {"type": "turn.completed", "usage": {"input_tokens": 120, "cached_input_tokens": 0, "output_tokens": 30}},
+    ]
+    log.write_text("\n".join(json.dumps(e) for e in events) + "\n")
+    rendered = [r for line in log.read_text().splitlines() if (r := render_event(line))]
+    assert rendered == ["[init] codex thread t-1", "→ $ /bin/bash -lc 'cat metrics.json'",
+                        '← exit 0: {"accuracy": 0.92}', "✎ add /p/results/e/analysis.md",
+                        "[warning] Model metadata not found", "[error] Reconnecting... 1/1", "## Verdict: CONFIRMED",
+                        "[done] 120 tokens in, 30 out"]
+    assert summary(log) == "## Verdict: CONFIRMED\n(2 tool calls)"
+    log.write_text(json.dumps({"type": "turn.failed", "error": {"message": "stream disconnected"}}) + "\n")
+    assert summary(log) == "ERROR: stream disconnected"
+    retry = {"type": "system", "subtype": "api_retry", "attempt": 1, "max_retries": 3, "error_status": 529,
+             "error": "overloaded"}
+    assert render_event(json.dumps(retry)) == "[retry 1/3] 529 overloaded"
 
 
 def test_kit_helper_errors_are_one_line(tmp_path):

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from model_api import AGENT_BIN as BIN
 from model_api import (
     CLAUDE_QUIET_ENV,
     CODE_MODE_SHELL,
@@ -34,7 +35,6 @@ from model_api import (
     claude_env,
     codex_config,
     codex_env,
-    find_agent_clis,
     make_codex_home,
     parse_anthropic,
     parse_openai,
@@ -43,9 +43,9 @@ from model_api import (
     script,
 )
 
-# Looked up at import, before the autouse fixture points HOME at tmp_path.
-BIN = find_agent_clis()
-needs_clis = pytest.mark.skipif(BIN is None, reason="agent CLIs not installed: run tests/agents/scripts/install-agent-clis")
+# The CLIs (model_api looks them up at import); conftest's agent_bin skips without them, or
+# fails under CI=true.
+needs_clis = pytest.mark.usefixtures("agent_bin")
 needs_strace = pytest.mark.skipif(shutil.which("strace") is None, reason="strace not installed (Debian: strace)")
 
 DIRECTIVE = "Use cloud-run to execute the experiment:"
@@ -109,6 +109,13 @@ def test_openai_waits_added_by_the_server_are_not_playbook_steps():
     ]})
     assert turn.step == 1 and turn.system.endswith("rules") and turn.user_text == "go"
     assert [r.output for r in turn.tool_results] == ["Script running with cell ID 3\n", "ok"]
+
+
+def test_the_pinned_versions_are_the_first_of_the_tested_range():
+    """agents/clis.py's TESTED and tests/agents/package-lock.json say the same."""
+    from researchkit_py.agents.clis import TESTED
+
+    assert {agent: low for agent, (low, _) in TESTED.items()} == pinned_versions()
 
 
 def test_server_records_requests_without_credentials(tmp_path):
@@ -183,8 +190,10 @@ def first_request_headers(api: ModelAPI) -> dict[str, str]:
 
 
 def hook_settings(hook: Path | str) -> str:
-    """The --settings JSON of researchkit_py/experiment/phases.guard_settings, for any hook command."""
-    matcher = "Edit|MultiEdit|Write|NotebookEdit|Bash"
+    """The --settings JSON experiment.sh gives claude (researchkit_py/agents/clis.py), for any hook command."""
+    from researchkit_py.agents.clis import GUARDED_TOOLS
+
+    matcher = GUARDED_TOOLS["claude"]
     return json.dumps({"hooks": {"PreToolUse": [{"matcher": matcher, "hooks": [{"type": "command",
                                                                                   "command": str(hook)}]}]}})
 
@@ -296,23 +305,34 @@ def test_claude_edit_of_an_unread_file_outside_the_working_dir_fails_before_any_
 
 @needs_clis
 def test_claude_kit_guard_blocks_edits_and_shell_writes_to_locked_paths(workdir):
-    """The kit's own hook (tools/guard-hook) and settings (phases.guard_settings) with the real CLI."""
-    from researchkit_py.experiment.phases import guard_settings
+    """The kit's own hook (tools/guard-hook) in the settings experiment.sh gives claude."""
+    from researchkit_py.agents.clis import guard_hook
 
-    settings = guard_settings()
     spec = workdir / "spec.md"
     spec.write_text("metric: accuracy\n")
+    settings = json.dumps({"hooks": {"PreToolUse": [guard_hook("claude", [spec])]}})
     play = script(ReadFile(str(spec)), EditFile(str(spec), "accuracy", "loss"), Shell("sed -i s/accuracy/loss/ spec.md"),
                   WriteFile(str(workdir / "analysis.md"), "## Verdict: CONFIRMED\n"))
     with ModelAPI(play) as api:
-        run = run_cli(claude_argv(PROMPT, settings=settings), workdir,
-                      {**claude_env(api.url), "EXP_GUARD_PATHS": str(spec)}, 120)
+        run = run_cli(claude_argv(PROMPT, settings=settings), workdir, claude_env(api.url), 120)
     assert run.rc == 0, run.stderr
     results = api.tool_results()
-    assert results[1].is_error and "is locked during this phase" in results[1].output
+    assert results[1].is_error and "locked during this phase" in results[1].output
     assert results[2].is_error and results[2].output.startswith("PreToolUse:Bash hook error")
     assert not results[3].is_error and (workdir / "analysis.md").read_text() == "## Verdict: CONFIRMED\n"
     assert spec.read_text() == "metric: accuracy\n"
+
+
+@needs_clis
+def test_claude_bash_commands_stop_at_bash_default_timeout_ms(workdir):
+    """Without a `timeout` from the model, a Bash command is stopped after BASH_DEFAULT_TIMEOUT_MS
+    (documented default: 2 minutes), so experiment.sh sets it to the phase's budget."""
+    with ModelAPI(script(Shell("sleep 6; touch finished"))) as api:
+        run = run_cli(claude_argv(PROMPT), workdir, {**claude_env(api.url), "BASH_DEFAULT_TIMEOUT_MS": "2000"}, 120)
+    assert run.rc == 0, run.stderr
+    result = api.tool_results()[0]
+    assert result.is_error and result.output == "Exit code 143\nCommand timed out after 2s"
+    assert not (workdir / "finished").exists()
 
 
 @needs_clis
@@ -547,6 +567,36 @@ def test_codex_idle_timeout_covers_a_stalled_stream_but_not_a_silent_server(work
     with ModelAPI(lambda turn: Hang()) as api:
         silent = run_cli(codex_argv(PROMPT, workdir), tmp_path, codex_home(api, idle_timeout_s=2), 5)
     assert silent.rc is None and len(api.requests) == 1  # no response headers: codex waits on
+
+
+@needs_clis
+@pytest.mark.parametrize("trust", ["bypassed", "not bypassed"])
+def test_codex_runs_pretooluse_hooks_given_as_flags_only_with_hook_trust_bypassed(workdir, tmp_path, codex_home,
+                                                                                  trust):
+    """codex 0.169 has Claude's hook protocol: PreToolUse for its shell (tool_name Bash) and for
+    apply_patch (the patch in tool_input.command); exit 2 blocks, stderr is the reason. Hooks
+    given with -c run only with --dangerously-bypass-hook-trust; without it, silently none. Its
+    shell does not keep a `cd` from one command to the next."""
+    from researchkit_py.agents.clis import guard_hook, inline_toml
+
+    spec = workdir / "spec.md"
+    spec.write_text("metric: accuracy\n")
+    (workdir / "sub").mkdir()
+    hook = ["-c", f"hooks.PreToolUse=[{inline_toml(guard_hook('codex', [spec]))}]"]
+    if trust == "bypassed":
+        hook.append("--dangerously-bypass-hook-trust")
+    play = script(Shell("cd sub && pwd"), Shell("pwd"), Shell("cd sub && echo x > ../spec.md"),
+                  EditFile(str(spec), "metric: accuracy", "metric: loss"))
+    with ModelAPI(play) as api:
+        run = run_cli(codex_argv(PROMPT, workdir, *hook), tmp_path, codex_home(api), 120)
+    assert run.rc == 0, run.stderr
+    outputs = [r.output for r in api.tool_results()]
+    assert str(workdir / "sub") in outputs[0] and str(workdir / "sub") not in outputs[1]
+    if trust == "bypassed":
+        assert all("Command blocked by PreToolUse hook: " in o and "locked during this phase" in o for o in outputs[2:])
+        assert spec.read_text() == "metric: accuracy\n"
+    else:
+        assert not any("blocked" in o for o in outputs) and spec.read_text() == "x\n"
 
 
 @needs_clis

@@ -49,7 +49,8 @@ class Project:
         values = dict(line.removeprefix("export ").split("=", 1) for line in out.splitlines())
         values = {k: v.strip("'") for k, v in values.items()}
         values["prompt"] = Path(values["PROMPT_FILE"]).read_text()
-        self.cli(cli.main, "unlock", values["LOCK_RECORD"])
+        if values.get("LOCK_RECORD"):
+            self.cli(cli.main, "unlock", values["LOCK_RECORD"])
         return values
 
     def dry_run(self, *extra: str) -> tuple[int, str, str]:
@@ -98,14 +99,30 @@ def _(p):
 @observes("EXP_AGENT")
 def _(p):
     p.env_file(EXP_AGENT="codex")
-    p.mp.setenv("PATH", f"{_stub_bin(p.root, 'codex')}:{os.environ['PATH']}")
+    p.mp.setenv("PATH", f"{_stub_bin(p.root, 'codex', 'echo codex-cli 0.169.0')}:{os.environ['PATH']}")
     assert p.begin()["EXP_AGENT"] == "codex"
 
 
-def _stub_bin(root: Path, name: str) -> Path:
+@observes("EXP_AGENT_VERSION")
+def _(p):
+    """Set by experiment.sh once it has checked the CLI's version: with it, no check runs."""
+    p.env_file(EXP_AGENT="codex", EXP_AGENT_VERSION="codex 0.169.0")
+    p.mp.setenv("PATH", f"{_stub_bin(p.root, 'codex', 'exit 1')}:{os.environ['PATH']}")
+    assert p.begin()["EXP_AGENT"] == "codex"
+
+
+@observes("API_TIMEOUT_MS", "CLAUDE_CODE_MAX_RETRIES")
+def _(p):
+    p.env_file(EXP_AGENT="claude", API_TIMEOUT_MS="4242", CLAUDE_CODE_MAX_RETRIES="7")
+    p.mp.setenv("PATH", f"{_stub_bin(p.root, 'claude', 'echo 2.1.330 Claude Code')}:{os.environ['PATH']}")
+    env = p.begin()["AGENT_ENV"]
+    assert "API_TIMEOUT_MS=4242" in env and "CLAUDE_CODE_MAX_RETRIES=7" in env
+
+
+def _stub_bin(root: Path, name: str, body: str) -> Path:
     d = root.parent / "bin"
     d.mkdir(exist_ok=True)
-    (d / name).write_text("#!/bin/sh\n")
+    (d / name).write_text(f"#!/bin/sh\n{body}\n")
     (d / name).chmod(0o755)
     return d
 
@@ -153,7 +170,13 @@ def _(p):
 @observes("EXP_TIME_BUDGET")
 def _(p):
     p.env_file(EXP_TIME_BUDGET="777")
-    assert p.begin()["RUN_BUDGET_SECONDS"] == "777"
+    assert p.begin()["PHASE_BUDGET"] == "777"
+
+
+@observes("EXP_PHASE_BUDGET")
+def _(p):
+    p.env_file(EXP_PHASE_BUDGET="123")
+    assert p.begin("frame")["PHASE_BUDGET"] == "123"
 
 
 @observes("EXP_WATCH_FOLLOW")
@@ -178,17 +201,6 @@ def _(p):
 
     code, out, err = p.cli(cli.main, "begin", "run", "--spec", SPEC)
     assert code == 0 and other.stat().st_mode & 0o200, "another experiment's results were locked"
-
-
-@observes("EXP_GUARD_PATHS")
-def _(p):
-    """Set by experiment.sh for the phase, in the agent's environment, which the hook reads; a
-    value in the env file would lock those paths in every phase, so the hook ignores the file.
-    Covered by tests/py/test_kit.py::test_guard_hook_protocol."""
-    (p.root / ".orchestration-kit.env").write_text(f"EXP_GUARD_PATHS={SPEC}\n")
-    event = json.dumps({"tool_name": "Edit", "tool_input": {"file_path": SPEC}, "cwd": str(p.root)})
-    r = subprocess.run([str(REPO / "tools" / "guard-hook")], input=event, capture_output=True, text=True)
-    assert r.returncode == 0
 
 
 # --- cloud-run, as the user runs it ------------------------------------------------------
