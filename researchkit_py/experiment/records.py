@@ -10,6 +10,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from .. import protocol
 from ..errors import KitError
 from ..storage.paths import write_json_atomic
 from .criteria import evaluate, read_metrics
@@ -39,9 +40,24 @@ def write_analysis(spec: Spec, results: Path) -> str:
             f"; the run was aborted: {metrics.get('reason', 'no reason recorded')}" if metrics.get("aborted") else "")
     text = (f"# Analysis: {spec.id}\n\n{spec.title}\n\n## Verdict: {result}\n\n"
             f"| Criterion | Metric | Observed | Threshold | Result |\n|---|---|---|---|---|\n{rows}\n\n"
-            f"Evidence: {source}\nEvaluated by the scripted READ agent on {today()}.\n")
+            f"Evidence: {source}\n{gpu_line(results)}Evaluated by the scripted READ agent on {today()}.\n")
     (results / "analysis.md").write_text(text)
     return result
+
+
+def gpu_line(results: Path) -> str:
+    """What the run's GPU check found (from the status its pull saved), as a line of the analysis."""
+    try:
+        gpu = json.loads((results / protocol.PULLED_STATUS).read_text()).get("gpu")
+    except (OSError, ValueError, AttributeError):
+        return ""
+    if not isinstance(gpu, dict):
+        return ""
+    if not gpu.get("ok"):
+        return f"GPU: unavailable ({gpu.get('problem', 'no details')}); the command did not run.\n"
+    torch = f"; torch {gpu['torch']} with CUDA {gpu['torch_cuda']}" if gpu.get("torch") else ""
+    return (f"GPU: {len(gpu.get('devices', []))} × {', '.join(dict.fromkeys(gpu.get('devices', [])))}, "
+            f"NVIDIA driver {gpu.get('driver', '?')}, CUDA {gpu.get('cuda') or '?'}{torch}.\n")
 
 
 def abort_metrics(results: Path, reason: str) -> None:

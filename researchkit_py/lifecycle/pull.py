@@ -57,6 +57,8 @@ def pull(ctx: Context, run_id: str, output_dir: Path, *, verify: bool = False) -
     log = read_log(ctx, run_id)
     if log:
         (output_dir / ".cloud-run.log").write_bytes(log)
+    if status:  # beside the log: READ reports what the run ran on (its GPU facts)
+        write_json_atomic(output_dir / protocol.PULLED_STATUS, status)
     for rel in stats.kept:
         say(f"cloud-run: your local {output_dir / rel} differed from the run's; kept it as {rel}.orig")
     if results:
