@@ -32,7 +32,10 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--max-hours", type=float, help="hard deadline; the VM is deleted by then whatever happens")
     r.add_argument("--detach", action="store_true", help="return after launch; use status/logs/pull later")
     r.add_argument("--env", action="append", default=[], metavar="K=V", help="environment for the command")
-    r.add_argument("--machine-type", default="", help="instance type (provider-specific)")
+    r.add_argument("--machine-type", default="", help="instance type (default: what --gpu or the --spec's compute "
+                   "profile asks for, else the provider's default)")
+    r.add_argument("--gpu", metavar="TYPE[:COUNT]", help="GPUs, e.g. L4 or A100:8; `none` for none (default: the "
+                   "--spec's gpu_type and gpu_count)")
     r.add_argument("--spot", action="store_true", help="use spot/preemptible capacity where supported")
     r.add_argument("--max-cost", type=float, metavar="USD", help="refuse if price × --max-hours would exceed this")
     r.add_argument("--dry-run", action="store_true", help="print the startup script; create nothing")
@@ -105,7 +108,8 @@ def main(argv: list[str]) -> int:
 
 
 def cmd_run(ctx, args) -> int:
-    from .lifecycle import LaunchOptions, check_output_dir, launch, plan_launch
+    from .lifecycle import LaunchOptions, check_output_dir, dry_run_report, launch, plan_launch
+    from .machine import choose
     from .startup import parse_env_pairs
 
     output_dir = Path(args.output_dir) if args.output_dir else None
@@ -115,14 +119,15 @@ def cmd_run(ctx, args) -> int:
         command=args.command, spec=args.spec,
         data_dirs=[d for d in args.data_dirs.split(",") if d.strip()],
         max_hours=args.max_hours if args.max_hours is not None else ctx.settings.max_hours(),
-        env=parse_env_pairs(args.env), machine_type=args.machine_type, spot=args.spot,
+        env=parse_env_pairs(args.env), spot=args.spot,
+        machine=choose(ctx.provider.name, ctx.settings, machine_type=args.machine_type, gpu=args.gpu, spec=args.spec),
         experiment=Path(args.spec).stem if args.spec else "", detached=args.detach, max_cost=args.max_cost,
     )
     if args.dry_run:
         plan = plan_launch(ctx, opts, upload=False)
         req = plan.request
         say(f"cloud-run: dry run — would create {req.name} on {ctx.provider.name} with labels {req.labels}, "
-            f"deadline {req.max_seconds} s, bucket {ctx.store.url}; nothing was created")
+            f"deadline {req.max_seconds} s, bucket {ctx.store.url}; nothing was created\n{dry_run_report(ctx, plan)}")
         sys.stdout.write(plan.script)
         return 0
     _terminate_on_sigterm()

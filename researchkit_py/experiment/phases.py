@@ -172,12 +172,16 @@ def _begin_run(spec: Spec, results: Path, values: dict, settings: Settings, out:
     est = spec.estimated_hours
     out.set("RUN_BUDGET_SECONDS", settings.text("EXP_TIME_BUDGET") or (str(max(600, int(est * 3600 * 2))) if est else ""))
     target = values["COMPUTE_TARGET"]
-    if clouds.target(target).cloud:
-        data_dir = values["DATA_DIR"]
+    cloud = clouds.target(target).cloud
+    if cloud:
+        from ..machine import SPEC, choose
+
+        data_dir, machine = values["DATA_DIR"], choose(cloud, settings, spec=spec.path)
         return compute_directive(
             target, okit=values["ORCHESTRATION_KIT_ROOT"], spec=str(spec.path), results=str(results),
             command=spec.run_command, data_dir=data_dir if Path(data_dir).is_dir() else None,
-            max_hours=f"{settings.max_hours(spec.budget.get('max_gpu_hours')):g}")
+            max_hours=f"{settings.max_hours(spec.budget.get('max_gpu_hours')):g}",
+            machine=machine.describe() if machine.source == SPEC else "")  # the default goes unsaid
     # Local RUN gets the preflight advisory only when a tools root is configured: without one,
     # local RUN is exactly as it always was.
     preflight = Path(values["ORCHESTRATION_KIT_ROOT"]) / "tools" / "preflight"

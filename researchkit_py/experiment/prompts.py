@@ -13,18 +13,20 @@ PHASES = ("survey", "frame", "run", "read", "log", "synthesize")
 
 
 def compute_directive(target: str, *, okit: str, spec: str, results: str, command: str,
-                      data_dir: str | None, max_hours: str) -> str:
-    """The mandatory directive (orchestration-kit's wording), for each cloud target; empty for local."""
+                      data_dir: str | None, max_hours: str, machine: str = "") -> str:
+    """The mandatory directive (orchestration-kit's wording), for each cloud target; empty for
+    local. `machine`: what the launch will get (machine.choose), said before the command."""
     t = compute_target(target)
     if t.cloud is None:
         return ""
     label, backend, where = t.label, t.cloud, t.where
     data = f"      --data-dirs {data_dir}/ \\\n" if data_dir else ""
     run = command.replace('"', '\\"') if command and "\n" not in command else "python <your-script>"
+    machine_line = f"The machine: {machine} (cloud-run picks it from --spec).\n" if machine else ""
     return f"""
 ## Compute Directive (MANDATORY — {label})
 ALL training and heavy computation MUST run {where}. Do NOT run model training locally.
-
+{machine_line}
 Use cloud-run to execute the experiment:
   {okit}/tools/cloud-run run "{run}" \\
       --backend {backend} \\
