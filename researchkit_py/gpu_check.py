@@ -2,8 +2,8 @@
 (nvidia-smi) with as many devices as asked for and, where the run's environment has torch,
 torch uses CUDA with this driver. Otherwise the run ends FAILED (gpu_unavailable) before its
 command starts, with what was found in the log: never a silent CPU run. What was found goes to
-<root>/gpu.json, which every later status carries. Standard library only (shipped with the agent
-when the run asks for a GPU); `vm_agent gpu-check WORKDIR MODEL:COUNT WAIT` runs it.
+<root>/gpu.json, which every later status carries. Standard library only; put in the bucket for
+a run that asks for a GPU, where `vm_agent gpu-check WORKDIR MODEL:COUNT WAIT` fetches and runs it.
 """
 
 from __future__ import annotations
@@ -51,13 +51,14 @@ def driver_facts(wait: float) -> tuple[dict, str]:
         rc, out = _smi("--query-gpu=name,driver_version,memory.total", "--format=csv,noheader")
         if rc == 0 and out:
             break
+        last = (out.splitlines() or ["no output"])[-1]
         if "No devices were found" in out or time.time() >= end:
             facts = {"nvidia_smi": out[-400:]}
             if rc == 127:
                 return facts, "nvidia-smi is not on this VM: its image has no NVIDIA driver"
-            return facts, f"nvidia-smi failed (exit {rc}): {out.splitlines()[-1] if out else 'no output'}"
+            return facts, f"nvidia-smi failed (exit {rc}): {last}"
         if not said:
-            print(f"researchkit: waiting up to {wait:g} s for the NVIDIA driver ({out.splitlines()[-1]})", flush=True)
+            print(f"researchkit: waiting up to {wait:g} s for the NVIDIA driver ({last})", flush=True)
             said = True
         time.sleep(5)
     rows = [[c.strip() for c in line.split(",")] for line in out.splitlines() if line.strip()]
