@@ -135,6 +135,10 @@ class Provider(ABC):
     def prepare(self, store) -> None:  # noqa: B027 - optional hook, a no-op by default
         """Called once before a launch: e.g. create the bucket if the provider owns its default."""
 
+    def image(self, req: InstanceRequest) -> str:
+        """The image the instance would boot, and where that choice comes from (shown by --dry-run)."""
+        return ""
+
     def request_body(self, req: InstanceRequest) -> dict:
         """What create() would send, as the API documents it (shown by --dry-run)."""
         return {"name": req.name, "labels": req.labels, "max_seconds": req.max_seconds}

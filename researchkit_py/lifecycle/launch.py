@@ -121,8 +121,9 @@ def dry_run_report(ctx: Context, plan: Launch) -> str:
     worst = (f"${m.worst_case_cost_usd:.2f} ({m.max_hours:g} h)" if m.worst_case_cost_usd is not None
              else "unknown (no price known for it: set RK_PRICE_PER_HOUR)")
     body = json.dumps(ctx.provider.request_body(plan.request), indent=2)
+    image = ctx.provider.image(plan.request)
     return (f"machine: {plan.machine.describe()} ({plan.machine.source or 'default'})\n"
-            f"worst case: {worst}\nrequest: {body}")
+            + (f"image: {image}\n" if image else "") + f"worst case: {worst}\nrequest: {body}")
 
 
 def launch(ctx: Context, opts: LaunchOptions) -> Launch:

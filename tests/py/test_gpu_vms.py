@@ -263,7 +263,8 @@ def test_detached_dry_run_of_a_gpu_experiment(gce, project):
     gpu_project(project, "exp-001-gpu-speedup")
     r = detached("--exp", "1", "--dry-run")
     assert r.returncode == 0, r.stderr
-    for shown in ("machine: g2-standard-4 (1 × L4) (the spec's compute profile)", "worst case: $2.83 (4 h)",
+    for shown in ("machine: g2-standard-4 (1 × L4) (the spec's compute profile)\nimage: projects/deeplearning-platform-"
+                  "release/global/images/family/common-cu129-ubuntu-2204-nvidia-580\nworst case: $2.83 (4 h)",
                   '"onHostMaintenance": "TERMINATE"', '"automaticRestart": false',
                   '"sourceImage": "projects/deeplearning-platform-release/global/images/family/'
                   'common-cu129-ubuntu-2204-nvidia-580"', '"key": "install-nvidia-driver"', "nothing was created"):
@@ -278,7 +279,8 @@ def test_cloud_run_dry_run_of_a_gpu_spec_on_ec2(ec2, project, monkeypatch):
     r = tool(str(REPO / "tools" / "cloud-run"), "run", "python train.py", "--backend", "ec2", "--spec", str(spec),
              "--dry-run")
     assert r.returncode == 0, r.stderr
-    for shown in ("machine: g6.xlarge (1 × L4) (the spec's compute profile)", "worst case: $3.22 (4 h)",
+    for shown in (f"machine: g6.xlarge (1 × L4) (the spec's compute profile)\nimage: {ec2.ami} (the SSM parameter "
+                  "/researchkit/test/ubuntu-ami)\nworst case: $3.22 (4 h)",
                   '"InstanceType": "g6.xlarge"', f'"ImageId": "{ec2.ami}"'):
         assert shown in r.stderr
     assert [i for res in ec2.ec2.describe_instances()["Reservations"] for i in res["Instances"]] == []
@@ -291,7 +293,8 @@ def test_max_cost_counts_the_gpus(gce, project):
     assert r.returncode == 1 and r.stderr == ("cloud-run: worst case $58.77 (2 h of a2-highgpu-8g (8 × A100)) exceeds "
                                               "--max-cost $50.00; lower --max-hours or choose a cheaper --machine-type\n")
     v100 = tool(*run, "--gpu", "V100:8")  # n1-standard-64 at $3.04/h and 8 attached V100s at $2.48/h each
-    assert v100.returncode == 0 and "machine: n1-standard-64 (8 × V100) (--gpu)\nworst case: $45.76 (2 h)" in v100.stderr
+    assert v100.returncode == 0 and "machine: n1-standard-64 (8 × V100) (--gpu)\n" in v100.stderr
+    assert "\nworst case: $45.76 (2 h)\n" in v100.stderr
     assert gce.log == []
 
 

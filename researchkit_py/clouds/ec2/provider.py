@@ -73,6 +73,12 @@ class EC2Provider(Provider):
         with _translate(f"read SSM parameter {param}"):
             return aws_client("ssm", self.settings).get_parameter(Name=param)["Parameter"]["Value"]
 
+    def image(self, req: InstanceRequest) -> str:
+        gpu = bool(req.gpu_count)
+        ami, param = (self.gpu_ami, self.gpu_ami_param) if gpu else (self.ami, self.ami_param)
+        source = ("EC2_GPU_AMI" if gpu else "EC2_AMI") if ami else f"the SSM parameter {param}"
+        return f"{self.resolve_ami(gpu)} ({source})"
+
     def create(self, req: InstanceRequest) -> Instance:
         user_data = self.user_data(req.startup_script)  # refused before any call to AWS
         itype, tried = req.machine_type or self.instance_type, []

@@ -175,6 +175,10 @@ class GCEProvider(Provider):
                            "GCE_SPOT=1), or ask for a shape with more GPUs")
         return cfg
 
+    def image(self, req: InstanceRequest) -> str:
+        cfg = self.vm_config(req)
+        return f"projects/{cfg.image_project}/global/images/family/{cfg.image_family}"
+
     def request_body(self, req: InstanceRequest) -> dict:
         """The insert create() would send first: its zone and the instance resource."""
         body = self.vm_config(req).instance_body(self.zones[0])
