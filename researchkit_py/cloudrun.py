@@ -12,7 +12,7 @@ from pathlib import Path
 
 from . import protocol
 from .argv import ArgumentParser
-from .errors import KitError, ProviderError, UsageError, run_cli, say
+from .errors import KitError, ProviderError, run_cli, say
 from .settings import Settings
 
 
@@ -36,7 +36,10 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--max-hours", type=float, help="hard deadline; the VM is deleted by then whatever happens")
     r.add_argument("--detach", action="store_true", help="return after launch; use status/logs/pull later")
     r.add_argument("--env", action="append", default=[], metavar="K=V", help="environment for the command")
-    r.add_argument("--machine-type", default="", help="instance type (provider-specific)")
+    r.add_argument("--machine-type", default="", help="instance type (default: what --gpu or the --spec's compute "
+                   "profile asks for, else the provider's default)")
+    r.add_argument("--gpu", metavar="TYPE[:COUNT]", help="GPUs, e.g. L4 or A100:8; `none` for none (default: the "
+                   "--spec's gpu_type and gpu_count)")
     r.add_argument("--spot", action="store_true", help="use spot/preemptible capacity where supported")
     r.add_argument("--max-cost", type=float, metavar="USD", help="refuse if price × --max-hours would exceed this")
     r.add_argument("--dry-run", action="store_true", help="print the startup script; create nothing")
@@ -122,19 +125,22 @@ def main(argv: list[str]) -> int:
 
 def cmd_run(ctx, args) -> int:
     from .clouds.registry import deadline_hours
-    from .lifecycle import LaunchOptions, check_output_dir, launch, plan_launch
+    from .experiment.spec import spec_command
+    from .lifecycle import LaunchOptions, check_output_dir, dry_run_report, launch, plan_launch
+    from .machine import choose
     from .startup import parse_env_pairs
 
     output_dir = Path(args.output_dir) if args.output_dir else None
     if output_dir is not None:
         check_output_dir(output_dir)
-    command = args.command or _spec_command(args.spec)
+    command = args.command or spec_command(args.spec)
     shown = f"cloud-run: command{'' if args.command else f' (the `## Run` block of {args.spec})'}: {shlex.quote(command)}"
     opts = LaunchOptions(
         command=command, spec=args.spec,
         data_dirs=[d for d in args.data_dirs.split(",") if d.strip()],
         max_hours=deadline_hours(ctx.settings.with_flags(MAX_GPU_HOURS=_flag(args.max_hours))),
-        env=parse_env_pairs(args.env), machine_type=args.machine_type, spot=args.spot,
+        env=parse_env_pairs(args.env), spot=args.spot,
+        machine=choose(ctx.provider.name, ctx.settings, machine_type=args.machine_type, gpu=args.gpu, spec=args.spec),
         experiment=Path(args.spec).stem if args.spec else "", detached=args.detach, max_cost=args.max_cost,
     )
     if args.dry_run:
@@ -142,7 +148,7 @@ def cmd_run(ctx, args) -> int:
         say(shown)
         req = plan.request
         say(f"cloud-run: dry run — would create {req.name} on {ctx.provider.name} with labels {req.labels}, "
-            f"deadline {req.max_seconds} s, bucket {ctx.store.url}; nothing was created")
+            f"deadline {req.max_seconds} s, bucket {ctx.store.url}; nothing was created\n{dry_run_report(ctx, plan)}")
         sys.stdout.write(plan.script)
         return 0
     _terminate_on_sigterm()
@@ -158,20 +164,6 @@ def cmd_run(ctx, args) -> int:
         say(f"\ncloud-run: stopped waiting; {run_id} goes on. `cloud-run status {run_id}`, "
             f"or `cloud-run terminate {run_id}` to stop it")
         return 130
-
-
-def _spec_command(spec: str) -> str:
-    """The command of the spec's `## Run` block, for `run --spec SPEC` without a command."""
-    from .experiment.spec import load_spec
-
-    if not spec:
-        raise UsageError("run needs a command (single-quoted: 'python3 train.py --out \"$RESULTS_DIR\"') "
-                         "or --spec SPEC whose `## Run` block has one")
-    command = load_spec(spec).run_command
-    if not command:
-        raise UsageError(f"{spec} has no command in a ``` block under '## Run'; add one there, or give the "
-                         f"command (single-quoted) as the first argument of `cloud-run run`")
-    return command
 
 
 def _after_launch(ctx, args, plan, output_dir: Path | None) -> int:

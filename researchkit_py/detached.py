@@ -24,17 +24,23 @@ DEFAULT_COMMAND = f"python {DEFAULT_SCRIPT} --exp {{exp}} {{quick}} --parallel"
 LATER = ("list", "status", "download", "logs", "kill")
 
 
+def spec_for(exp: int, settings: Settings) -> Path | None:
+    """experiments/exp-00N-*.md: its run command and compute profile are experiment N's."""
+    specs = sorted(Path(settings.root, "experiments").glob(f"exp-{exp:03d}-*.md"))
+    return specs[0] if specs else None
+
+
 def command_for(exp: int, quick: bool, explicit: str, settings: Settings) -> tuple[str, str]:
     """(command, where it came from) for experiment `exp`."""
     if explicit:
         return explicit, "--command"
-    specs = sorted(Path(settings.root, "experiments").glob(f"exp-{exp:03d}-*.md"))
-    if specs:
+    spec = spec_for(exp, settings)
+    if spec:
         from .experiment.spec import load_spec
 
-        spec = load_spec(specs[0])
-        if spec.run_command:
-            return spec.run_command, str(specs[0].relative_to(settings.root))
+        run_command = load_spec(spec).run_command
+        if run_command:
+            return run_command, str(spec.relative_to(settings.root))
     template = settings.get("RK_DETACHED_COMMAND") or DEFAULT_COMMAND
     source = "RK_DETACHED_COMMAND" if settings.get("RK_DETACHED_COMMAND") else "the default"
     if template == DEFAULT_COMMAND and not Path(settings.root, DEFAULT_SCRIPT).is_file():
@@ -75,7 +81,10 @@ def launch_parser() -> argparse.ArgumentParser:
     p.add_argument("--command", default="", help="what to run instead (same for every --exp)")
     p.add_argument("--project", help="GCP project (default: GCE_PROJECT, then gcloud's core/project)")
     p.add_argument("--zone", help="zone (default: GCE_ZONE, us-central1-a); GCE_ZONES adds fallbacks")
-    p.add_argument("--machine-type", help="default: GCE_MACHINE_TYPE, n2-standard-4")
+    p.add_argument("--machine-type", help="default: what --gpu or the experiment's spec asks for, else "
+                   "GCE_MACHINE_TYPE, n2-standard-4")
+    p.add_argument("--gpu", metavar="TYPE[:COUNT]", help="GPUs, e.g. L4 or A100:8; `none` for none (default: the "
+                   "spec's gpu_type and gpu_count)")
     p.add_argument("--max-hours", type=float, help="the VM is deleted by then whatever happens (default MAX_GPU_HOURS)")
     p.add_argument("--spot", action="store_true", help="spot capacity (cheaper, may be preempted)")
     p.add_argument("--dry-run", action="store_true", help="print the startup script and instance request; create nothing")
@@ -117,19 +126,22 @@ def main(argv: list[str]) -> int:
 def launch(args) -> int:
     from . import lifecycle
     from .clouds.registry import deadline_hours
+    from .machine import choose
 
     ctx = _context(args, launching=True)
     max_hours = deadline_hours(ctx.settings.with_flags(MAX_GPU_HOURS=None if args.max_hours is None else f"{args.max_hours:g}"))
     launched = []
     for exp in args.exp:
         command, source = command_for(exp, args.quick, args.command, ctx.settings)
+        machine = choose("gce", ctx.settings, machine_type=args.machine_type or "", gpu=args.gpu,
+                         spec=spec_for(exp, ctx.settings) or "")
         opts = lifecycle.LaunchOptions(command=command, max_hours=max_hours, spot=args.spot, experiment=f"exp{exp}",
-                                       label=f"exp{exp}", machine_type=args.machine_type or "", detached=True)
+                                       label=f"exp{exp}", machine=machine, detached=True)
         if args.dry_run:
             plan = lifecycle.plan_launch(ctx, opts, upload=False)
             print(plan.script)
-            body = json.dumps(ctx.provider.request_body(plan.request), indent=2)
-            say(f"dry run, experiment {exp} ({shlex.quote(command)} from {source}): would insert\n{body}\nnothing was created")
+            say(f"dry run, experiment {exp} ({shlex.quote(command)} from {source}): would insert\n"
+                f"{lifecycle.dry_run_report(ctx, plan)}\nnothing was created")
             continue
         plan = lifecycle.launch(ctx, opts)
         launched.append((exp, plan))

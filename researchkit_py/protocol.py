@@ -31,11 +31,14 @@ PENDING = "PENDING"  # no status written yet
 
 EXIT, TIMEOUT, LOST = "exit", "timeout", "lost"
 BOOT_ERROR, UPLOAD_ERROR, TERMINATED = "boot_error", "upload_error", "terminated"
-# A run stopped before the command finished, by the stage it was in.
+GPU_UNAVAILABLE = "gpu_unavailable"  # the run asked for a GPU the VM could not use: the command never ran
+# A run stopped before the command finished, by the stage it was in, unless the script named
+# the cause of its failed setup step itself (one of SETUP_CAUSES).
 STAGE_CAUSE = {BOOT: BOOT_ERROR, SETUP: BOOT_ERROR, UPLOAD: UPLOAD_ERROR}
+SETUP_CAUSES = (GPU_UNAVAILABLE,)
 MESSAGES = {EXIT: "command exited {rc}", TIMEOUT: "command ran past its deadline",
             BOOT_ERROR: "setup failed during {stage}", UPLOAD_ERROR: "results upload failed",
-            TERMINATED: "stopped during {stage}"}
+            TERMINATED: "stopped during {stage}", GPU_UNAVAILABLE: "no usable GPU: the command did not run"}
 
 # Exit codes of the client when the remote command's own code is not the answer.
 EXIT_TIMEOUT = 124
@@ -46,6 +49,11 @@ RUNS = "runs"
 MANIFEST, STATUS, HEARTBEAT = "manifest.json", "status.json", "heartbeat"
 LOG = "logs/run.log"
 RESULTS, RESULTS_MANIFEST, PACKS, DATA = "results", "results.manifest.json", "packs", "data"
+# The VM's GPU check (gpu_check.py), put in the bucket for a run that asks for a GPU: EC2's 16 KB
+# of user data leave no room for it beside the agent. On the VM, what it found goes to GPU_FACTS
+# in the run's scratch directory, and every later status carries it.
+GPU_CHECK, GPU_FACTS = "gpu_check.py", "gpu.json"
+# Beside pulled results: the run's status as the pull found it (READ prints its GPU facts).
 
 
 def run_prefix(run_id: str) -> str:
@@ -123,6 +131,8 @@ class RunManifest:
     heartbeat_seconds: int
     zone: str = ""
     machine_type: str = ""
+    gpu: str = ""  # the GPU model asked for ("" for none)
+    gpu_count: int = 0
     spec: str = ""
     experiment: str = ""
     results_subdir: str = "results"
@@ -146,7 +156,7 @@ def final_status(stage: str, cmd_rc: int | None, cause: str) -> dict:
         phase = DONE if cause == EXIT and cmd_rc == 0 else FAILED
     else:
         phase = FAILED
-        cause = STAGE_CAUSE.get(stage) or cause or TERMINATED
+        cause = cause if cause in SETUP_CAUSES else STAGE_CAUSE.get(stage) or cause or TERMINATED
     message = MESSAGES.get(cause, cause).format(rc=cmd_rc, stage=stage)
     return {"phase": phase, "exit_code": cmd_rc, "cause": cause, "stage": stage, "message": message}
 

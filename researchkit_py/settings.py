@@ -56,6 +56,7 @@ DEFAULTS: dict[str, str] = {
     "RK_STATE_HOME": "",
     "RK_VM_PYTHON": "",
     "RK_PRICE_PER_HOUR": "",
+    "RK_GPU_DRIVER_WAIT": "300",
     "RK_STORAGE_RETRIES": "6",
     "RK_STORAGE_BACKOFF": "0.5",
     "RK_TRANSFER_THREADS": "",

@@ -47,6 +47,8 @@ class ScriptPlan:
     results_subdir: str = "results"
     has_data: bool = False
     vm_python: str = ""  # a pre-provisioned Python on the image: used as-is, nothing installed
+    gpu: str = ""  # MODEL:COUNT the run asked for: checked before the command starts
+    gpu_wait_seconds: int = 300  # how long the check waits for a driver still being installed
 
 
 def parse_env_pairs(pairs: list[str]) -> dict[str, str]:
@@ -132,6 +134,8 @@ def render_startup_script(plan: ScriptPlan) -> str:
         q_agent_import=q(f"import {store.vm_sdk or 'json'}"),
         q_packages=" ".join(q(p) for p in store.vm_packages) or "''",
         payload=agent_payload(plan.provider, plan.store_url),
+        gpu_check=(f'RK_CAUSE={protocol.GPU_UNAVAILABLE}; rk gpu-check "$PWD" {q(plan.gpu)} {int(plan.gpu_wait_seconds)}; '
+                   'RK_CAUSE=""') if plan.gpu else ":",
         exports=exports,
     )
 
@@ -231,6 +235,8 @@ export PATH
 {exports}
 export RESULTS_DIR="$RK_WORK/$RK_RESULTS_SUBDIR"
 mkdir -p "$RESULTS_DIR"
+# A GPU the run asked for must work in the run's environment before the command starts.
+{gpu_check}
 
 # 3. The command, under its soft deadline, with a heartbeat that also ships the log.
 RK_STAGE={RUN}

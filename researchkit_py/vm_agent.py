@@ -11,6 +11,7 @@ work with a bare python3: it imports nothing outside the standard library.
 from __future__ import annotations
 
 import importlib
+import json
 import os
 import socket
 import sys
@@ -66,6 +67,9 @@ class Agent:
         return self.env.root / "run.log"
 
     def write_status(self, phase: str, **fields) -> None:
+        facts = self.env.root / protocol.GPU_FACTS
+        if facts.exists():
+            fields.setdefault("gpu", json.loads(facts.read_text()))
         record = protocol.status_record(self.env.run_id, phase, host=socket.gethostname(), **fields)
         self.store.write_json(self.key(protocol.STATUS), record)
 
@@ -112,12 +116,18 @@ class Agent:
         finally:
             self.write_status(fields.pop("phase"), **fields)
 
+    def gpu_check(self, workdir: str, asked: str, wait: str) -> None:
+        self.store.get_file(self.key(protocol.GPU_CHECK), Path(__file__).with_name(protocol.GPU_CHECK))
+        from .gpu_check import check
+
+        check(self.env.root, workdir, asked, float(wait))
+
     def self_delete(self) -> None:
         """The provider's own way for a VM to go (clouds/<provider>/vm.py, standard library only)."""
         importlib.import_module(f"researchkit_py.clouds.{self.env.provider}.vm").self_delete(self.env.environ)
 
 
-USAGE = "usage: vm_agent status STAGE|heartbeat|get-bundle KEY DIR|get-data DIR|push-results DIR|finish STAGE RC CAUSE|self-delete [-- ...]"
+USAGE = "usage: vm_agent status STAGE|heartbeat|get-bundle KEY DIR|get-data DIR|push-results DIR|gpu-check DIR GPU WAIT|finish STAGE RC CAUSE|self-delete [-- ...]"
 
 
 def main(argv: list[str], agent: Agent) -> int:
@@ -132,6 +142,7 @@ def main(argv: list[str], agent: Agent) -> int:
         "get-bundle": lambda a: agent.get_bundle(*a),
         "get-data": lambda a: agent.get_data(*a),
         "push-results": lambda a: agent.push_results(*a),
+        "gpu-check": lambda a: agent.gpu_check(*a),
         "finish": lambda a: agent.finish(*a),
         "self-delete": lambda a: agent.self_delete(),
     }

@@ -18,13 +18,54 @@ TOOL_LABEL = ("researchkit-tool", "researchkit")
 
 @dataclass(frozen=True)
 class Shapes:
-    """The machine types preflight recommends, by what an experiment needs."""
+    """The machine types preflight recommends, by what an experiment needs; `gpu` is the GPU
+    model a profile gets when it asks for a GPU without naming one."""
 
     cpu_small: str
     cpu_large: str
     memory_large: str
-    gpu_small: str
-    gpu_large: str
+    gpu: str
+
+
+@dataclass(frozen=True)
+class GPUShape:
+    """A machine type that carries `count` GPUs of one model. On GCE `accelerator` is the
+    accelerator type (what zones offer); `attach` when it is attached to the machine type
+    (guestAccelerators, N1) rather than built in (A2, A3, G2)."""
+
+    gpu: str
+    count: int
+    machine_type: str
+    accelerator: str = ""
+    attach: bool = False
+    spot_only: bool = False  # offered only as spot capacity
+
+
+def gpu_shapes(gpu: str, counts: dict[int, str], accelerator: str = "", attach: bool = False,
+               spot_only: tuple[int, ...] = ()) -> tuple[GPUShape, ...]:
+    """One GPU model's shapes: {count: machine type}."""
+    return tuple(GPUShape(gpu, n, mt, accelerator, attach, n in spot_only) for n, mt in counts.items())
+
+
+@dataclass(frozen=True)
+class Machine:
+    """What a run gets: a machine type ("" for the provider's default) and its GPUs. One
+    function decides it (machine.choose) for preflight, the RUN directive and the launch."""
+
+    machine_type: str = ""
+    gpu: str = ""  # the GPU model ("" for none; "GPU" for a machine type not in the table)
+    gpu_count: int = 0
+    accelerator: str = ""
+    attach: bool = False
+    source: str = ""  # where the choice came from, for messages
+
+    def gpu_text(self) -> str:
+        return f"{self.gpu_count} × {self.gpu}" if self.gpu_count else "no GPU"
+
+    def describe(self) -> str:
+        """How messages name it: `g2-standard-4 (1 × L4)`."""
+        name = self.machine_type or "this machine"
+        return f"{name} ({self.gpu_text()})" if self.gpu_count else name
 
 
 @dataclass(frozen=True)
@@ -43,7 +84,11 @@ class Cloud:
     vm_sdk: str = ""  # a module whose import proves the VM's python3 can reach such a bucket
     vm_packages: tuple[str, ...] = ()  # what provides it otherwise (pip names)
     prices: dict[str, float] = field(default_factory=dict)  # on-demand USD per hour, by machine type
+    accelerator_prices: dict[str, float] = field(default_factory=dict)  # USD per attached GPU per hour
     shapes: Shapes | None = None
+    machine_setting: str = ""  # the setting that names the machine type when a run names none
+    gpus: tuple[GPUShape, ...] = ()  # the GPU shapes, by model and count
+    gpu_machine_types: str = ""  # a regex: machine types with built-in GPUs beyond the table
     defaults: dict[str, str] = field(default_factory=dict)  # its settings (documented in docs/settings.md)
 
 
@@ -56,6 +101,9 @@ class InstanceRequest:
     max_seconds: int
     machine_type: str = ""
     spot: bool = False
+    gpu_count: int = 0  # > 0: a GPU VM (an image with drivers; on GCE, TERMINATE on host maintenance)
+    accelerator: str = ""  # GCE: the accelerator type its zones must offer
+    attach: bool = False  # GCE: attach gpu_count of it (guestAccelerators)
 
 
 @dataclass
@@ -86,6 +134,10 @@ class Provider(ABC):
 
     def prepare(self, store) -> None:  # noqa: B027 - optional hook, a no-op by default
         """Called once before a launch: e.g. create the bucket if the provider owns its default."""
+
+    def image(self, req: InstanceRequest) -> str:
+        """The image the instance would boot, and where that choice comes from (shown by --dry-run)."""
+        return ""
 
     def request_body(self, req: InstanceRequest) -> dict:
         """What create() would send, as the API documents it (shown by --dry-run)."""

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from ..errors import KitError, UsageError
 from ..settings import Settings
-from .base import Cloud, Provider
+from .base import Cloud, Machine, Provider
 from .ec2.cloud import CLOUD as EC2
 from .gce.cloud import CLOUD as GCE
 from .local.cloud import CLOUD as LOCAL
@@ -133,14 +133,19 @@ def open_store(url: str, settings: Settings | None = None):
     return _load(store_cloud(url).store).open_url(url, settings or Settings(read_file=False))
 
 
-def price_per_hour(cloud: str, machine_type: str, settings: Settings) -> float:
-    """RK_PRICE_PER_HOUR, else the cloud's built-in table (approximate: for comparing and capping)."""
+def price_per_hour(cloud: str, machine: Machine, settings: Settings) -> float:
+    """RK_PRICE_PER_HOUR, else the cloud's built-in tables: the machine type and any GPUs
+    attached to it (approximate: for comparing and capping)."""
     if settings.get("RK_PRICE_PER_HOUR"):
         return settings.number("RK_PRICE_PER_HOUR")
-    prices = CLOUDS[cloud].prices
-    if not prices:
+    c = CLOUDS[cloud]
+    if not c.prices:
         return 0.0  # the embedded provider costs nothing
+    what = machine.machine_type + (f" with {machine.gpu_text()}" if machine.attach else "")
     try:
-        return prices[machine_type]
+        price = c.prices[machine.machine_type]
+        if machine.attach:
+            price += machine.gpu_count * c.accelerator_prices[machine.accelerator]
     except KeyError:
-        raise KitError(f"no price known for {machine_type} on {cloud}; set RK_PRICE_PER_HOUR to its hourly price") from None
+        raise KitError(f"no price known for {what} on {cloud}; set RK_PRICE_PER_HOUR to its hourly price") from None
+    return round(price, 4)

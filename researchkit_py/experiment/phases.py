@@ -189,14 +189,18 @@ def _begin_run(spec: Spec, results: Path, values: dict, settings: Settings, out:
         lock(record, _other_results(values, [spec.id]))
     out.set("LOCK_RECORD", record)
     target = values["COMPUTE_TARGET"]
-    runrecord.start(results, spec.id, target, cloud=bool(clouds.target(target).cloud))
-    if clouds.target(target).cloud:
-        data_dir = values["DATA_DIR"]
+    cloud = clouds.target(target).cloud
+    runrecord.start(results, spec.id, target, cloud=bool(cloud))
+    if cloud:
+        from ..machine import SPEC, choose
+
         # Absolute paths, and EXP_PROJECT_ROOT exported: the block runs the same from any directory.
+        data_dir, machine = values["DATA_DIR"], choose(cloud, settings, spec=spec.path)
         return compute_directive(
             target, okit=values["ORCHESTRATION_KIT_ROOT"], spec=str(spec.path.resolve()), results=str(results.resolve()),
             command=spec.run_command, data_dir=data_dir if Path(data_dir).is_dir() else None,
-            max_hours=f"{clouds.deadline_hours(settings, spec.budget.get('max_gpu_hours')):g}")
+            max_hours=f"{clouds.deadline_hours(settings, spec.budget.get('max_gpu_hours')):g}",
+            machine=machine.describe() if machine.source == SPEC else "")  # the default goes unsaid
     # Local RUN gets the preflight advisory only when a tools root is configured: without one,
     # local RUN is exactly as it always was.
     preflight = Path(values["ORCHESTRATION_KIT_ROOT"]) / "tools" / "preflight"

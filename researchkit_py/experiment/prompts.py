@@ -14,11 +14,12 @@ PHASES = ("survey", "frame", "run", "read", "log", "synthesize")
 
 
 def compute_directive(target: str, *, okit: str, spec: str, results: str, command: str,
-                      data_dir: str | None, max_hours: str) -> str:
+                      data_dir: str | None, max_hours: str, machine: str = "") -> str:
     """The mandatory directive (orchestration-kit's wording), for each cloud target; empty for
     local. Its command block needs no quoting of the experiment's command: `cloud-run run
     --spec` takes it from the spec's `## Run` block; every path in it is shell-quoted, so the
-    block runs as written when pasted into bash (tests/py/test_directive.py pastes it)."""
+    block runs as written when pasted into bash (tests/py/test_directive.py pastes it).
+    `machine`: what the launch will get (machine.choose), said before the command."""
     t = compute_target(target)
     if t.cloud is None:
         return ""
@@ -28,10 +29,11 @@ def compute_directive(target: str, *, okit: str, spec: str, results: str, comman
             f"--output-dir {out}", f"--max-hours {max_hours}"]
     block = f"  {tool} run \\\n" + " \\\n".join(f"      {a}" for a in args)
     shown = q(command) if command else "(none yet: the spec has no command in a ``` block under '## Run')"
+    machine_line = f"The machine: {machine} (cloud-run picks it from --spec).\n" if machine else ""
     return f"""
 ## Compute Directive (MANDATORY — {t.label})
 ALL training and heavy computation MUST run {t.where}. Do NOT run model training locally.
-
+{machine_line}
 Use cloud-run to execute the experiment:
 {block}
 

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import KitError
+from ..lifecycle.pull import PULL_STATE
 from ..storage.paths import write_json_atomic
 from . import runrecord
 from .criteria import evaluate, read_metrics
@@ -45,9 +46,24 @@ def write_analysis(spec: Spec, results: Path) -> str:
     text = (f"# Analysis: {spec.id}\n\n{spec.title}\n\n## Verdict: {result}\n\n"
             f"| Criterion | Metric | Observed | Threshold | Result |\n|---|---|---|---|---|\n{rows}\n\n"
             f"Evidence: {source}\n{runrecord.provenance(results)}\n"
-            f"Evaluated by the scripted READ agent on {today()}.\n")
+            f"{gpu_line(results)}Evaluated by the scripted READ agent on {today()}.\n")
     (results / "analysis.md").write_text(text)
     return result
+
+
+def gpu_line(results: Path) -> str:
+    """What the run's GPU check found (from the status its pull saved), as a line of the analysis."""
+    try:
+        gpu = json.loads((results / PULL_STATE).read_text())["status"].get("gpu")
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return ""
+    if not isinstance(gpu, dict):
+        return ""
+    if not gpu.get("ok"):
+        return f"GPU: unavailable ({gpu.get('problem', 'no details')}); the command did not run.\n"
+    torch = f"; torch {gpu['torch']} with CUDA {gpu['torch_cuda']}" if gpu.get("torch") else ""
+    return (f"GPU: {len(gpu.get('devices', []))} × {', '.join(dict.fromkeys(gpu.get('devices', [])))}, "
+            f"NVIDIA driver {gpu.get('driver', '?')}, CUDA {gpu.get('cuda') or '?'}{torch}.\n")
 
 
 def abort_metrics(results: Path, reason: str) -> None:

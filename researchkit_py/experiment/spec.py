@@ -13,7 +13,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..errors import KitError
+from ..errors import KitError, UsageError
 from .criteria import ACCEPTED, Criterion, parse
 
 REQUIRED_SECTIONS = ("Hypothesis", "Variables", "Controls", "Metrics", "Success Criteria")
@@ -160,3 +160,15 @@ def _profile(text: str) -> tuple[dict | None, str]:
     if not isinstance(data, dict):
         return None, "a YAML mapping (key: value lines) in the compute profile"
     return data, ""
+
+
+def spec_command(spec: str) -> str:
+    """The command of the spec's `## Run` block, for `cloud-run run --spec SPEC` without a command."""
+    if not spec:
+        raise UsageError("run needs a command (single-quoted: 'python3 train.py --out \"$RESULTS_DIR\"') "
+                         "or --spec SPEC whose `## Run` block has one")
+    command = load_spec(spec).run_command
+    if not command:
+        raise UsageError(f"{spec} has no command in a ``` block under '## Run'; add one there, or give the "
+                         f"command (single-quoted) as the first argument of `cloud-run run`")
+    return command

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from .. import protocol
-from ..clouds.base import TOOL_LABEL, InstanceRequest
+from ..clouds.base import TOOL_LABEL, InstanceRequest, Machine
 from ..clouds.registry import price_per_hour
 from ..errors import KitError
 from ..storage.transfer import put_tree
@@ -21,7 +22,7 @@ class LaunchOptions:
     data_dirs: list[str] = field(default_factory=list)
     max_hours: float = 4.0
     env: dict[str, str] = field(default_factory=dict)
-    machine_type: str = ""
+    machine: Machine = field(default_factory=Machine)  # machine.choose decides it; "" type: the provider's default
     spot: bool = False
     experiment: str = ""
     label: str = ""
@@ -36,14 +37,19 @@ class Launch:
     manifest: protocol.RunManifest
     script: str
     request: InstanceRequest
+    machine: Machine
     code_uploaded_bytes: int = 0
+
+
+def launch_machine(ctx: Context, opts: LaunchOptions) -> Machine:
+    """The machine the instance gets: the chosen one, its type filled in with the provider's default."""
+    return replace(opts.machine, machine_type=opts.machine.machine_type or ctx.provider.default_machine_type())
 
 
 def worst_case_cost(ctx: Context, opts: LaunchOptions) -> float | None:
     """Price × max hours; None when the price is unknown (then only --max-cost insists on one)."""
     try:
-        price = price_per_hour(ctx.provider.name, opts.machine_type or ctx.provider.default_machine_type(),
-                               ctx.settings)
+        price = price_per_hour(ctx.provider.name, launch_machine(ctx, opts), ctx.settings)
     except KitError:
         if opts.max_cost is not None:
             raise
@@ -54,10 +60,10 @@ def worst_case_cost(ctx: Context, opts: LaunchOptions) -> float | None:
 def plan_launch(ctx: Context, opts: LaunchOptions, *, upload: bool = True) -> Launch:
     """Everything up to the instance request: run id, bundle, data, script, manifest."""
     root = opts.project_root or ctx.settings.root
+    machine = launch_machine(ctx, opts)
     worst = worst_case_cost(ctx, opts)
     if opts.max_cost is not None and worst is not None and worst > opts.max_cost:
-        raise KitError(f"worst case ${worst:.2f} ({opts.max_hours:g} h of "
-                       f"{opts.machine_type or ctx.provider.default_machine_type()}) exceeds --max-cost "
+        raise KitError(f"worst case ${worst:.2f} ({opts.max_hours:g} h of {machine.describe()}) exceeds --max-cost "
                        f"${opts.max_cost:.2f}; lower --max-hours or choose a cheaper --machine-type")
     for d in opts.data_dirs:
         if not (root / d).is_dir():
@@ -79,12 +85,15 @@ def plan_launch(ctx: Context, opts: LaunchOptions, *, upload: bool = True) -> La
             deadline_lines=ctx.provider.deadline_lines(hard), self_delete_lines=ctx.provider.self_delete_lines(),
             env=opts.env, results_subdir=results_subdir, has_data=bool(opts.data_dirs),
             vm_python=ctx.settings.text("RK_VM_PYTHON"),
+            gpu=f"{machine.gpu}:{machine.gpu_count}" if machine.gpu_count else "",
+            gpu_wait_seconds=ctx.settings.integer("RK_GPU_DRIVER_WAIT"),
         ))
         created = protocol.now()
         manifest = protocol.RunManifest(
             run_id=run_id, provider=ctx.provider.name, instance=protocol.instance_name(run_id), command=opts.command,
             bundle=bundle.key, created_at=protocol.iso(created), expires_at=protocol.iso(created + hard),
-            max_hours=opts.max_hours, heartbeat_seconds=heartbeat, machine_type=opts.machine_type,
+            max_hours=opts.max_hours, heartbeat_seconds=heartbeat, machine_type=machine.machine_type,
+            gpu=machine.gpu, gpu_count=machine.gpu_count,
             spec=opts.spec, experiment=opts.experiment, results_subdir=results_subdir,
             data_dirs=list(opts.data_dirs), env_keys=sorted(opts.env), detached=opts.detached,
             worst_case_cost_usd=worst,
@@ -93,15 +102,30 @@ def plan_launch(ctx: Context, opts: LaunchOptions, *, upload: bool = True) -> La
                   "researchkit-expires": str(int(created + hard))}
         if opts.experiment:
             labels["researchkit-exp"] = protocol.slug(opts.experiment, 60)
-        request = InstanceRequest(manifest.instance, run_id, script, labels, hard, opts.machine_type, opts.spot)
-        plan = Launch(run_id, manifest, script, request)
+        request = InstanceRequest(manifest.instance, run_id, script, labels, hard, machine.machine_type, opts.spot,
+                                  machine.gpu_count, machine.accelerator, machine.attach)
+        plan = Launch(run_id, manifest, script, request, machine)
         if upload:
             plan.code_uploaded_bytes = upload_bundle(ctx.store, bundle)
+            if machine.gpu_count:  # the VM's GPU check, which has no room in EC2's user data (see protocol.GPU_CHECK)
+                check = Path(protocol.__file__).with_name(protocol.GPU_CHECK)
+                ctx.store.put_file(check, protocol.run_key(run_id, protocol.GPU_CHECK))
             for d in opts.data_dirs:
                 put_tree(ctx.store, root / d, protocol.run_key(run_id, f"{protocol.DATA}/{d.strip('/')}"), label=f"data {d}")
     finally:
         os.unlink(bundle.path)
     return plan
+
+
+def dry_run_report(ctx: Context, plan: Launch) -> str:
+    """What a dry run shows besides the script: the machine, its worst case, the request itself."""
+    m = plan.manifest
+    worst = (f"${m.worst_case_cost_usd:.2f} ({m.max_hours:g} h)" if m.worst_case_cost_usd is not None
+             else "unknown (no price known for it: set RK_PRICE_PER_HOUR)")
+    body = json.dumps(ctx.provider.request_body(plan.request), indent=2)
+    image = ctx.provider.image(plan.request)
+    return (f"machine: {plan.machine.describe()} ({plan.machine.source or 'default'})\n"
+            + (f"image: {image}\n" if image else "") + f"worst case: {worst}\nrequest: {body}")
 
 
 def launch(ctx: Context, opts: LaunchOptions) -> Launch:

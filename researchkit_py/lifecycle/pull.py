@@ -77,7 +77,8 @@ def pull(ctx: Context, run_id: str, output_dir: Path, *, verify: bool = False,
         if log:
             (output_dir / ".cloud-run.log").write_bytes(log)
         files = {p: [*st, sha] for p, sha in stats.installed.items() if (st := _stat(output_dir, p))}
-        status = {k: status.get(k) for k in ("phase", "cause", "exit_code", "message")}
+        # what READ reports of the run: its end, and what its GPU check found
+        status = {k: status.get(k) for k in ("phase", "cause", "exit_code", "message", "gpu")}
         write_json_atomic(output_dir / PULL_STATE, {"run_id": run_id, "final": status["phase"] in protocol.FINAL,
                                                     "complete": results is not None, "status": status, "files": files})
     except OSError as e:

@@ -4,7 +4,10 @@ InstancesClient (transport="rest") to insert, get, list, aggregated-list and del
 Operations are returned already DONE (the client's poller would otherwise call the real
 endpoint). `requestId` is an idempotency key, as on GCE. Every request is logged. Faults:
 `fail_zones[zone] = "ZONE_RESOURCE_POOL_EXHAUSTED" | "QUOTA_EXCEEDED"` makes inserts in
-that zone fail (with `partial_zones` the half-made instance is left behind, as GCE can).
+that zone fail (with `partial_zones` the half-made instance is left behind, as GCE can); an
+error entry from pool_exhausted() or quota_exceeded() fails them as GCE does for GPUs, with its
+details. `accelerator_zones` (accelerator type -> zones) is what the aggregated list of
+accelerator types answers.
 Hooks `on_insert(instance)` / `on_delete(instance)` let a test boot and kill fake VMs.
 Like GCE, an instance whose `scheduling.maxRunDuration` has passed is deleted when its
 instanceTerminationAction is DELETE (`enforce_deadlines = False` plays a cloud that does not).
@@ -27,7 +30,8 @@ class FakeGCE:
         self.instances: dict[tuple[str, str, str], dict] = {}  # (project, zone, name) -> instance
         self.request_ids: dict[str, dict] = {}
         self.log: list[dict] = []
-        self.fail_zones: dict[str, str] = {}
+        self.fail_zones: dict[str, str | dict] = {}
+        self.accelerator_zones: dict[str, list[str]] = dict(ACCELERATOR_ZONES)
         self.partial_zones: set[str] = set()
         self.on_insert = None
         self.on_delete = None
@@ -114,6 +118,16 @@ class FakeGCE:
                     if p == project and _match(inst, query.get("filter", "")):
                         items.setdefault(f"zones/{z}", {"instances": []})["instances"].append(inst)
             return 200, {"items": items}
+        m = re.fullmatch(r"/compute/v1/projects/([^/]+)/aggregated/acceleratorTypes", path)
+        if m and method == "GET":
+            wanted = re.findall(r"name\s*=\s*([\w.-]+)", query.get("filter", ""))
+            scopes: dict[str, dict] = {}
+            for acc, zones in self.accelerator_zones.items():
+                for z in zones:
+                    if not wanted or acc in wanted:
+                        scopes.setdefault(f"zones/{z}", {"acceleratorTypes": []})["acceleratorTypes"].append(
+                            {"kind": "compute#acceleratorType", "name": acc, "zone": f"projects/{m.group(1)}/zones/{z}"})
+            return 200, {"kind": "compute#acceleratorTypeAggregatedList", "items": scopes}
         m = re.fullmatch(r"/compute/v1/projects/([^/]+)/zones/([^/]+)/operations/([^/]+)", path)
         if m:
             return 200, _op(m.group(1), m.group(2), "get", m.group(3))
@@ -177,16 +191,62 @@ def _match(inst: dict, filt: str) -> bool:
     return True
 
 
-def _op(project: str, zone: str, kind: str, target: str, failure: str | None = None) -> dict:
+def _op(project: str, zone: str, kind: str, target: str, failure: str | dict | None = None) -> dict:
     op = {"kind": "compute#operation", "id": str(next(_ids)), "name": f"operation-{next(_ids)}", "status": "DONE",
           "operationType": kind, "zone": f"projects/{project}/zones/{zone}",
           "targetLink": f"projects/{project}/zones/{zone}/instances/{target}",
           "selfLink": f"projects/{project}/zones/{zone}/operations/op"}
     if failure:
-        status, message = (503, "SERVICE UNAVAILABLE") if failure != "QUOTA_EXCEEDED" else (403, "FORBIDDEN")
-        op.update(httpErrorStatusCode=status, httpErrorMessage=message,
-                  error={"errors": [{"code": failure, "message": f"{failure} in {zone}"}]})
+        entry = failure if isinstance(failure, dict) else {"code": failure, "message": f"{failure} in {zone}"}
+        status, message = (403, "FORBIDDEN") if entry["code"] == "QUOTA_EXCEEDED" else (503, "SERVICE UNAVAILABLE")
+        op.update(httpErrorStatusCode=status, httpErrorMessage=message, error={"errors": [entry]})
     return op
+
+
+# GCE's refusals of a GPU VM, as its operations carry them (Operation.error.errors[] in the
+# Compute v1 discovery document: code, message, errorDetails with errorInfo / quotaInfo / help).
+# The texts and details are those of real refusals as users have published them: a
+# ZONE_RESOURCE_POOL_EXHAUSTED_WITH_DETAILS whose errorInfo names vmType, zone and
+# zonesAvailable (gcloud's YAML of it, in cockroachdb's roachprod tests), and "Quota
+# 'GPUS_ALL_REGIONS' exceeded.  Limit: 0.0 globally." with metric compute.googleapis.com/
+# gpus_all_regions, limit GPUS-ALL-REGIONS-per-project, dimensions {global: global} (Terraform's
+# rendering of it); a regional quota names its region ("Limit: 0.0 in region us-central1.").
+def pool_exhausted(project: str, zone: str, vm_type: str, zones_available: list[str]) -> dict:
+    return {"code": "ZONE_RESOURCE_POOL_EXHAUSTED_WITH_DETAILS",
+            "message": f"The zone 'projects/{project}/zones/{zone}' does not have enough resources available to "
+                       "fulfill the request.  '(resource type:compute)'.",
+            "errorDetails": [
+                {"localizedMessage": {"locale": "en-US", "message": (
+                    f"A {vm_type} VM instance is currently unavailable in the {zone} zone. Consider trying your request "
+                    f"in the {', '.join(zones_available)} zone(s), which currently has capacity to accommodate your "
+                    "request.")}},
+                {"errorInfo": {"reason": "resource_availability", "domain": "compute.googleapis.com",
+                               "metadatas": {"vmType": vm_type, "zone": zone, "zonesAvailable": ",".join(zones_available)}}},
+                {"help": {"links": [{"description": "Troubleshooting documentation",
+                                     "url": "https://cloud.google.com/compute/docs/resource-error"}]}}]}
+
+
+def quota_exceeded(metric: str, limit: float, region: str = "") -> dict:
+    where = f"in region {region}" if region else "globally"
+    return {"code": "QUOTA_EXCEEDED", "message": f"Quota '{metric}' exceeded.  Limit: {limit:.1f} {where}.",
+            "errorDetails": [
+                {"quotaInfo": {"metricName": f"compute.googleapis.com/{metric.lower()}",
+                               "limitName": f"{metric.replace('_', '-')}-per-project" + ("-region" if region else ""),
+                               "dimensions": {"region": region} if region else {"global": "global"}, "limit": limit}},
+                {"help": {"links": [{"description": "Request a quota increase",
+                                     "url": "https://cloud.google.com/docs/quotas/help/request_increase"}]}}]}
+
+
+# Which zones offer which accelerator types (a subset of GCE's, enough for the tests).
+ACCELERATOR_ZONES = {
+    "nvidia-l4": ["us-central1-a", "us-central1-b", "us-central1-c", "us-east4-a", "europe-west4-a"],
+    "nvidia-tesla-t4": ["us-central1-a", "us-central1-b", "us-central1-f", "europe-west4-a"],
+    "nvidia-tesla-v100": ["us-central1-a", "us-central1-b", "us-central1-c", "us-central1-f"],
+    "nvidia-tesla-p100": ["us-central1-c", "us-central1-f"],
+    "nvidia-tesla-a100": ["us-central1-a", "us-central1-b", "us-central1-c", "us-central1-f"],
+    "nvidia-a100-80gb": ["us-central1-a", "us-central1-c", "us-east4-c"],
+    "nvidia-h100-80gb": ["us-central1-a", "us-central1-b", "us-central1-c", "us-east4-a"],
+}
 
 
 def _error(code: int, message: str, reason: str) -> tuple[int, dict]:

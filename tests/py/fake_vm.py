@@ -205,6 +205,7 @@ class FakeVMs:
         self.vms: dict[str, dict] = {}
         self.enforce_deadlines, self.minute_seconds = True, 60.0
         self.trace_startup = False  # bash's xtrace of the startup script, each line timed, into its log
+        self.extra_bin: dict[str, str] = {}  # more commands on the VM's PATH (name -> script), e.g. nvidia-smi
 
     def boot(self, script: str, identity: dict) -> None:
         name = identity["name"]
@@ -215,6 +216,9 @@ class FakeVMs:
             p = vm_root / "bin" / shim
             p.write_text(f"#!/bin/sh\necho \"{shim} $* @$(date +%s)\" >> '{vm_root}/poweroff'\n")
             p.chmod(0o755)
+        for command, text in self.extra_bin.items():
+            (vm_root / "bin" / command).write_text(text)
+            (vm_root / "bin" / command).chmod(0o755)
         (vm_root / "startup-script").write_text(script)
         env = {"PATH": f"{vm_root / 'bin'}:{Path(sys.executable).parent}:/usr/local/bin:/usr/bin:/bin",
                "HOME": str(vm_root / "home"), "LANG": "C.UTF-8", "RK_VM_ROOT": str(vm_root / "var"), **self.api_env}

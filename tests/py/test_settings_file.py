@@ -249,7 +249,7 @@ def _(p):
     p.env_file(RK_PRICE_PER_HOUR="3")
     r = subprocess.run([str(REPO / "tools" / "cloud-run"), "run", "true", "--max-hours", "2", "--max-cost", "5",
                         "--dry-run"], capture_output=True, text=True, cwd=p.root, env=os.environ.copy())
-    assert r.returncode == 1 and "worst case $6.00 (2 h of ) exceeds --max-cost $5.00" in r.stderr
+    assert r.returncode == 1 and "worst case $6.00 (2 h of this machine) exceeds --max-cost $5.00" in r.stderr
 
 
 @observes("RK_POLL_SECONDS")
@@ -402,6 +402,33 @@ def _(p):
     ec2 = get_provider("ec2", Settings())
     assert (ec2.instance_type, ec2.ami, ec2.ami_param, ec2.profile, ec2.subnets, ec2.security_group, ec2.spot) == \
         ("m6i.large", "ami-123", "/my/ami", "prof", ["subnet-a", "subnet-b"], "sg-1", True)
+
+
+@observes("GCE_GPU_IMAGE_FAMILY", "GCE_GPU_IMAGE_PROJECT", "GCE_GPU_DISK_GB")
+def _(p):
+    from researchkit_py.clouds.registry import get_provider
+
+    p.env_file(GCE_PROJECT="proj-x", GCE_GPU_IMAGE_FAMILY="my-cuda", GCE_GPU_IMAGE_PROJECT="my-images", GCE_GPU_DISK_GB="200")
+    assert get_provider("gce", Settings()).gpu_image == {"image_family": "my-cuda", "image_project": "my-images",
+                                                        "disk_size_gb": 200}
+
+
+@observes("EC2_GPU_AMI", "EC2_GPU_AMI_PARAM")
+def _(p):
+    from researchkit_py.clouds.registry import get_provider
+
+    p.env_file(EC2_GPU_AMI="ami-gpu", EC2_GPU_AMI_PARAM="/my/gpu-ami")
+    ec2 = get_provider("ec2", Settings())
+    assert (ec2.gpu_ami, ec2.gpu_ami_param) == ("ami-gpu", "/my/gpu-ami")
+
+
+@observes("RK_GPU_DRIVER_WAIT")
+def _(p):
+    """The wait for a driver still installing, rendered into the startup script of a GPU run."""
+    p.env_file(RK_GPU_DRIVER_WAIT="123")
+    code, out, err = p.dry_run("--gpu", "L4")
+    assert code == 0, err
+    assert "123" in next(line for line in out.splitlines() if "gpu-check" in line), out
 
 
 @observes("AWS_REGION", "AWS_ENDPOINT_URL")

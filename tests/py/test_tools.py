@@ -164,7 +164,7 @@ def test_max_cost_refuses_before_creating_anything(project, tmp_path, monkeypatc
     monkeypatch.setenv("RK_PRICE_PER_HOUR", "3")
     r = tool("cloud-run", "run", "true", "--max-hours", "2", "--max-cost", "5", cwd=project)
     assert r.returncode == 1
-    assert "worst case $6.00 (2 h of ) exceeds --max-cost $5.00" in r.stderr
+    assert "worst case $6.00 (2 h of this machine) exceeds --max-cost $5.00" in r.stderr
     assert not (tmp_path / "state" / "local" / "bucket" / "runs").exists()
     ok = tool("cloud-run", "run", "true", "--max-hours", "1", "--max-cost", "5", "--quiet", cwd=project)
     assert ok.returncode == 0, ok.stderr

@@ -1,6 +1,6 @@
 """Amazon EC2's descriptor (see clouds/base.py: Cloud)."""
 
-from ..base import Cloud, Shapes
+from ..base import Cloud, Shapes, gpu_shapes
 
 CLOUD = Cloud(
     name="ec2", title="EC2", where="on EC2",
@@ -8,14 +8,32 @@ CLOUD = Cloud(
     store="researchkit_py.clouds.ec2.store:S3Store", scheme="s3",
     vm_modules=(), store_modules=("clouds/ec2/store.py", "clouds/ec2/aws.py"),
     vm_sdk="boto3", vm_packages=("boto3",),
-    # on-demand USD per hour, us-east-1, as listed on 2026-11-01
+    # On-demand USD per hour in us-east-1, Linux (CPU types as listed on 2026-11-01; GPU types
+    # taken on 2026-11-23 from aws.amazon.com/ec2/pricing/on-demand as tabulated by
+    # instances.vantage.sh, P4d and P5 after AWS's June 2025 price reduction). Approximate: for
+    # comparing and capping; RK_PRICE_PER_HOUR overrides.
     prices={"c6i.xlarge": 0.17, "c6i.4xlarge": 0.68, "c6i.16xlarge": 2.72, "r6i.4xlarge": 1.01,
-            "r6i.16xlarge": 4.03, "g5.xlarge": 1.01, "g5.12xlarge": 5.67, "p4d.24xlarge": 32.77},
-    shapes=Shapes("c6i.xlarge", "c6i.16xlarge", "r6i.16xlarge", "g5.xlarge", "p4d.24xlarge"),
+            "r6i.16xlarge": 4.03,
+            "g4dn.xlarge": 0.526, "g4dn.12xlarge": 3.912,
+            "g5.xlarge": 1.006, "g5.12xlarge": 5.672, "g5.48xlarge": 16.288,
+            "g6.xlarge": 0.8048, "g6.12xlarge": 4.6016, "g6.48xlarge": 13.3504,
+            "p4d.24xlarge": 21.96, "p5.48xlarge": 55.04},
+    shapes=Shapes("c6i.xlarge", "c6i.16xlarge", "r6i.16xlarge", gpu="L4"),
+    machine_setting="EC2_INSTANCE_TYPE",
+    gpus=(
+        *gpu_shapes("L4", {1: "g6.xlarge", 4: "g6.12xlarge", 8: "g6.48xlarge"}),
+        *gpu_shapes("A10G", {1: "g5.xlarge", 4: "g5.12xlarge", 8: "g5.48xlarge"}),
+        *gpu_shapes("T4", {1: "g4dn.xlarge", 4: "g4dn.12xlarge"}),
+        *gpu_shapes("A100", {8: "p4d.24xlarge"}),
+        *gpu_shapes("H100", {8: "p5.48xlarge"}),
+    ),
+    gpu_machine_types=r"(g\d+[a-z]*|gr\d+|p\d+[a-z]*)\.",
     defaults={
         "EC2_INSTANCE_TYPE": "c6i.xlarge",
         "EC2_AMI": "",
         "EC2_AMI_PARAM": "/aws/service/canonical/ubuntu/server/22.04/stable/current/amd64/hvm/ebs-gp2/ami-id",
+        "EC2_GPU_AMI": "",
+        "EC2_GPU_AMI_PARAM": "/aws/service/deeplearning/ami/x86_64/base-oss-nvidia-driver-gpu-ubuntu-22.04/latest/ami-id",
         "EC2_INSTANCE_PROFILE": "",
         "EC2_SUBNETS": "",
         "EC2_SECURITY_GROUP": "",

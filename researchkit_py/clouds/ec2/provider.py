@@ -17,11 +17,10 @@ from contextlib import contextmanager
 from ...errors import CapacityError, KitError, ProviderError
 from ..base import TOOL_LABEL, Instance, InstanceRequest, Provider
 from .aws import aws_client, error_code, no_credentials_is_kit_error
+from .capacity import CAPACITY_CODES, quota_line, suggested_zones
 from .cloud import CLOUD
 
 USER_DATA_LIMIT = 16 * 1024
-CAPACITY_CODES = ("InsufficientInstanceCapacity", "InstanceLimitExceeded", "InsufficientCapacity",
-                  "SpotMaxPriceTooLow", "MaxSpotInstanceCountExceeded", "Unsupported", "InsufficientFreeAddressesInSubnet")
 ALIVE = ("pending", "running")
 
 
@@ -33,6 +32,8 @@ class EC2Provider(Provider):
         self.instance_type = settings.text("EC2_INSTANCE_TYPE", CLOUD.defaults["EC2_INSTANCE_TYPE"])
         self.ami = settings.text("EC2_AMI")
         self.ami_param = settings.text("EC2_AMI_PARAM", CLOUD.defaults["EC2_AMI_PARAM"])
+        self.gpu_ami = settings.text("EC2_GPU_AMI")  # a GPU VM's image: with the NVIDIA driver
+        self.gpu_ami_param = settings.text("EC2_GPU_AMI_PARAM", CLOUD.defaults["EC2_GPU_AMI_PARAM"])
         self.profile = settings.text("EC2_INSTANCE_PROFILE")
         self.subnets = [s.strip() for s in settings.text("EC2_SUBNETS").split(",") if s.strip()]
         self.security_group = settings.text("EC2_SECURITY_GROUP")
@@ -65,42 +66,76 @@ class EC2Provider(Provider):
                            "shorten the command or move --env values into a file in the project")
         return data
 
-    def resolve_ami(self) -> str:
-        if self.ami:
-            return self.ami
-        with _translate(f"read SSM parameter {self.ami_param}"):
-            return aws_client("ssm", self.settings).get_parameter(Name=self.ami_param)["Parameter"]["Value"]
+    def resolve_ami(self, gpu: bool = False) -> str:
+        ami, param = (self.gpu_ami, self.gpu_ami_param) if gpu else (self.ami, self.ami_param)
+        if ami:
+            return ami
+        with _translate(f"read SSM parameter {param}"):
+            return aws_client("ssm", self.settings).get_parameter(Name=param)["Parameter"]["Value"]
+
+    def image(self, req: InstanceRequest) -> str:
+        gpu = bool(req.gpu_count)
+        ami, param = (self.gpu_ami, self.gpu_ami_param) if gpu else (self.ami, self.ami_param)
+        source = ("EC2_GPU_AMI" if gpu else "EC2_AMI") if ami else f"the SSM parameter {param}"
+        return f"{self.resolve_ami(gpu)} ({source})"
 
     def create(self, req: InstanceRequest) -> Instance:
         user_data = self.user_data(req.startup_script)  # refused before any call to AWS
-        tried = []
-        for params in self._attempts(req):
-            where = f"{params.get('SubnetId', 'default subnet')}/{'spot' if 'InstanceMarketOptions' in params else 'on-demand'}"
+        itype, tried = req.machine_type or self.instance_type, []
+        subnets = self._subnets_offering(itype) if req.gpu_count and self.subnets else self.subnets
+        attempts, region = self._attempts(req, subnets), self.client.meta.region_name
+        for params in attempts:  # grows while EC2 names zones with capacity for the default VPC
+            spot = "InstanceMarketOptions" in params
+            where = params.get("SubnetId") or params.get("Placement", {}).get("AvailabilityZone", "default subnet")
             try:
                 with _translate(f"launch {req.name}"):
                     reply = self.client.run_instances(UserData=user_data, **params)
             except CapacityError as e:
-                tried.append(f"{where}: {e}")
+                code, message = str(e), e.__cause__.response.get("Error", {}).get("Message", "")  # type: ignore[union-attr]
+                tried.append(f"{where}/{'spot' if spot else 'on-demand'}: {code}")
                 self._terminate_named(req.name)  # nothing half-launched may linger
+                if code == "VcpuLimitExceeded" and not spot:  # the account's quota: no other zone helps
+                    raise CapacityError(quota_line(itype, False, region)) from e
+                placed = {a.get("Placement", {}).get("AvailabilityZone") for a in attempts}
+                if not self.subnets:
+                    for zone in (z for z in suggested_zones(message) if z not in placed):
+                        attempts += self._attempts(req, [], zone=zone, first=len(attempts))
                 continue
             inst = reply["Instances"][0]
             return Instance(req.name, "PROVISIONING", req.labels, inst.get("Placement", {}).get("AvailabilityZone", ""))
-        raise CapacityError(f"no capacity for {req.machine_type or self.instance_type}: {'; '.join(tried)}; "
-                            "add subnets to EC2_SUBNETS or choose another instance type")
+        raise CapacityError(f"no capacity for {itype}: {'; '.join(tried)}; add subnets in other zones to EC2_SUBNETS "
+                            "or choose another instance type")
+
+    def _subnets_offering(self, itype: str) -> list[str]:
+        """The subnets of EC2_SUBNETS whose zone offers the instance type (all, where that cannot be read)."""
+        try:
+            with _translate(f"find the zones that offer {itype}"):
+                zones = {s["SubnetId"]: s["AvailabilityZone"]
+                         for s in self.client.describe_subnets(SubnetIds=self.subnets)["Subnets"]}
+                offers = self.client.describe_instance_type_offerings(
+                    LocationType="availability-zone", Filters=[{"Name": "instance-type", "Values": [itype]}])
+        except ProviderError:
+            return self.subnets
+        offered = sorted({o["Location"] for o in offers["InstanceTypeOfferings"]})
+        kept = [s for s in self.subnets if zones.get(s) in offered]
+        if not kept:
+            raise CapacityError(f"{itype} is offered in none of the zones of EC2_SUBNETS "
+                                f"({', '.join(sorted(set(zones.values())))}); it is in {', '.join(offered)}: add subnets there")
+        return kept
 
     def request_body(self, req: InstanceRequest) -> dict:
         """The first RunInstances call create() would make, the user data summarised."""
         size = len(self.user_data(req.startup_script))
-        return {**self._attempts(req)[0], "UserData": f"<the startup script, {size} bytes gzip-compressed>"}
+        return {**self._attempts(req, self.subnets)[0], "UserData": f"<the startup script, {size} bytes gzip-compressed>"}
 
-    def _attempts(self, req: InstanceRequest) -> list[dict]:
-        """RunInstances parameters, one set per attempt: for each subnet in EC2_SUBNETS, spot
-        (when asked) then on-demand; each with its own ClientToken, so a retried call is
-        deduplicated by EC2 while a fallback is a new request."""
+    def _attempts(self, req: InstanceRequest, subnets: list[str], zone: str = "", first: int = 0) -> list[dict]:
+        """RunInstances parameters, one set per attempt: for each of `subnets` (else the default
+        VPC's, in `zone` when given), spot (when asked) then on-demand; each with its own
+        ClientToken, so a retried call is deduplicated by EC2 while a fallback is a new request."""
         if not self.profile:
             raise KitError("no instance profile: set EC2_INSTANCE_PROFILE to a profile whose role may use the bucket")
         base = {
-            "ImageId": self.resolve_ami(), "InstanceType": req.machine_type or self.instance_type,
+            "ImageId": self.resolve_ami(bool(req.gpu_count)), "InstanceType": req.machine_type or self.instance_type,
             "MinCount": 1, "MaxCount": 1,
             "InstanceInitiatedShutdownBehavior": "terminate",
             "IamInstanceProfile": {"Name": self.profile},
@@ -110,10 +145,12 @@ class EC2Provider(Provider):
         }
         if self.security_group:
             base["SecurityGroupIds"] = [self.security_group]
+        if zone:
+            base["Placement"] = {"AvailabilityZone": zone}
         attempts: list[dict] = []
-        for subnet in self.subnets or [None]:
+        for subnet in subnets or [None]:
             for market in ("spot", "on-demand") if req.spot or self.spot else ("on-demand",):
-                params = dict(base, ClientToken=f"{req.run_id}-{len(attempts)}"[:64])
+                params = dict(base, ClientToken=f"{req.run_id}-{first + len(attempts)}"[:64])
                 if subnet:
                     params["SubnetId"] = subnet
                 if market == "spot":
@@ -166,7 +203,7 @@ def _translate(what: str) -> Iterator[None]:
             yield
         except exceptions.ClientError as e:
             code, message = error_code(e), e.response.get("Error", {}).get("Message", "")
-            if code in CAPACITY_CODES:
+            if code in CAPACITY_CODES:  # the next subnet, zone or market may have room (see capacity.py)
                 raise CapacityError(code) from e
             if code in ("UnauthorizedOperation", "AuthFailure", "InvalidClientTokenId"):
                 raise ProviderError(f"cannot {what}: {code}; check your AWS credentials and IAM permissions") from e

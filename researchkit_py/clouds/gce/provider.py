@@ -12,10 +12,9 @@ Compute service's types), which `cloud-run status` must not pay. Writes use the 
 from __future__ import annotations
 
 import configparser
+import json
 import os
 import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -23,12 +22,11 @@ from ...errors import CapacityError, KitError, ProviderError
 from ...settings import Settings
 from ..base import TOOL_LABEL, Instance, InstanceRequest, Provider
 from .cloud import CLOUD
+from .zones import ZonePlan, refusal, request_id, translate
 
 _DEFAULT = CLOUD.defaults
 
 SCOPES = ("https://www.googleapis.com/auth/devstorage.read_write", "https://www.googleapis.com/auth/compute")
-CAPACITY_CODES = ("ZONE_RESOURCE_POOL_EXHAUSTED", "ZONE_RESOURCE_POOL_EXHAUSTED_WITH_DETAILS", "QUOTA_EXCEEDED",
-                  "RESOURCE_POOL_EXHAUSTED", "STOCKOUT")
 
 
 @dataclass
@@ -41,6 +39,10 @@ class VMConfig:
     image_family: str = _DEFAULT["GCE_IMAGE_FAMILY"]
     image_project: str = _DEFAULT["GCE_IMAGE_PROJECT"]
     disk_size_gb: int = int(_DEFAULT["GCE_DISK_GB"])
+    gpu_count: int = 0  # a GPU VM; `attach`: attach that many `accelerator`s (N1)
+    accelerator: str = ""
+    attach: bool = False
+    project: str = ""
     startup_script: str = ""
     service_account: str = _DEFAULT["GCE_SERVICE_ACCOUNT"]
     spot: bool = False
@@ -62,15 +64,24 @@ class VMConfig:
 
     def instance_body(self, zone: str) -> dict:
         """The instance resource as the Compute Engine v1 REST API documents it (its
-        discovery document's Instance schema): what --dry-run shows and the tests check."""
-        scheduling = {"maxRunDuration": {"seconds": str(self.max_run_seconds)}, "instanceTerminationAction": "DELETE"}
+        discovery document's Instance schema): what --dry-run shows and the tests check.
+
+        A GPU VM cannot live-migrate: it terminates on host maintenance (the API requires it, as
+        for spot) and is not restarted, which would run the command again. install-nvidia-driver
+        installs the driver on a Deep Learning VM image that lacks it."""
+        scheduling: dict = {"maxRunDuration": {"seconds": str(self.max_run_seconds)}, "instanceTerminationAction": "DELETE"}
         if self.spot:
             scheduling["provisioningModel"] = "SPOT"
-        return {
+        if self.spot or self.gpu_count:
+            scheduling.update(onHostMaintenance="TERMINATE", automaticRestart=False)
+        metadata = [{"key": "startup-script", "value": self.startup_script}]
+        if self.gpu_count:
+            metadata.append({"key": "install-nvidia-driver", "value": "True"})
+        body = {
             "name": self.name,
             "machineType": f"zones/{zone}/machineTypes/{self.machine_type}",
             "labels": self.labels,
-            "metadata": {"items": [{"key": "startup-script", "value": self.startup_script}]},
+            "metadata": {"items": metadata},
             "scheduling": scheduling,
             "disks": [{"boot": True, "autoDelete": True, "initializeParams": {
                 "sourceImage": f"projects/{self.image_project}/global/images/family/{self.image_family}",
@@ -80,6 +91,10 @@ class VMConfig:
                                    "accessConfigs": [{"name": "External NAT", "type": "ONE_TO_ONE_NAT"}]}],
             "serviceAccounts": [{"email": self.service_account, "scopes": list(SCOPES)}],
         }
+        if self.attach:
+            body["guestAccelerators"] = [{"acceleratorCount": self.gpu_count, "acceleratorType":
+                                          f"projects/{self.project}/zones/{zone}/acceleratorTypes/{self.accelerator}"}]
+        return body
 
 
 def gcloud_config_project(settings: Settings) -> str:
@@ -108,6 +123,10 @@ class GCEProvider(Provider):
             raise KitError("no GCP project: pass --project, set GCE_PROJECT in .orchestration-kit.env, "
                            "or run `gcloud config set project PROJECT_ID`")
         self.config = VMConfig.from_settings(settings)
+        # a GPU VM's image (with the NVIDIA driver) and boot disk
+        self.gpu_image = {"image_family": settings.text("GCE_GPU_IMAGE_FAMILY", _DEFAULT["GCE_GPU_IMAGE_FAMILY"]),
+                          "image_project": settings.text("GCE_GPU_IMAGE_PROJECT", _DEFAULT["GCE_GPU_IMAGE_PROJECT"]),
+                          "disk_size_gb": settings.integer("GCE_GPU_DISK_GB", int(_DEFAULT["GCE_GPU_DISK_GB"]))}
         extra = [z.strip() for z in settings.text("GCE_ZONES").split(",") if z.strip()]
         self.zones = [self.config.zone] + [z for z in extra if z != self.config.zone]
         self.endpoint = settings.text("RK_GCE_API_ENDPOINT")
@@ -146,9 +165,19 @@ class GCEProvider(Provider):
     # --- API calls -------------------------------------------------------------------
     def vm_config(self, req: InstanceRequest) -> VMConfig:
         """The configured defaults, completed by one launch's request."""
-        return replace(self.config, name=req.name, startup_script=req.startup_script, labels=req.labels,
-                       max_run_seconds=req.max_seconds, spot=req.spot or self.config.spot,
-                       machine_type=req.machine_type or self.config.machine_type)
+        cfg = replace(self.config, name=req.name, startup_script=req.startup_script, labels=req.labels,
+                      max_run_seconds=req.max_seconds, spot=req.spot or self.config.spot,
+                      machine_type=req.machine_type or self.config.machine_type, gpu_count=req.gpu_count,
+                      accelerator=req.accelerator, attach=req.attach, project=self.project,
+                      **(self.gpu_image if req.gpu_count else {}))
+        if not cfg.spot and any(s.spot_only and s.machine_type == cfg.machine_type for s in CLOUD.gpus):
+            raise KitError(f"{cfg.machine_type} is offered only as spot capacity on GCE; pass --spot (or set "
+                           "GCE_SPOT=1), or ask for a shape with more GPUs")
+        return cfg
+
+    def image(self, req: InstanceRequest) -> str:
+        cfg = self.vm_config(req)
+        return f"projects/{cfg.image_project}/global/images/family/{cfg.image_family}"
 
     def request_body(self, req: InstanceRequest) -> dict:
         """The insert create() would send first: its zone and the instance resource."""
@@ -157,25 +186,34 @@ class GCEProvider(Provider):
         return {"project": self.project, "zone": self.zones[0], "instanceResource": body}
 
     def create(self, req: InstanceRequest) -> Instance:
-        import json
-
         from google.cloud import compute_v1
 
         cfg = self.vm_config(req)
-        tried = []
-        for n, zone in enumerate(self.zones):
+        plan = ZonePlan(self.zones, req.accelerator, self.zones_offering(req.accelerator) if req.accelerator else None)
+        for n, zone in enumerate(plan):
             request = compute_v1.InsertInstanceRequest(
-                project=self.project, zone=zone, request_id=_request_id(req.run_id, n),
+                project=self.project, zone=zone, request_id=request_id(req.run_id, n),
                 instance_resource=compute_v1.Instance.from_json(json.dumps(cfg.instance_body(zone))))
             try:
-                with _translate(f"create {req.name} in {zone}"):
+                with translate(f"create {req.name} in {zone}"):
                     self.client.insert(request=request).result(timeout=300)
                 return Instance(req.name, "PROVISIONING", req.labels, zone)
             except CapacityError as e:
-                tried.append(f"{zone}: {e}")
+                plan.refused(refusal(e.__cause__ or e, zone))
                 self._delete_in_zone(req.name, zone)  # a half-made instance must not linger
-        raise CapacityError(f"no capacity for {cfg.machine_type} in {', '.join(self.zones)}; add zones to GCE_ZONES "
-                            f"or choose another --machine-type ({'; '.join(tried)})")
+        if not plan.tried:
+            raise CapacityError(plan.none_offered(self.zones))
+        what = cfg.machine_type + (f" with {req.gpu_count} × {req.accelerator}" if req.attach else "")
+        raise CapacityError(plan.failure(what, self.project))
+
+    def zones_offering(self, accelerator: str) -> set[str] | None:
+        """The zones that offer an accelerator type (one aggregated list); None where they cannot be listed."""
+        url = f"{self._api()}/projects/{self.project}/aggregated/acceleratorTypes"
+        try:
+            page = self._get_json(url, {"filter": f"name = {accelerator}"}, "list accelerator types")
+        except ProviderError:
+            return None
+        return {scope.split("/", 1)[1] for scope, found in page.get("items", {}).items() if found.get("acceleratorTypes")}
 
     def get(self, name: str) -> Instance | None:
         for inst in self.list(name_filter=name):
@@ -187,8 +225,7 @@ class GCEProvider(Provider):
         filt = f"labels.{TOOL_LABEL[0]} = {TOOL_LABEL[1]}"
         if name_filter:
             filt = f"({filt}) AND (name = {name_filter})"
-        url = f"{(self.endpoint or 'https://compute.googleapis.com').rstrip('/')}/compute/v1/projects/{self.project}" \
-              "/aggregated/instances"
+        url = f"{self._api()}/projects/{self.project}/aggregated/instances"
         params, out = {"filter": filt}, []
         while True:
             page = self._get_json(url, params, "list instances")
@@ -199,6 +236,9 @@ class GCEProvider(Provider):
             if not page.get("nextPageToken"):
                 return out
             params["pageToken"] = page["nextPageToken"]
+
+    def _api(self) -> str:
+        return f"{(self.endpoint or 'https://compute.googleapis.com').rstrip('/')}/compute/v1"
 
     def _get_json(self, url: str, params: dict, what: str) -> dict:
         import requests
@@ -230,7 +270,7 @@ class GCEProvider(Provider):
         from google.api_core import exceptions
 
         try:
-            with _translate(f"delete {name}"):
+            with translate(f"delete {name}"):
                 self.client.delete(project=self.project, zone=zone, instance=name).result(timeout=300)
         except ProviderError as e:
             if not isinstance(e.__cause__, exceptions.NotFound):
@@ -257,30 +297,3 @@ def _state(status: str) -> str:
     # STOPPING/TERMINATED/SUSPENDED no longer run the command (TERMINATED still bills its disk
     # until deleted; the reaper deletes it).
     return {"PROVISIONING": "PROVISIONING", "STAGING": "PROVISIONING", "RUNNING": "RUNNING"}.get(status, "TERMINATED")
-
-
-def _request_id(run_id: str, attempt: int) -> str:
-    """A UUID per (run, zone attempt): a retried insert is deduplicated by GCE, never doubled."""
-    import uuid
-
-    return str(uuid.uuid5(uuid.NAMESPACE_URL, f"researchkit:{run_id}:{attempt}"))
-
-
-@contextmanager
-def _translate(what: str) -> Iterator[None]:
-    from google.api_core import exceptions
-
-    try:
-        yield
-    except exceptions.GoogleAPICallError as e:
-        codes = {getattr(x, "code", None) or (x.get("reason") if isinstance(x, dict) else None) for x in e.errors or []}
-        text = " ".join(str(getattr(e, "message", None) or e).split())
-        capacity = sorted(codes & set(CAPACITY_CODES)) or [c for c in CAPACITY_CODES if c in text]
-        if capacity:
-            raise CapacityError(capacity[0]) from e
-        if isinstance(e, exceptions.NotFound):
-            raise ProviderError(f"cannot {what}: not found") from e
-        if isinstance(e, exceptions.Forbidden):
-            raise ProviderError(f"cannot {what}: permission denied ({text[:120]}); check the project and "
-                                "that your account may use Compute Engine") from e
-        raise ProviderError(f"cannot {what}: {text[:200]}") from e
