@@ -163,10 +163,23 @@ def _after_launch(ctx, args, plan, output_dir: Path | None) -> int:
         summary.update(output_dir=str(output_dir), files=stats.files, bytes=stats.bytes, complete=complete)
         say(f"cloud-run: pulled {stats.files} files ({stats.bytes} bytes) into {output_dir}"
             + ("" if complete else " — the run uploaded no results manifest: results are incomplete"))
-    say(f"cloud-run: {run_id} {state.get('phase')} ({state.get('cause')}, exit {state.get('exit_code')})")
+    say(f"cloud-run: {run_id} {_outcome(state)}")
+    if args.quiet and state.get("step"):  # what failed, from the log the run did not stream
+        from .lifecycle import read_log
+
+        tail = read_log(ctx, run_id).decode("utf-8", "replace").splitlines()[-10:]
+        say("\n".join(["cloud-run: the log's last lines:", *(f"  {line}" for line in tail)]))
     if args.json:
         _emit_json(summary)
     return code
+
+
+def _outcome(state: dict) -> str:
+    """`DONE (exit, exit 0)`; for a run whose setup or upload failed, what failed:
+    `FAILED (boot_error: installing requirements.txt: tabulate==99 cannot be installed: …)`."""
+    if state.get("step"):
+        return f"{state.get('phase')} ({state.get('cause')}: {state['step']})"
+    return f"{state.get('phase')} ({state.get('cause')}, exit {state.get('exit_code')})"
 
 
 def cmd_pull(ctx, args) -> int:

@@ -31,8 +31,10 @@ PENDING = "PENDING"  # no status written yet
 
 EXIT, TIMEOUT, LOST = "exit", "timeout", "lost"
 BOOT_ERROR, UPLOAD_ERROR, TERMINATED = "boot_error", "upload_error", "terminated"
-# A run stopped before the command finished, by the stage it was in.
+# A run whose script failed before its end, by the stage it was in.
 STAGE_CAUSE = {BOOT: BOOT_ERROR, SETUP: BOOT_ERROR, UPLOAD: UPLOAD_ERROR}
+# What a signal to the script says (its TERM trap): it wins over the stage's cause.
+STOPPED = (TERMINATED,)
 MESSAGES = {EXIT: "command exited {rc}", TIMEOUT: "command ran past its deadline",
             BOOT_ERROR: "setup failed during {stage}", UPLOAD_ERROR: "results upload failed",
             TERMINATED: "stopped during {stage}"}
@@ -139,16 +141,18 @@ def status_record(run_id: str, phase: str, **fields) -> dict:
     return {"run_id": run_id, "phase": phase, "updated_at": iso(now()), **fields}
 
 
-def final_status(stage: str, cmd_rc: int | None, cause: str) -> dict:
-    """The fields of the status the VM's EXIT trap writes, from the stage the script reached."""
+def final_status(stage: str, cmd_rc: int | None, cause: str, step: str = "") -> dict:
+    """The fields of the status the VM's EXIT trap writes: the command's own result once the
+    script reached its end; else a signal's cause (STOPPED), else the failing stage's (with
+    `step`, what the script was doing then and why it failed)."""
     if stage == DONE:  # the script reached its end: the command's own result decides
         cause = cause or EXIT
         phase = DONE if cause == EXIT and cmd_rc == 0 else FAILED
     else:
         phase = FAILED
-        cause = STAGE_CAUSE.get(stage) or cause or TERMINATED
-    message = MESSAGES.get(cause, cause).format(rc=cmd_rc, stage=stage)
-    return {"phase": phase, "exit_code": cmd_rc, "cause": cause, "stage": stage, "message": message}
+        cause = cause if cause in STOPPED else STAGE_CAUSE.get(stage) or cause or TERMINATED
+    message = MESSAGES.get(cause, cause).format(rc=cmd_rc, stage=stage) + (f": {step}" if step else "")
+    return {"phase": phase, "exit_code": cmd_rc, "cause": cause, "stage": stage, "step": step, "message": message}
 
 
 def effective_status(manifest: dict, status: dict | None, heartbeat: float | None,

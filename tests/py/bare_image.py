@@ -41,17 +41,20 @@ import zipfile
 from collections.abc import Callable
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+from researchkit_py.vm_setup import UV_VERSION  # noqa: E402
+
 SUITE = "bookworm"
 PUBLIC_MIRROR = "http://deb.debian.org/debian"  # what the image's own sources.list names, like a real image's
 INCLUDE = ("python3", "ca-certificates")
 # What the providers' default images lack and the startup script installs; never in the image.
 ABSENT_PACKAGES = ("python3-venv", "python3-pip", "python3-pip-whl", "python3-boto3", "python3-google-cloud-storage")
 ABSENT_MODULES = ("ensurepip", "pip", "google.cloud.storage", "boto3")
-# The VM side's Python packages: what startup.BACKENDS installs (test_bare_vms checks they agree),
-# pip and uv (installers measured against each other), and what test projects' requirements name.
+# The wheelhouse: the SDKs (the sdk-no-venv variant's layer), pip (measured against uv), uv at
+# the version the VM fetches (test_bare_vms checks it), and what test projects' requirements name.
 SDK_PACKAGES = ("google-cloud-storage", "boto3")
 TEST_PACKAGES = ("tabulate",)
-WHEELHOUSE_PACKAGES = (*SDK_PACKAGES, "pip", "uv", *TEST_PACKAGES)
+WHEELHOUSE_PACKAGES = (*SDK_PACKAGES, "pip", f"uv=={UV_VERSION}", *TEST_PACKAGES)
 APT_PACKAGES = ("python3-venv", "python3-pip")
 META = "meta.json"
 

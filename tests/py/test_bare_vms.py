@@ -211,10 +211,11 @@ def test_cached_artifacts_are_built_once_atomically_and_keyed_by_their_inputs(tm
         bare_image.cached("z", {}, build, lambda: "no debootstrap here")
 
 
-def test_wheelhouse_holds_what_the_startup_script_installs():
-    from researchkit_py.clouds.registry import CLOUDS
+def test_wheelhouse_holds_the_uv_the_startup_script_fetches(bare_images):
+    from researchkit_py.vm_setup import UV_VERSION
 
-    assert {p for cloud in CLOUDS.values() for p in cloud.vm_packages} <= set(bare_image.SDK_PACKAGES)
+    wheels = bare_images.artifacts["wheelhouse"]
+    assert list(wheels.glob(f"uv-{UV_VERSION}-py3-none-manylinux*_x86_64.whl")), sorted(p.name for p in wheels.glob("uv-*"))
 
 
 def test_package_server_serves_both_trees_byte_ranges_and_nothing_else(tmp_path):
