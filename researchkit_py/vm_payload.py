@@ -61,7 +61,7 @@ def vm_agent(provider: str, store_url: str) -> VMAgent:
         core = (*AGENT_CORE, *packages, *vm.vm_modules, *AGENT_REST, *bucket.store_modules)
         return VMAgent(bucket.store, bucket.store, core, AGENT_REST)
     if bucket.name != vm.name:
-        raise KitError(f"a {vm.title} VM cannot use the bucket {store_url}: it has credentials for "
+        raise KitError(f"{vm.title} VMs cannot use the bucket {store_url}: their credentials reach "
                        f"{vm.scheme}:// buckets only; set RK_BUCKET to one")
     return VMAgent(bucket.vm_bucket, bucket.vm_store, (*AGENT_CORE, *packages, *vm.vm_modules),
                    (*AGENT_REST, *bucket.vm_store_modules))
