@@ -193,7 +193,7 @@ trap 'rk_stop {TERMINATED} 130' INT
 # 1. python3, the agent's core (embedded below), and status BOOT: nothing else is needed to report.
 if ! command -v "$RK_AGENT_PY" >/dev/null; then
   rk_step "installing python3 with apt (the image has none)"
-  rk_apt python3 || {{ echo "researchkit: no python3, so nothing can report to the bucket"; exit 1; }}
+  rk_apt python3 || {{ echo "researchkit: no python3, so nothing can report to the bucket" | tee /dev/fd/3; exit 1; }}
 fi
 base64 -d <<'RK_AGENT_EOF' | tar -xz -C "$RK_ROOT/agent"
 {payload}

@@ -28,6 +28,7 @@ COMMAND = ("python -c 'import os, tabulate; "
 # The script's steps before the user's command, in the order it takes them: (label, what the
 # traced line that starts the step matches). A step lasts until the next one starts.
 STEPS = (
+    ("python3 with apt", r"rk_apt python3"),
     ("unpack the agent's core", r"tar -xz "),
     ("status BOOT", r"rk boot"),
     ("status SETUP, the rest of the agent, the code", r"rk status SETUP -- get-agent"),
@@ -153,6 +154,28 @@ def test_apt_lock_held_at_boot_does_not_matter(cloud, tmp_path):
     out = run(provider, vms, tmp_path, "apt lock held 30 s")
     assert out.rc == 0, out.stderr + vms.consoles()
     assert out.status["phase"] == "DONE" and setup_split(vms)["before_command"] < 10
+
+
+@pytest.mark.vm_image("no-python3", dpkg_lock_seconds=20)
+def test_an_image_without_python3_gets_it_from_apt_once_apts_lock_is_free(cloud, tmp_path):
+    provider, vms = cloud
+    out = run(provider, vms, tmp_path, "no python3, apt lock held 20 s")
+    assert out.rc == 0, out.stderr + vms.consoles()
+    assert "installing python3 with apt (the image has none)" in out.log
+    assert setup_split(vms)["steps"]["python3 with apt"] >= 15  # it waited for the lock, then went on
+    assert "Unpacking" not in out.log and "debconf" not in out.log  # apt's output stays in apt.log
+
+
+@pytest.mark.vm_image("no-python3", package_sources=False)
+def test_an_image_without_python3_or_apt_says_why_on_its_console(cloud, tmp_path):
+    """Nothing can report to the bucket without python3: the run is lost, the VM goes, and its
+    console (the cloud's serial port output, while it exists) keeps the reason."""
+    provider, vms = cloud
+    out = run(provider, vms, tmp_path, "no python3, no apt")
+    assert out.rc == 125 and "FAILED (lost" in out.stderr and out.status is None, out.stderr
+    (vm,) = vms.vms.values()
+    assert "researchkit: no python3, so nothing can report to the bucket" in (vm["root"] / "console.log").read_text()
+    assert out.wall < 30
 
 
 @pytest.mark.vm_image("sdk-no-venv")

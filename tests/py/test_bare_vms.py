@@ -262,3 +262,13 @@ def test_removing_a_half_built_artifact_unmounts_what_a_killed_debootstrap_left(
         assert not part.exists()
     finally:
         subprocess.run(["umount", str(part / "rootfs/proc")], capture_output=True)
+
+
+@pytest.mark.vm_image("no-python3")
+def test_no_python3_variant_has_none_until_apt_installs_it(vms):
+    rc, out = run_vm(vms, """command -v python3 || echo "no python3"
+apt-get update -qq && apt-get install -y -q --no-install-recommends python3
+python3 -c 'import sys; print("python", sys.version_info[:2])'
+""")
+    assert rc == 0, out
+    assert "no python3" in out and "python (3, 11)" in out
