@@ -48,8 +48,8 @@ def _open(url: str, attempts: int = 3) -> bytes:
             reason = getattr(e, "reason", e)
             if attempt == attempts - 1 or "unreachable" in str(reason).lower() or "no route" in str(reason).lower():
                 host = re.sub(r"^(\w+://[^/]+).*", r"\1", url)
-                raise SetupError(f"no route to the package index {host} ({reason}): the VM needs an external "
-                                 "address or a NAT, or UV_INDEX_URL (--env) naming an index it can reach") from None
+                raise SetupError(f"cannot reach the package index {host} ({reason}): the VM needs a route to it "
+                                 "(an external address or a NAT), or UV_INDEX_URL (--env) naming one it can reach") from None
             time.sleep(1 + attempt)
     raise AssertionError("unreachable")
 

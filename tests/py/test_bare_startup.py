@@ -144,7 +144,7 @@ def test_a_requirement_that_cannot_be_installed_is_named(cloud, project, tmp_pat
 def test_an_unreachable_package_index_is_the_cause(cloud, tmp_path):
     provider, vms = cloud
     out = run(provider, vms, tmp_path, "index unreachable")
-    setup_failed(out, "installing requirements.txt: no route to the package index https://pypi.org (")
+    setup_failed(out, "installing requirements.txt: cannot reach the package index https://pypi.org (")
 
 
 @pytest.mark.vm_image("bare", dpkg_lock_seconds=30)
