@@ -5,41 +5,25 @@ lock held at boot, the SDK on the image but no venv, a requirement that cannot b
 an index that serves PEP 658 metadata (as PyPI does).
 
 Each VM's script is traced (bash xtrace, timed); with RK_BARE_TIMINGS=FILE, each run's setup
-split is appended to FILE as a JSON line (bench/setup_time.py reads them).
+split is appended to FILE as a JSON line.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import re
 import subprocess
 import time
 from dataclasses import dataclass
-from itertools import pairwise
 from pathlib import Path
 
 import pytest
+import setup_trace
 
 REPO = Path(__file__).resolve().parents[2]
 TIMINGS = os.environ.get("RK_BARE_TIMINGS")  # read at import: each test runs with RK_* scrubbed
 COMMAND = ("python -c 'import os, tabulate; "
            "open(os.environ[\"RESULTS_DIR\"] + \"/table.txt\", \"w\").write(tabulate.tabulate([[1, 2]]))'")
-# The script's steps before the user's command, in the order it takes them: (label, what the
-# traced line that starts the step matches). A step lasts until the next one starts.
-STEPS = (
-    ("python3 with apt", r"rk_apt python3"),
-    ("unpack the agent's core", r"tar -xz "),
-    ("status BOOT", r"rk boot"),
-    ("status SETUP, the rest of the agent, the code", r"rk status SETUP -- get-agent"),
-    ("requirements.txt", r"rk requirements"),
-    ("status RUN, heartbeat", r"rk heartbeat -- status RUN"),
-    ("command", r"timeout "),
-)
-# The parts of `rk requirements`, as its line in the log says them.
-REQUIREMENTS_PARTS = re.compile(r"requirements.txt installed \((uv [\d.]+ s), (venv [\d.]+ s), (install [\d.]+ s)\)")
-
-
 @pytest.fixture(params=["gce", "ec2"])
 def cloud(request, project):
     """(provider, its FakeVMs), the VMs' startup scripts traced."""
@@ -86,25 +70,10 @@ def run(provider: str, vms, tmp_path: Path, case: str) -> Outcome:
 
 
 def setup_split(vms) -> dict:
-    """Seconds per step of the (one) VM's traced script, up to the user's command; the
-    requirements step also in its parts (fetching uv, the venv, the install)."""
+    """The (one) VM's setup, step by step (setup_trace.py)."""
     (vm,) = vms.vms.values()
     (log,) = (vm["root"] / "var").glob("*/run.log")
-    text = log.read_text()
-    lines = [(float(t), cmd) for t, cmd in re.findall(r"^\+ (\d+\.\d+) (.*)$", text, re.M)]
-    starts, pending = [("start", lines[0][0])], list(STEPS)
-    for t, cmd in lines:
-        matched = next((i for i, (_label, pattern) in enumerate(pending) if re.match(pattern, cmd)), None)
-        if matched is not None:
-            starts.append((pending[matched][0], t))
-            del pending[:matched + 1]
-    if starts[-1][0] != "command":
-        starts.append(("end", lines[-1][0]))
-    steps = {label: round(t_next - t, 2) for (label, t), (_, t_next) in pairwise(starts)}
-    parts = REQUIREMENTS_PARTS.search(text)
-    if parts:
-        steps.update({f"  {p.split()[0]}": float(p.split()[1]) for p in parts.groups()})
-    return {"steps": steps, "before_command": round(starts[-1][1] - starts[0][1], 2)}
+    return setup_trace.setup_split(log.read_text())
 
 
 def setup_failed(out: Outcome, step: str) -> None:
