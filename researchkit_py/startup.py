@@ -10,11 +10,9 @@ from __future__ import annotations
 
 import re
 import shlex
-import sys
 from dataclasses import dataclass, field
 
 from . import protocol
-from .clouds.registry import CLOUDS
 from .errors import KitError, UsageError
 from .vm_payload import agent_payload, agent_rest, vm_agent
 
@@ -87,8 +85,7 @@ def render_startup_script(plan: ScriptPlan) -> str:
         heartbeat=max(1, int(plan.heartbeat_seconds)),
         has_data=1 if plan.has_data else 0,
         q_vm_python=q(plan.vm_python),
-        # the embedded provider's VM is this machine: its agent runs where the client does
-        q_agent_python=q(sys.executable if CLOUDS[plan.provider].vm_here else "python3"),
+        q_agent_python=q(agent.python),
         payload=agent_payload(plan.provider, plan.store_url),
         exports=exports,
     )

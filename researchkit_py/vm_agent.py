@@ -118,7 +118,7 @@ class Agent:
         archive = self.env.root / "agent.tar.gz"
         self.bucket.get_file(key, archive)
         with tarfile.open(archive) as tar:
-            tar.extractall(self.env.root / "agent")  # noqa: S202 - our own archive, named by its sha256
+            tar.extractall(self.env.root / "agent")  # our own archive, named by its content
 
     def get_bundle(self, key: str, dest: str) -> None:
         from .storage.paths import extract_tar

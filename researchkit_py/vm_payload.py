@@ -14,6 +14,7 @@ import base64
 import gzip
 import hashlib
 import io
+import sys
 import tarfile
 from dataclasses import dataclass
 from functools import lru_cache
@@ -44,22 +45,25 @@ def _compact(source: bytes) -> bytes:
 @dataclass(frozen=True)
 class VMAgent:
     """What a VM of one provider runs for one bucket: the classes ("module:Class") its reports
-    and its transfers reach the bucket with, its core modules (in the script) and the rest."""
+    and its transfers reach the bucket with, its core modules (in the script), the rest, and
+    the Python it runs on."""
 
     bucket_class: str
     store_class: str
     core: tuple[str, ...]
     rest: tuple[str, ...]
+    python: str = "python3"
 
 
 def vm_agent(provider: str, store_url: str) -> VMAgent:
     """A cloud VM reaches its own cloud's buckets, with its own credentials, through the standard
-    library; the embedded provider's (this machine) uses the client's store, SDK and credentials."""
+    library; the embedded provider's (this machine) runs on the client's interpreter, with its
+    store, SDK and credentials."""
     vm, bucket = CLOUDS[provider], store_cloud(store_url)
     packages = tuple(sorted({f"clouds/{vm.name}/__init__.py", f"clouds/{bucket.name}/__init__.py"}))
     if vm.vm_here:
         core = (*AGENT_CORE, *packages, *vm.vm_modules, *AGENT_REST, *bucket.store_modules)
-        return VMAgent(bucket.store, bucket.store, core, AGENT_REST)
+        return VMAgent(bucket.store, bucket.store, core, AGENT_REST, sys.executable)
     if bucket.name != vm.name:
         raise KitError(f"{vm.title} VMs cannot use the bucket {store_url}: their credentials reach "
                        f"{vm.scheme}:// buckets only; set RK_BUCKET to one")
