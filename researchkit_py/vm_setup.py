@@ -14,6 +14,7 @@ import io
 import platform
 import re
 import shutil
+import socket
 import subprocess
 import time
 import urllib.error
@@ -36,8 +37,10 @@ def index_url(environ: dict[str, str]) -> str:
 
 
 def _open(url: str, attempts: int = 3) -> bytes:
-    """GET url; a network failure is retried (a resolver still starting), then becomes a
-    SetupError that says the index cannot be reached and what a VM needs to reach it."""
+    """GET url. A name that does not resolve is tried again (a resolver still starting); that,
+    or any other failure of the network (no route, refused, 15 s without an answer: a VM
+    without a NAT), becomes a SetupError that says the index cannot be reached and what a VM
+    needs to reach it."""
     for attempt in range(attempts):
         try:
             with urllib.request.urlopen(url, timeout=15) as r:
@@ -46,7 +49,7 @@ def _open(url: str, attempts: int = 3) -> bytes:
             raise
         except OSError as e:
             reason = getattr(e, "reason", e)
-            if attempt == attempts - 1 or "unreachable" in str(reason).lower() or "no route" in str(reason).lower():
+            if attempt == attempts - 1 or not isinstance(reason, socket.gaierror):
                 host = re.sub(r"^(\w+://[^/]+).*", r"\1", url)
                 raise SetupError(f"cannot reach the package index {host} ({reason}): the VM needs a route to it "
                                  "(an external address or a NAT), or UV_INDEX_URL (--env) naming one it can reach") from None
