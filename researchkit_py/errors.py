@@ -3,9 +3,14 @@ an exit code; say() is how every command talks to the user (stderr, so stdout st
 
 from __future__ import annotations
 
+import errno
+import random
 import sys
+import time
 from collections.abc import Callable
-from typing import NoReturn
+from typing import NoReturn, TypeVar
+
+T = TypeVar("T")
 
 
 class KitError(Exception):
@@ -32,6 +37,30 @@ class ProviderError(KitError):
 
 class CapacityError(ProviderError):
     """The provider has no capacity or quota here; another zone/subnet may work."""
+
+
+def retry(op: Callable[[], T], what: str, retries: int, backoff: float,
+          transient: Callable[[BaseException], bool]) -> T:
+    """op(), again after a growing pause (from `backoff` seconds, doubling, at most 10) while it
+    fails transiently, at most `retries` more times: the one retry policy of every bucket
+    request. A KitError passes (it says what to fix); any other failure becomes a StorageError
+    that says what could not be done (`what`: "write KEY at URL")."""
+    delay = backoff
+    for attempt in range(retries + 1):
+        try:
+            return op()
+        except KitError:
+            raise
+        except Exception as e:  # noqa: BLE001 - classified just below
+            if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS):
+                raise  # this machine's disk is full or read-only, not the bucket: the caller says so
+            if not transient(e) or attempt == retries:
+                text = " ".join(str(e).split())
+                short = f"{e.__class__.__name__}: {text[:200]}" if text else e.__class__.__name__
+                raise StorageError(f"cannot {what}: {short}; check the bucket name, your credentials and network") from e
+            time.sleep(delay * (1 + random.random() / 2))
+            delay = min(delay * 2, 10)
+    raise AssertionError("unreachable")
 
 
 def say(msg: str) -> None:

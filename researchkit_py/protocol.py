@@ -32,9 +32,10 @@ PENDING = "PENDING"  # no status written yet
 EXIT, TIMEOUT, LOST = "exit", "timeout", "lost"
 BOOT_ERROR, UPLOAD_ERROR, TERMINATED = "boot_error", "upload_error", "terminated"
 GPU_UNAVAILABLE = "gpu_unavailable"  # the run asked for a GPU the VM could not use: the command never ran
-# A run stopped before the command finished, by the stage it was in, unless the script named
-# the cause of its failed setup step itself (one of SETUP_CAUSES).
+# A run whose script failed before its end, by the stage it was in, unless the cause was named:
+# by a signal to the script (its TERM trap), or by the failed setup step itself.
 STAGE_CAUSE = {BOOT: BOOT_ERROR, SETUP: BOOT_ERROR, UPLOAD: UPLOAD_ERROR}
+STOPPED = (TERMINATED,)
 SETUP_CAUSES = (GPU_UNAVAILABLE,)
 MESSAGES = {EXIT: "command exited {rc}", TIMEOUT: "command ran past its deadline",
             BOOT_ERROR: "setup failed during {stage}", UPLOAD_ERROR: "results upload failed",
@@ -49,10 +50,8 @@ RUNS = "runs"
 MANIFEST, STATUS, HEARTBEAT = "manifest.json", "status.json", "heartbeat"
 LOG = "logs/run.log"
 RESULTS, RESULTS_MANIFEST, PACKS, DATA = "results", "results.manifest.json", "packs", "data"
-# The VM's GPU check (gpu_check.py), put in the bucket for a run that asks for a GPU: EC2's 16 KB
-# of user data leave no room for it beside the agent. On the VM, what it found goes to GPU_FACTS
-# in the run's scratch directory, and every later status carries it.
-GPU_CHECK, GPU_FACTS = "gpu_check.py", "gpu.json"
+# On the VM, what its GPU check (gpu_check.py) found, for every status after it.
+GPU_FACTS = "gpu.json"
 # Beside pulled results: the run's status as the pull found it (READ prints its GPU facts).
 
 
@@ -149,16 +148,18 @@ def status_record(run_id: str, phase: str, **fields) -> dict:
     return {"run_id": run_id, "phase": phase, "updated_at": iso(now()), **fields}
 
 
-def final_status(stage: str, cmd_rc: int | None, cause: str) -> dict:
-    """The fields of the status the VM's EXIT trap writes, from the stage the script reached."""
+def final_status(stage: str, cmd_rc: int | None, cause: str, step: str = "") -> dict:
+    """The fields of the status the VM's EXIT trap writes: the command's own result once the
+    script reached its end; else a signal's cause (STOPPED), else the failing stage's (with
+    `step`, what the script was doing then and why it failed)."""
     if stage == DONE:  # the script reached its end: the command's own result decides
         cause = cause or EXIT
         phase = DONE if cause == EXIT and cmd_rc == 0 else FAILED
     else:
         phase = FAILED
-        cause = cause if cause in SETUP_CAUSES else STAGE_CAUSE.get(stage) or cause or TERMINATED
-    message = MESSAGES.get(cause, cause).format(rc=cmd_rc, stage=stage)
-    return {"phase": phase, "exit_code": cmd_rc, "cause": cause, "stage": stage, "message": message}
+        cause = cause if cause in STOPPED + SETUP_CAUSES else STAGE_CAUSE.get(stage) or cause or TERMINATED
+    message = MESSAGES.get(cause, cause).format(rc=cmd_rc, stage=stage) + (f": {step}" if step else "")
+    return {"phase": phase, "exit_code": cmd_rc, "cause": cause, "stage": stage, "step": step, "message": message}
 
 
 def effective_status(manifest: dict, status: dict | None, heartbeat: float | None,

@@ -68,6 +68,7 @@ DEFAULTS: dict[str, str] = {
     "RK_LOCAL_MAX_HOURS": "1",
     "RK_LOCAL_GRACE": "5",
     "RK_KEEP_VM_DIR": "",
+    "UV_INDEX_URL": "",
 }
 
 

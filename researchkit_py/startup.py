@@ -1,31 +1,20 @@
 """Render the startup script a VM (or the embedded provider) boots from.
 
 Every value is interpolated through shlex.quote; the only unquoted parts are the
-provider's own fixed snippets and integers. The VM agent travels inside the script as
-a base64 tar.gz, so nothing has to be fetched before the script can report.
+provider's own fixed snippets and integers. The VM agent's core travels inside the script
+as a base64 tar.gz (vm_payload.py) and needs only python3's standard library on a cloud VM,
+so the VM reports (status BOOT, and whatever fails later) before anything is installed.
 """
 
 from __future__ import annotations
 
-import base64
-import gzip
-import io
 import re
 import shlex
-import tarfile
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from . import protocol
-from .clouds.registry import CLOUDS, store_cloud
 from .errors import KitError, UsageError
-
-PACKAGE_DIR = Path(__file__).resolve().parent
-# What every VM agent needs; the clouds add theirs (see clouds/base.py: vm_modules, store_modules).
-AGENT_MODULES = (
-    "__init__.py", "errors.py", "settings.py", "protocol.py", "vm_agent.py",
-    "storage/__init__.py", "storage/base.py", "storage/paths.py", "storage/transfer.py", "clouds/__init__.py",
-)
+from .vm_payload import agent_payload, agent_rest, vm_agent
 
 _ENV_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _SECRET_NAME = re.compile(r"SECRET|TOKEN|PASSW|CREDENTIAL|PRIVATE_KEY|ACCESS_KEY|API_KEY|SESSION_KEY", re.I)
@@ -70,48 +59,13 @@ def check_no_secrets(env: dict[str, str]) -> None:
             )
 
 
-def _compact(source: bytes) -> bytes:
-    """The module without docstrings and comments: it travels in user data (16 KB on EC2)."""
-    import ast
-
-    tree = ast.parse(source)
-    for node in ast.walk(tree):
-        body = getattr(node, "body", None)
-        if isinstance(body, list) and body and isinstance(body[0], ast.Expr) \
-                and isinstance(getattr(body[0], "value", None), ast.Constant) and isinstance(body[0].value.value, str):
-            node.body = body[1:] or [ast.Pass()]
-    return ast.unparse(tree).encode()
-
-
-def agent_modules(provider: str, store_url: str) -> list[str]:
-    """The agent's modules, its provider's VM pieces and the one store this run's bucket needs."""
-    vm, store = CLOUDS[provider], store_cloud(store_url)
-    packages = sorted({f"clouds/{vm.name}/__init__.py", f"clouds/{store.name}/__init__.py"})
-    return [*AGENT_MODULES, *packages, *vm.vm_modules, *store.store_modules]
-
-
-def agent_payload(provider: str, store_url: str) -> str:
-    """The agent's modules as base64 tar.gz."""
-    modules = agent_modules(provider, store_url)
-    raw = io.BytesIO()
-    with tarfile.open(fileobj=raw, mode="w") as tar:
-        for rel in modules:
-            data = _compact((PACKAGE_DIR / rel).read_bytes())
-            info = tarfile.TarInfo(f"researchkit_py/{rel}")
-            info.size, info.mode, info.mtime = len(data), 0o644, 315532800
-            tar.addfile(info, io.BytesIO(data))
-    gz = gzip.compress(raw.getvalue(), compresslevel=9, mtime=0)
-    b64 = base64.b64encode(gz).decode()
-    return "\n".join(b64[i:i + 76] for i in range(0, len(b64), 76))
-
-
 def render_startup_script(plan: ScriptPlan) -> str:
     q = shlex.quote
     if not plan.command.strip():
         raise UsageError("the command to run is empty; pass it as the first argument of `cloud-run run`")
     check_no_secrets(plan.env)
     exports = "\n".join(f"export {k}={q(v)}" for k, v in sorted(plan.env.items())) or "# (no --env values)"
-    store = store_cloud(plan.store_url)
+    agent = vm_agent(plan.provider, plan.store_url)
     return _TEMPLATE.format(
         # stage and cause names as the protocol spells them
         **{stage: stage for stage in protocol.STAGES}, DONE=protocol.DONE,
@@ -122,7 +76,9 @@ def render_startup_script(plan: ScriptPlan) -> str:
         self_delete_lines=_indent(plan.self_delete_lines.strip() or ":"),
         q_run_id=q(plan.run_id),
         q_store=q(plan.store_url),
-        q_store_class=q(store.store),
+        q_store_class=q(agent.store_class),
+        q_bucket_class=q(agent.bucket_class),
+        q_agent_key=q(agent_rest(plan.provider, plan.store_url)[0]),
         q_provider=q(plan.provider),
         q_bundle=q(plan.bundle_key),
         q_command=q(plan.command),
@@ -131,11 +87,10 @@ def render_startup_script(plan: ScriptPlan) -> str:
         heartbeat=max(1, int(plan.heartbeat_seconds)),
         has_data=1 if plan.has_data else 0,
         q_vm_python=q(plan.vm_python),
-        q_agent_import=q(f"import {store.vm_sdk or 'json'}"),
-        q_packages=" ".join(q(p) for p in store.vm_packages) or "''",
+        q_agent_python=q(agent.python),
         payload=agent_payload(plan.provider, plan.store_url),
-        gpu_check=(f'RK_CAUSE={protocol.GPU_UNAVAILABLE}; rk gpu-check "$PWD" {q(plan.gpu)} {int(plan.gpu_wait_seconds)}; '
-                   'RK_CAUSE=""') if plan.gpu else ":",
+        gpu_check=(f'rk_step "checking the GPU"; RK_CAUSE={protocol.GPU_UNAVAILABLE}; '
+                   f'rk gpu-check "$PWD" {q(plan.gpu)} {int(plan.gpu_wait_seconds)}; RK_CAUSE=""') if plan.gpu else ":",
         exports=exports,
     )
 
@@ -156,7 +111,9 @@ set -euo pipefail
 RK_RUN_ID={q_run_id}
 RK_STORE={q_store}
 RK_STORE_CLASS={q_store_class}
+RK_BUCKET_CLASS={q_bucket_class}
 RK_PROVIDER={q_provider}
+RK_AGENT_KEY={q_agent_key}
 RK_BUNDLE_KEY={q_bundle}
 RK_COMMAND={q_command}
 RK_RESULTS_SUBDIR={q_results}
@@ -164,17 +121,18 @@ RK_SOFT_DEADLINE={soft}
 RK_HEARTBEAT={heartbeat}
 RK_HAS_DATA={has_data}
 RK_VM_PYTHON={q_vm_python}
+RK_AGENT_PY={q_agent_python}
 RK_ROOT="${{RK_VM_ROOT:-/var/lib/researchkit}}/$RK_RUN_ID"
-export RK_RUN_ID RK_STORE RK_STORE_CLASS RK_PROVIDER RK_ROOT
+export RK_RUN_ID RK_STORE RK_STORE_CLASS RK_BUCKET_CLASS RK_PROVIDER RK_ROOT
 RK_STAGE={BOOT}
+RK_STEP=""
 RK_CMD_RC=""
 RK_CAUSE=""
 RK_HB_PID=""
 RK_CMD_PID=""
-RK_AGENT_PY=python3
 
 mkdir -p "$RK_ROOT/agent"
-exec >>"$RK_ROOT/run.log" 2>&1
+exec 3>&2 >>"$RK_ROOT/run.log" 2>&1  # fd 3 stays the console
 echo "researchkit: run $RK_RUN_ID booting on $(hostname) at $(date -u +%Y-%m-%dT%H:%M:%SZ)"
 
 rk_self_delete() {{
@@ -186,6 +144,30 @@ rk() {{
   (cd "$RK_ROOT/agent" && "$RK_AGENT_PY" -m researchkit_py.vm_agent "$@")
 }}
 
+# A step of the setup: a line in the log; if it fails, the final status names it, with the
+# reason its failing command left.
+rk_step() {{
+  RK_STEP=$1
+  rm -f "$RK_ROOT/reason"
+  echo "researchkit: $1"
+}}
+
+# apt as a first boot has it: unattended-upgrades may hold its locks for minutes. Its output
+# goes to apt.log; what failed, to the log.
+rk_apt() {{
+  local log="$RK_ROOT/apt.log" try
+  export DEBIAN_FRONTEND=noninteractive
+  for try in 1 2 3; do  # update does not wait for the lists' lock: try again
+    if apt-get -q update >"$log" 2>&1; then break; fi
+    sleep $((try * 5))
+  done
+  if ! apt-get -q -o DPkg::Lock::Timeout=300 -o Dpkg::Use-Pty=0 install -y --no-install-recommends "$@" \
+      >>"$log" 2>&1; then
+    grep -E '^(E|W):' "$log" | tail -n 5
+    return 1
+  fi
+}}
+
 # Whatever happens from here on, the last log and the status go up and the VM goes away.
 rk_finish() {{
   local rc=$?
@@ -194,45 +176,57 @@ rk_finish() {{
   if [[ -n "$RK_CMD_PID" ]]; then kill -TERM "$RK_CMD_PID" 2>/dev/null; wait "$RK_CMD_PID" 2>/dev/null; fi
   if [[ -n "$RK_HB_PID" ]]; then kill "$RK_HB_PID" 2>/dev/null; fi
   echo "researchkit: finishing at stage $RK_STAGE (script exit $rc)"
-  rk finish "$RK_STAGE" "$RK_CMD_RC" "$RK_CAUSE" || echo "researchkit: could not report the final status"
+  if ! rk finish "$RK_STAGE" "$RK_CMD_RC" "$RK_CAUSE" "$RK_STEP"; then
+    echo "researchkit: could not report the final status"
+    tail -n 20 "$RK_ROOT/run.log" >&3  # the console keeps what the bucket could not
+  fi
   rk_self_delete
 }}
+# A signal ends the run with its cause, which wins over the stage's (protocol.STOPPED).
+rk_stop() {{
+  RK_CAUSE=$1
+  exit "$2"
+}}
 trap rk_finish EXIT
-trap 'RK_CAUSE=${{RK_CAUSE:-{TERMINATED}}}; exit 143' TERM
-trap 'RK_CAUSE=${{RK_CAUSE:-{TERMINATED}}}; exit 130' INT
+trap 'rk_stop {TERMINATED} 143' TERM
+trap 'rk_stop {TERMINATED} 130' INT
 
-# 1. The agent (embedded below) and a Python that can reach the bucket.
+# 1. python3, the agent's core (embedded below), and status BOOT: nothing else is needed to report.
+if ! command -v "$RK_AGENT_PY" >/dev/null; then
+  rk_step "installing python3 with apt (the image has none)"
+  rk_apt python3 || {{ echo "researchkit: no python3, so nothing can report to the bucket" | tee /dev/fd/3; exit 1; }}
+fi
 base64 -d <<'RK_AGENT_EOF' | tar -xz -C "$RK_ROOT/agent"
 {payload}
 RK_AGENT_EOF
-if ! python3 -c {q_agent_import} 2>/dev/null; then
-  echo "researchkit: installing the agent's client library"
-  if ! python3 -m venv "$RK_ROOT/agent-venv"; then
-    apt-get update -qq && apt-get install -y -qq python3-venv
-    python3 -m venv "$RK_ROOT/agent-venv"
-  fi
-  "$RK_ROOT/agent-venv/bin/pip" install --quiet {q_packages}
-  RK_AGENT_PY="$RK_ROOT/agent-venv/bin/python"
-fi
-rk status {BOOT}
+rk_step "reporting to the bucket"
+rk boot
 
-# 2. Code, data and requirements.
+# 2. The rest of the agent, the code, the data, the environment.
 RK_STAGE={SETUP}
 RK_WORK="$RK_ROOT/work"
-rk status {SETUP} -- get-bundle "$RK_BUNDLE_KEY" "$RK_WORK"
-if [[ "$RK_HAS_DATA" == 1 ]]; then rk get-data "$RK_WORK"; fi
+rk_step "downloading the code"
+rk status {SETUP} -- get-agent "$RK_AGENT_KEY" -- get-bundle "$RK_BUNDLE_KEY" "$RK_WORK"
+if [[ "$RK_HAS_DATA" == 1 ]]; then
+  rk_step "downloading the data"
+  rk get-data "$RK_WORK"
+fi
 cd "$RK_WORK"
+{exports}
 if [[ -n "$RK_VM_PYTHON" ]]; then
   echo "researchkit: using the pre-provisioned Python $RK_VM_PYTHON as it is"
   PATH="$(dirname "$RK_VM_PYTHON"):$PATH"
 elif [[ -f requirements.txt ]]; then
-  echo "researchkit: installing requirements.txt"
-  python3 -m venv --system-site-packages "$RK_ROOT/venv"
-  "$RK_ROOT/venv/bin/pip" install --quiet -r requirements.txt
+  rk_step "installing requirements.txt"
+  rk requirements "$RK_WORK/requirements.txt" "$RK_ROOT/venv"
   PATH="$RK_ROOT/venv/bin:$PATH"
 fi
+if ! command -v python >/dev/null; then  # `python` is python3, as in a venv
+  mkdir -p "$RK_ROOT/bin"
+  ln -sf "$(command -v python3)" "$RK_ROOT/bin/python"
+  PATH="$RK_ROOT/bin:$PATH"
+fi
 export PATH
-{exports}
 export RESULTS_DIR="$RK_WORK/$RK_RESULTS_SUBDIR"
 mkdir -p "$RESULTS_DIR"
 # A GPU the run asked for must work in the run's environment before the command starts.
@@ -240,6 +234,7 @@ mkdir -p "$RESULTS_DIR"
 
 # 3. The command, under its soft deadline, with a heartbeat that also ships the log.
 RK_STAGE={RUN}
+RK_STEP=""
 echo "researchkit: running: $RK_COMMAND"
 rk heartbeat -- status {RUN}  # the log says what runs before the status does: a VM lost right after still tells
 ( while sleep "$RK_HEARTBEAT"; do rk heartbeat || true; done ) &
@@ -260,6 +255,7 @@ echo "researchkit: command exited $RK_CMD_RC"
 
 # 4. Results, then the checksum manifest that marks them complete.
 RK_STAGE={UPLOAD}
+rm -f "$RK_ROOT/reason"
 rk status {UPLOAD} -- push-results "$RESULTS_DIR"
 RK_STAGE={DONE}
 """

@@ -1,32 +1,45 @@
-"""The helper the startup script calls on the VM: status, heartbeat, transfers, self-delete.
+"""The helper the startup script calls on the VM: status, heartbeat, the final report,
+self-delete; the rest of the agent, the code, data, requirements and results.
 
-It is shipped inside the startup script itself (see startup.py), so it is in place before
-anything else is installed. Its environment is read here, once (VMEnv): RK_STORE (bucket
-URL) and RK_STORE_CLASS (its store), RK_RUN_ID, RK_ROOT (the VM's scratch directory),
-RK_PROVIDER, and what the clouds' VM pieces and stores need (metadata endpoint, emulators,
-retries). Only `self-delete` must
-work with a bare python3: it imports nothing outside the standard library.
+Its core (this module, the protocol, the settings and the cloud's VM pieces) is shipped inside
+the startup script itself (see startup.py) and needs only python3's standard library on a cloud
+VM: the reports go through the cloud's VMBucket (its REST API, the VM's own credentials), so
+they reach the bucket before anything is installed — and whatever fails after. The rest (setup
+and transfers: vm_setup, storage/, the cloud's REST store) comes from the bucket (`get-agent`).
+
+Its environment is read here, once (VMEnv): RK_STORE (bucket URL), RK_BUCKET_CLASS and
+RK_STORE_CLASS (what reaches it for reports and for transfers), RK_RUN_ID, RK_ROOT (the VM's
+scratch directory), RK_PROVIDER, and what the clouds' VM pieces, stores and the setup need
+(metadata endpoint, emulators, retries, the package index). A command that fails says why in
+one line, and leaves that line in RK_ROOT/reason for the final status (`finish`) to carry.
 """
 
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import json
 import os
+import platform
+import re
 import socket
 import sys
+import tarfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from . import protocol
+from .errors import KitError
+from .settings import Settings
 
 
 @dataclass
 class VMEnv:
     run_id: str
     store_url: str
-    store_class: str  # "module:Class" of the bucket's store
+    bucket_class: str  # "module:Class": the bucket for the reports
+    store_class: str  # "module:Class": the bucket's store, for transfers
     root: Path
     provider: str
     environ: dict[str, str]
@@ -38,26 +51,33 @@ class VMEnv:
                 raise SystemExit(f"vm_agent: {name} is not set")
             return environ[name]
 
-        return cls(need("RK_RUN_ID"), need("RK_STORE"), need("RK_STORE_CLASS"), Path(need("RK_ROOT")),
-                   need("RK_PROVIDER"), dict(environ))
+        return cls(need("RK_RUN_ID"), need("RK_STORE"), need("RK_BUCKET_CLASS"), need("RK_STORE_CLASS"),
+                   Path(need("RK_ROOT")), need("RK_PROVIDER"), dict(environ))
 
 
 class Agent:
     def __init__(self, env: VMEnv):
         self.env = env
-        self._store = None
+        self._opened: dict[str, object] = {}  # one client per process: commands may be chained (see main)
+
+    def _open(self, ref: str):
+        """The run's bucket through a class the client named: the VM carries only what it needs,
+        not the registry."""
+        if ref not in self._opened:
+            module, _, name = ref.partition(":")
+            cls = getattr(importlib.import_module(module), name)
+            self._opened[ref] = cls.open_url(self.env.store_url, Settings(environ=self.env.environ, read_file=False))
+        return self._opened[ref]
+
+    @property
+    def bucket(self):
+        """For the reports: put_bytes, put_file, get_file (retried)."""
+        return self._open(self.env.bucket_class)
 
     @property
     def store(self):
-        """The run's bucket, through the store class the client named (RK_STORE_CLASS): the VM
-        carries only that cloud's store, not the registry."""
-        if self._store is None:  # one client per process: commands may be chained (see main)
-            from .settings import Settings
-
-            module, _, name = self.env.store_class.partition(":")
-            store_class = getattr(importlib.import_module(module), name)
-            self._store = store_class.open_url(self.env.store_url, Settings(environ=self.env.environ, read_file=False))
-        return self._store
+        """For transfers: a storage.base.Store (from the rest of the agent)."""
+        return self._open(self.env.store_class)
 
     def key(self, name: str) -> str:
         return protocol.run_key(self.env.run_id, name)
@@ -66,20 +86,42 @@ class Agent:
     def log_path(self) -> Path:
         return self.env.root / "run.log"
 
+    @property
+    def reason_path(self) -> Path:
+        return self.env.root / "reason"
+
     def write_status(self, phase: str, **fields) -> None:
         facts = self.env.root / protocol.GPU_FACTS
         if facts.exists():
             fields.setdefault("gpu", json.loads(facts.read_text()))
         record = protocol.status_record(self.env.run_id, phase, host=socket.gethostname(), **fields)
-        self.store.write_json(self.key(protocol.STATUS), record)
+        self.bucket.put_bytes(self.key(protocol.STATUS), (json.dumps(record, indent=2, sort_keys=True) + "\n").encode())
 
     def push_log(self) -> None:
         if self.log_path.exists():
-            self.store.put_file(self.log_path, self.key(protocol.LOG))
+            self.bucket.put_file(self.log_path, self.key(protocol.LOG))
 
     def heartbeat(self) -> None:
-        self.store.put_bytes(self.key(protocol.HEARTBEAT), f"{time.time():.3f}\n".encode())
+        self.bucket.put_bytes(self.key(protocol.HEARTBEAT), f"{time.time():.3f}\n".encode())
         self.push_log()
+
+    def boot(self) -> None:
+        """Status BOOT, with what the image has: the VM's first word, before anything is installed."""
+        release = Path("/etc/os-release")
+        m = re.search(r'^PRETTY_NAME="?([^"\n]*)', release.read_text() if release.is_file() else "", re.M)
+        missing = [n for n, mod in (("pip", "pip"), ("venv", "ensurepip")) if importlib.util.find_spec(mod) is None]
+        image = {"os": m.group(1) if m else platform.platform(), "python": platform.python_version(),
+                 "arch": platform.machine(), "missing": missing}
+        print(f"researchkit: image: {image['os']}, python {image['python']}, {image['arch']}"
+              + (f"; no {', '.join(missing)}" if missing else ""), flush=True)
+        self.write_status(protocol.BOOT, image=image)
+
+    def get_agent(self, key: str) -> None:
+        """The rest of the agent (setup and transfers), beside the core in RK_ROOT/agent."""
+        archive = self.env.root / "agent.tar.gz"
+        self.bucket.get_file(key, archive)
+        with tarfile.open(archive) as tar:
+            tar.extractall(self.env.root / "agent")  # our own archive, named by its content
 
     def get_bundle(self, key: str, dest: str) -> None:
         from .storage.paths import extract_tar
@@ -95,6 +137,11 @@ class Agent:
         stats = pull_tree(self.store, self.key(protocol.DATA), Path(dest))
         print(f"researchkit: fetched {stats.files} data files ({stats.bytes} bytes)", flush=True)
 
+    def requirements(self, requirements: str, venv: str) -> None:
+        from .vm_setup import install_requirements
+
+        install_requirements(Path(requirements), Path(venv), self.env.root, self.env.environ)
+
     def push_results(self, results_dir: str) -> None:
         """Upload results (and packs of the small ones), then results.manifest.json last: its
         presence means 'complete'."""
@@ -106,10 +153,12 @@ class Agent:
         print(f"researchkit: uploaded {stats.files} result files ({stats.bytes} bytes, "
               f"{len(manifest['files'])} in manifest, {len(manifest['packs'])} packs)")
 
-    def finish(self, stage: str, cmd_rc: str, cause: str) -> None:
-        """The EXIT trap's report: upload the last log, then the final status."""
+    def finish(self, stage: str, cmd_rc: str, cause: str, step: str = "") -> None:
+        """The EXIT trap's report: upload the last log, then the final status. `step` is the
+        setup step the script was in; the reason its failing command left is added to it."""
         rc = int(cmd_rc) if cmd_rc not in ("", None) else None
-        fields = protocol.final_status(stage, rc, cause)
+        reason = self.reason_path.read_text().strip() if self.reason_path.is_file() else ""
+        fields = protocol.final_status(stage, rc, cause, ": ".join(filter(None, (step, reason))))
         print(f"researchkit: {fields['phase']} ({fields['message']})", flush=True)
         try:
             self.push_log()
@@ -117,8 +166,7 @@ class Agent:
             self.write_status(fields.pop("phase"), **fields)
 
     def gpu_check(self, workdir: str, asked: str, wait: str) -> None:
-        self.store.get_file(self.key(protocol.GPU_CHECK), Path(__file__).with_name(protocol.GPU_CHECK))
-        from .gpu_check import check
+        from .gpu_check import check  # in the rest of the agent
 
         check(self.env.root, workdir, asked, float(wait))
 
@@ -127,7 +175,8 @@ class Agent:
         importlib.import_module(f"researchkit_py.clouds.{self.env.provider}.vm").self_delete(self.env.environ)
 
 
-USAGE = "usage: vm_agent status STAGE|heartbeat|get-bundle KEY DIR|get-data DIR|push-results DIR|gpu-check DIR GPU WAIT|finish STAGE RC CAUSE|self-delete [-- ...]"
+USAGE = ("usage: vm_agent boot|status STAGE|heartbeat|get-agent KEY|get-bundle KEY DIR|get-data DIR|"
+         "requirements FILE VENV|gpu-check DIR GPU WAIT|push-results DIR|finish STAGE RC CAUSE [STEP]|self-delete [-- ...]")
 
 
 def main(argv: list[str], agent: Agent) -> int:
@@ -137,10 +186,13 @@ def main(argv: list[str], agent: Agent) -> int:
         i = argv.index("--")
         return main(argv[:i], agent) or main(argv[i + 1:], agent)
     commands = {
+        "boot": lambda a: agent.boot(),
         "status": lambda a: agent.write_status(*a),
         "heartbeat": lambda a: agent.heartbeat(),
+        "get-agent": lambda a: agent.get_agent(*a),
         "get-bundle": lambda a: agent.get_bundle(*a),
         "get-data": lambda a: agent.get_data(*a),
+        "requirements": lambda a: agent.requirements(*a),
         "push-results": lambda a: agent.push_results(*a),
         "gpu-check": lambda a: agent.gpu_check(*a),
         "finish": lambda a: agent.finish(*a),
@@ -149,7 +201,18 @@ def main(argv: list[str], agent: Agent) -> int:
     if not argv or argv[0] not in commands:
         print(USAGE if not argv else f"vm_agent: unknown command {argv[0]}", file=sys.stderr)
         return 2
-    commands[argv[0]](argv[1:])
+    try:
+        commands[argv[0]](argv[1:])
+    except Exception as e:  # noqa: BLE001 - said in a line, and kept for the final status
+        reason = str(e) if isinstance(e, KitError) else f"{e.__class__.__name__}: {e}"
+        print(f"researchkit: {argv[0]} failed: {reason}", file=sys.stderr, flush=True)
+        if not isinstance(e, KitError):
+            import traceback
+
+            traceback.print_exc()
+        if argv[0] != "heartbeat":  # a missed heartbeat is no step's failure
+            agent.reason_path.write_text(reason + "\n")
+        return 1
     return 0
 
 

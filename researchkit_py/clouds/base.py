@@ -76,13 +76,19 @@ class Cloud:
     provider: str  # "module:Class" of its Provider, imported on first use
     store: str  # "module:Class" of its Store
     scheme: str  # the bucket URL scheme its store serves ("" for a directory)
-    # What travels to the VM with its agent (paths under researchkit_py/): the modules a VM of
-    # this cloud needs for itself (its self-delete: a `vm.py` with self_delete(env)), and
-    # those any VM needs to reach a bucket of this cloud's scheme.
+    # What its VMs carry (paths under researchkit_py/), standard library only. In the startup
+    # script, with the agent's core: `vm_modules`, what a VM needs of its own cloud to report —
+    # `vm_bucket` ("module:Class"), its buckets as the VM reaches them with its own credentials
+    # — and to delete itself (a `vm.py` with self_delete(env), where that takes an API call).
+    # Fetched from the bucket with the rest of the agent: `vm_store_modules`, those of
+    # `vm_store`, the store the VM's transfers use. `vm_here`: its VMs are this machine (the
+    # embedded provider): they use the client's `store` (its `store_modules`), SDK and credentials.
     vm_modules: tuple[str, ...] = ()
+    vm_bucket: str = ""
+    vm_store: str = ""
+    vm_store_modules: tuple[str, ...] = ()
     store_modules: tuple[str, ...] = ()
-    vm_sdk: str = ""  # a module whose import proves the VM's python3 can reach such a bucket
-    vm_packages: tuple[str, ...] = ()  # what provides it otherwise (pip names)
+    vm_here: bool = False
     prices: dict[str, float] = field(default_factory=dict)  # on-demand USD per hour, by machine type
     accelerator_prices: dict[str, float] = field(default_factory=dict)  # USD per attached GPU per hour
     shapes: Shapes | None = None

@@ -73,7 +73,7 @@ def plan_launch(ctx: Context, opts: LaunchOptions, *, upload: bool = True) -> La
     hard, soft = protocol.deadlines(opts.max_hours)
     heartbeat = ctx.settings.integer("RK_HEARTBEAT_SECONDS", 2 if ctx.embedded else 30)
     from ..bundle import make_bundle, upload_bundle  # launch-only: kept off the path of pull and status
-    from ..startup import ScriptPlan, render_startup_script
+    from ..startup import ScriptPlan, agent_rest, render_startup_script
 
     bundle = make_bundle(root, ctx.settings.number("RK_MAX_BUNDLE_MB"),
                          extra_exclude=tuple(f"{d.strip('/')}/*" for d in opts.data_dirs))
@@ -107,9 +107,9 @@ def plan_launch(ctx: Context, opts: LaunchOptions, *, upload: bool = True) -> La
         plan = Launch(run_id, manifest, script, request, machine)
         if upload:
             plan.code_uploaded_bytes = upload_bundle(ctx.store, bundle)
-            if machine.gpu_count:  # the VM's GPU check, which has no room in EC2's user data (see protocol.GPU_CHECK)
-                check = Path(protocol.__file__).with_name(protocol.GPU_CHECK)
-                ctx.store.put_file(check, protocol.run_key(run_id, protocol.GPU_CHECK))
+            agent_key, agent = agent_rest(ctx.provider.name, ctx.store.url)
+            if not ctx.store.exists(agent_key):  # the rest of the VM agent: named by its content, sent once
+                ctx.store.put_bytes(agent_key, agent)
             for d in opts.data_dirs:
                 put_tree(ctx.store, root / d, protocol.run_key(run_id, f"{protocol.DATA}/{d.strip('/')}"), label=f"data {d}")
     finally:

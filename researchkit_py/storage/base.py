@@ -6,11 +6,8 @@ keys are relative to that prefix, always with forward slashes.
 
 from __future__ import annotations
 
-import errno
 import json
 import os
-import random
-import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -18,7 +15,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import urlparse
 
-from ..errors import KitError, NotFound, StorageError
+from ..errors import KitError, NotFound, StorageError, retry
 from ..settings import Settings
 
 T = TypeVar("T")
@@ -134,30 +131,7 @@ class Store(ABC):
         self.put_bytes(key, (json.dumps(value, indent=2, sort_keys=True) + "\n").encode())
 
     def _retry(self, op: Callable[[], T], what: str) -> T:
-        retries, delay = self.retries, self.backoff
-        for attempt in range(retries + 1):
-            try:
-                return op()
-            except KitError:  # already says what to fix (a missing object or bucket, no credentials)
-                raise
-            except Exception as e:  # noqa: BLE001 - classified just below
-                if isinstance(e, OSError) and e.errno in _LOCAL_DISK:
-                    raise  # this machine's disk is full or read-only, not the bucket: the caller says so
-                if not self._is_transient(e) or attempt == retries:
-                    raise StorageError(
-                        f"cannot {what} at {self.url}: {_short(e)}; check the bucket name, your credentials and network"
-                    ) from e
-                time.sleep(delay * (1 + random.random() / 2))
-                delay = min(delay * 2, 10)
-        raise AssertionError("unreachable")
-
-
-_LOCAL_DISK = (errno.ENOSPC, errno.EDQUOT, errno.EROFS)
-
-
-def _short(e: BaseException) -> str:
-    text = " ".join(str(e).split())
-    return f"{e.__class__.__name__}: {text[:200]}" if text else e.__class__.__name__
+        return retry(op, f"{what} at {self.url}", self.retries, self.backoff, self._is_transient)
 
 
 def join_key(*parts: str) -> str:

@@ -8,10 +8,12 @@ such an image and really run apt, dpkg and pip, without reaching anything but it
   pip, venv and the SDKs, apt's cache and lists emptied;
 - `sdk_layer`: google-cloud-storage and boto3 in /usr/lib/python3/dist-packages, an overlay
   layer over the image for the "sdk-no-venv" variant;
+- `no_python3_layer`: the image without python3 (the package and its /usr/bin/python3), an
+  overlay layer for the "no-python3" variant;
 - `wheelhouse`: wheels for the image's Python (the SDKs, pip, uv, small test packages) with
   PEP 503 simple indexes, with and without PEP 658 metadata;
-- `apt_repo`: python3-venv, python3-pip and every package they need that the image lacks,
-  as a flat apt repository.
+- `apt_repo`: python3-venv, python3-pip and every package they need that the image lacks, and
+  python3 itself (for the no-python3 variant), as a flat apt repository.
 
 Each is built once into ${RK_TEST_CACHE:-${XDG_CACHE_HOME:-~/.cache}/researchkit-test}, in a
 directory named by a hash of its inputs (the recipe's source included, so a change rebuilds),
@@ -41,17 +43,20 @@ import zipfile
 from collections.abc import Callable
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+from researchkit_py.vm_setup import UV_VERSION  # noqa: E402
+
 SUITE = "bookworm"
 PUBLIC_MIRROR = "http://deb.debian.org/debian"  # what the image's own sources.list names, like a real image's
 INCLUDE = ("python3", "ca-certificates")
 # What the providers' default images lack and the startup script installs; never in the image.
 ABSENT_PACKAGES = ("python3-venv", "python3-pip", "python3-pip-whl", "python3-boto3", "python3-google-cloud-storage")
 ABSENT_MODULES = ("ensurepip", "pip", "google.cloud.storage", "boto3")
-# The VM side's Python packages: what startup.BACKENDS installs (test_bare_vms checks they agree),
-# pip and uv (installers measured against each other), and what test projects' requirements name.
+# The wheelhouse: the SDKs (the sdk-no-venv variant's layer), pip (measured against uv), uv at
+# the version the VM fetches (test_bare_vms checks it), and what test projects' requirements name.
 SDK_PACKAGES = ("google-cloud-storage", "boto3")
 TEST_PACKAGES = ("tabulate",)
-WHEELHOUSE_PACKAGES = (*SDK_PACKAGES, "pip", "uv", *TEST_PACKAGES)
+WHEELHOUSE_PACKAGES = (*SDK_PACKAGES, "pip", f"uv=={UV_VERSION}", *TEST_PACKAGES)
 APT_PACKAGES = ("python3-venv", "python3-pip")
 META = "meta.json"
 
@@ -294,6 +299,25 @@ def sdk_layer(rootfs: Path, wheels: Path) -> Path:
     return cached("sdk-layer", inputs, lambda out: _build_sdk_layer(out, rootfs, wheels))
 
 
+# --- the no-python3 layer ------------------------------------------------------------------
+def _build_no_python3_layer(out: Path, rootfs: Path) -> None:
+    """python3 taken off the image, as an image without it would have it: /usr/bin/python3 leads
+    nowhere, and dpkg's status has neither `python3` nor `python3-minimal` (which ships that
+    link); python3.11 stays, and `apt-get install python3` brings both back from the apt
+    repository."""
+    (out / "usr/bin").mkdir(parents=True)
+    (out / "usr/bin/python3").symlink_to("python3-not-installed")
+    stanzas = (rootfs / "var/lib/dpkg/status").read_text().split("\n\n")
+    (out / "var/lib/dpkg").mkdir(parents=True)
+    (out / "var/lib/dpkg/status").write_text("\n\n".join(
+        st for st in stanzas if not re.match(r"Package: python3(-minimal)?\n", st)))
+
+
+def no_python3_layer(rootfs: Path) -> Path:
+    inputs = {"image": rootfs.parent.name, "recipe": _recipe(_build_no_python3_layer)}
+    return cached("no-python3-layer", inputs, lambda out: _build_no_python3_layer(out, rootfs))
+
+
 # --- the apt repository -----------------------------------------------------------------
 def _build_apt_repo(out: Path, rootfs: Path) -> None:
     """apt on this machine, but with the image's dpkg status and the image's suite: it downloads
@@ -312,6 +336,8 @@ def _build_apt_repo(out: Path, rootfs: Path) -> None:
     # python3-pip without its Recommends (a compiler toolchain): install it with --no-install-recommends
     _run([*apt, "install", "--download-only", "-y", "python3-venv"], log)
     _run([*apt, "install", "--download-only", "-y", "--no-install-recommends", *APT_PACKAGES], log)
+    _run([*apt, "install", "--download-only", "-y", "--reinstall", "--no-install-recommends", "python3",
+          "python3-minimal"], log)
     for deb in (work / "archives").glob("*.deb"):
         deb.rename(out / deb.name)
     shutil.rmtree(work)
@@ -328,13 +354,15 @@ def apt_repo(rootfs: Path) -> Path:
 
 
 # --- all of them, and VMs booting from them ----------------------------------------------
-VARIANTS = {"bare": (), "sdk-no-venv": ("sdk_layer",)}  # variant -> its layers over the image
+VARIANTS = {"bare": (), "sdk-no-venv": ("sdk_layer",), "no-python3": ("no_python3_layer",)}  # -> layers over the image
+
 def build_all() -> dict[str, Path]:
     """Every artifact, built where missing: what CI calls before the tests."""
     img = image()
     rootfs = img / "rootfs"
     wheels = wheelhouse(rootfs)
-    return {"image": img, "wheelhouse": wheels, "sdk_layer": sdk_layer(rootfs, wheels), "apt_repo": apt_repo(rootfs)}
+    return {"image": img, "wheelhouse": wheels, "sdk_layer": sdk_layer(rootfs, wheels),
+            "no_python3_layer": no_python3_layer(rootfs), "apt_repo": apt_repo(rootfs)}
 
 
 class BareImages:
@@ -349,8 +377,8 @@ class BareImages:
 
     def image(self, variant: str = "bare", *, package_sources: bool = True, dpkg_lock_seconds: float = 0,
               pep658: bool = False):
-        """A fake_vm.VMImage. `variant`: "bare" (python3 only) or "sdk-no-venv" (the SDKs importable
-        by python3, still no pip or venv). Without `package_sources` the VM keeps the image's own
+        """A fake_vm.VMImage. `variant`: "bare" (python3 only), "sdk-no-venv" (the SDKs importable
+        by python3, still no pip or venv) or "no-python3" (not even python3; apt can install it). Without `package_sources` the VM keeps the image's own
         sources.list and pip's default index, neither of which it can reach. With `pep658` its
         index offers PEP 658 metadata files, as PyPI does (see BARE_IMAGES.md)."""
         from fake_vm import VMImage
@@ -398,7 +426,7 @@ def _main(argv: list[str]) -> int:
         return 0
     for what, path in artifacts.items():
         m = meta(path)
-        print(f"{what:10} {m['bytes'] / 1e6:7.1f} MB  built in {m['build_seconds']:6.1f} s on {m['built_at']}  {path}")
+        print(f"{what:16} {m['bytes'] / 1e6:7.1f} MB  built in {m['build_seconds']:6.1f} s on {m['built_at']}  {path}")
     print(f"ready in {time.monotonic() - t0:.1f} s (cache: {cache_root()})")
     return 0
 

@@ -112,7 +112,7 @@ def vm_network():
         net.stop()
 
 
-VM_ISOLATION = {"reason": ""}
+VM_ISOLATION = {"reason": "", "bare": ""}
 
 
 def _on_vm_bridge(vm_network, local_server, make):
@@ -131,27 +131,41 @@ def vm_gcs(vm_network, gcs_server):
 
 
 @pytest.fixture(scope="session")
-def bare_images(vm_network):
+def available_bare_images(vm_network):
     """The bare image, its variants and their package sources served on the VM bridge (built
-    once, then cached: tests/py/bare_image.py); skips, saying why, where they cannot be had."""
+    once, then cached: tests/py/bare_image.py), or None where they cannot be had (the reason
+    goes into the session's summary)."""
     if vm_network is None:
-        pytest.skip(f"bare-image VMs need network namespaces ({VM_ISOLATION['reason']})")
+        VM_ISOLATION["bare"] = f"they need network namespaces ({VM_ISOLATION['reason']})"
+        yield None
+        return
     try:
         images = bare_image.BareImages(vm_network.host_ip)
     except bare_image.Unavailable as e:
-        pytest.skip(str(e))
+        VM_ISOLATION["bare"] = str(e)
+        yield None
+        return
     yield images
     images.stop()
 
 
 @pytest.fixture
-def vm_image(request):
-    """What the fake VMs boot from: this machine's root (None), or, for a test marked
-    @pytest.mark.vm_image(variant, package_sources=True, dpkg_lock_seconds=0, pep658=False), a
-    bare image (a fake_vm.VMImage; variants and options: tests/py/BARE_IMAGES.md)."""
+def bare_images(available_bare_images):
+    """The bare images, or a skip that says why they cannot be had here."""
+    if available_bare_images is None:
+        pytest.skip(f"bare-image VMs: {VM_ISOLATION['bare']}")
+    return available_bare_images
+
+
+@pytest.fixture
+def vm_image(request, available_bare_images):
+    """What the fake VMs boot from: the bare image (a fake_vm.VMImage), as a provider's default
+    image would be, wherever it can be had (else this machine's root: None); for a test marked
+    @pytest.mark.vm_image(variant, package_sources=True, dpkg_lock_seconds=0, pep658=False), that
+    variant (variants and options: tests/py/BARE_IMAGES.md), or a skip."""
     marker = request.node.get_closest_marker("vm_image")
     if marker is None:
-        return None
+        return available_bare_images and available_bare_images.image("bare")
     return request.getfixturevalue("bare_images").image(*marker.args, **marker.kwargs)
 
 
@@ -289,18 +303,42 @@ def pytest_terminal_summary(terminalreporter):
     booted = FakeVMs.booted
     if booted["netns"] or booted["process"]:
         why = f" (network namespaces unavailable: {VM_ISOLATION['reason']})" if VM_ISOLATION["reason"] else ""
+        bare = f"; bare images unavailable: {VM_ISOLATION['bare']}" if VM_ISOLATION["bare"] and booted["netns"] else ""
         terminalreporter.write_line(f"fake VMs: {booted['netns']} booted in their own network namespace "
                                     f"({booted['bare']} from a bare image), {booted['process']} as plain "
-                                    f"processes{why}")
+                                    f"processes{why}{bare}")
 
 
-@pytest.fixture(params=["local", "gcs", "s3"])
-def store(request, tmp_path):
-    """The same Store contract, on each backend against its emulator."""
+@pytest.fixture(params=["local", "gcs", "s3", "gcs-vm", "s3-vm"])
+def store(request, tmp_path, monkeypatch):
+    """The same Store contract, on each backend against its emulator: the client's stores (the
+    SDKs) and the VM's (standard library, credentials from a metadata server)."""
     from researchkit_py.clouds.registry import open_store
 
     if request.param == "local":
         return open_store(f"file://{tmp_path / 'bucket'}")
     if request.param == "gcs":
         return open_store(f"gs://{request.getfixturevalue('gcs_bucket')}/pre/fix")
-    return open_store(f"s3://{request.getfixturevalue('s3_bucket')}/pre/fix")
+    if request.param == "s3":
+        return open_store(f"s3://{request.getfixturevalue('s3_bucket')}/pre/fix")
+    return vm_store(request, monkeypatch, request.param.removesuffix("-vm"))
+
+
+def vm_store(request, monkeypatch, scheme: str):
+    """A VM's store for a fresh bucket, its credentials from a metadata server of its own."""
+    from fake_vm import MetadataServer
+
+    from researchkit_py.settings import Settings
+
+    flavor = "gce" if scheme == "gcs" else "aws"
+    meta = MetadataServer({"flavor": flavor, "name": "vm", "zone": "us-central1-a", "project": "p", "instance_id": "i-1"})
+    request.addfinalizer(meta.stop)
+    if flavor == "gce":
+        from researchkit_py.clouds.gce.rest import GCSRestStore
+
+        monkeypatch.setenv("RK_METADATA_URL", meta.url)
+        return GCSRestStore.open_url(f"gs://{request.getfixturevalue('gcs_bucket')}/pre/fix", Settings(read_file=False))
+    from researchkit_py.clouds.ec2.rest import S3RestStore
+
+    monkeypatch.setenv("AWS_EC2_METADATA_SERVICE_ENDPOINT", meta.base + "/")
+    return S3RestStore.open_url(f"s3://{request.getfixturevalue('s3_bucket')}/pre/fix", Settings(read_file=False))

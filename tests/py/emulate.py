@@ -28,9 +28,9 @@ from fake_gce import FakeGCE  # noqa: E402
 from fake_vm import EC2VMs, GCEVMs, VMNetwork  # noqa: E402
 
 
-def start_gce(host: str, net, root: Path):
+def start_gce(host: str, net, root: Path, image=None):
     gcs, gce = FakeGCS(host=host), FakeGCE(host=host)
-    vms = GCEVMs(gce, root, {"STORAGE_EMULATOR_HOST": gcs.url}, net)
+    vms = GCEVMs(gce, root, {"STORAGE_EMULATOR_HOST": gcs.url}, net, image)
     os.environ["STORAGE_EMULATOR_HOST"] = gcs.url
     from researchkit_py.clouds.gce.store import gcs_client
 
@@ -38,7 +38,7 @@ def start_gce(host: str, net, root: Path):
     gcs_client().create_bucket(bucket)
     exports = {"COMPUTE_TARGET": "gce", "STORAGE_EMULATOR_HOST": gcs.url, "RK_GCE_API_ENDPOINT": gce.url, "GCE_PROJECT": "emu-project",
                "RK_BUCKET": f"gs://{bucket}/researchkit"}
-    return exports, [vms.stop, gce.stop, gcs.stop]
+    return exports, vms, [vms.stop, gce.stop, gcs.stop]
 
 
 def prepare_ec2(moto_url: str) -> dict[str, str]:
@@ -59,13 +59,13 @@ def prepare_ec2(moto_url: str) -> dict[str, str]:
             "EC2_AMI_PARAM": "/researchkit/emulator/ami"}
 
 
-def start_ec2(host: str, net, root: Path):
+def start_ec2(host: str, net, root: Path, image=None):
     moto = Moto(host=host)
     exports = prepare_ec2(moto.url)
     from researchkit_py.clouds.ec2.aws import aws_client
 
-    vms = EC2VMs(aws_client("ec2"), root, {"AWS_ENDPOINT_URL": moto.url, "AWS_REGION": "us-east-1"}, net)
-    return exports, [vms.stop, moto.stop]
+    vms = EC2VMs(aws_client("ec2"), root, {"AWS_ENDPOINT_URL": moto.url, "AWS_REGION": "us-east-1"}, net, image)
+    return exports, vms, [vms.stop, moto.stop]
 
 
 def main() -> None:
@@ -76,7 +76,7 @@ def main() -> None:
     net = None if reason else VMNetwork(subnet=77 if args.cloud == "gce" else 78)
     host = net.host_ip if net else "127.0.0.1"
     root = Path(tempfile.mkdtemp(prefix=f"rk-emu-{args.cloud}-"))
-    exports, stops = (start_gce if args.cloud == "gce" else start_ec2)(host, net, root)
+    exports, _, stops = (start_gce if args.cloud == "gce" else start_ec2)(host, net, root)
     print(f"# fake VMs: {'own network namespaces' if net else 'plain processes (' + reason + ')'}; consoles in {root}",
           file=sys.stderr)
     print("\n".join(f"export {k}={v}" for k, v in exports.items()), flush=True)

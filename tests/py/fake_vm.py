@@ -287,7 +287,8 @@ class FakeVMs:
         boot = ["bash", str(vm_root / "startup-script")]
         if image.dpkg_lock_seconds:
             (vm_root / "hold-dpkg-locks.py").write_text(_HOLD_DPKG_LOCKS)
-            boot = ["python3", str(vm_root / "hold-dpkg-locks.py"), str(image.dpkg_lock_seconds), *boot]
+            boot = ["sh", "-c", 'exec "$(ls /usr/bin/python3.[0-9]* | head -n 1)" "$@"', "hold",  # python3 may be gone
+                    str(vm_root / "hold-dpkg-locks.py"), str(image.dpkg_lock_seconds), *boot]
         return ["ip", "netns", "exec", ns, "unshare", "--mount", "--propagation", "private",
                 "sh", "-c", 'mount -t overlay overlay -o "$1" "$2" && shift 2 && exec "$@"', "mount-layers",
                 f"lowerdir={lower},upperdir={upper},workdir={work}", str(merged),
@@ -340,7 +341,8 @@ class FakeVMs:
 
 
 class GCEVMs(FakeVMs):
-    """A VM per instance the fake Compute API inserts; its delete call ends it."""
+    """A VM per instance the fake Compute API inserts; its delete call ends it; powered off, it
+    is TERMINATED."""
 
     def __init__(self, gce, root: Path, storage_env: dict[str, str], network: VMNetwork | None = None,
                  image: VMImage | None = None):
@@ -367,6 +369,17 @@ class GCEVMs(FakeVMs):
                 exists = (identity["project"], identity["zone"], identity["name"]) in self.gce.instances
             if exists:
                 self.boot(script, identity)
+                threading.Thread(target=self._stopped_when_off, args=(identity,), daemon=True).start()
+
+    def _stopped_when_off(self, identity: dict) -> None:
+        """A VM that powers itself off (`shutdown -h now`) is TERMINATED, as on GCE: stopped, not deleted."""
+        name = identity["name"]
+        self.vms[name]["proc"].wait()
+        if self.powered_off(name):
+            with self.gce.lock:
+                inst = self.gce.instances.get((identity["project"], identity["zone"], name))
+                if inst is not None:
+                    inst["status"] = "TERMINATED"
 
     def on_delete(self, project: str, zone: str, instance: dict) -> None:
         # like GCE: the VM is shut down shortly after the API accepts the delete (only the
@@ -462,7 +475,7 @@ class EC2VMs(FakeVMs):
         super().stop()
 
 
-# Run by the image's python3 before the startup script: a child takes apt's locks (fcntl locks,
+# Run by the image's python3.X before the startup script: a child takes apt's locks (fcntl locks,
 # which flock(1) cannot hold and a fork does not inherit), holds them for argv[1] seconds; once
 # they are held, this process becomes the startup script.
 _HOLD_DPKG_LOCKS = """import fcntl, os, sys, time

@@ -10,6 +10,7 @@ throttled or briefly unavailable bucket does.
 from __future__ import annotations
 
 import http.client
+import re
 import threading
 import time
 from collections.abc import Callable
@@ -27,10 +28,11 @@ class Req:
     body: bytes = b""
 
     def names(self, text: str) -> bool:
-        """Does the request name `text`: in its path (S3), or in the metadata part that opens a
-        GCS multipart upload (not further: a log being uploaded may quote any key)?"""
-        head = self.body[:512]
-        return text in self.path or (b'"name"' in head and text.encode() in head)
+        """Does the request name `text`: in its path (S3, GCS media uploads), or in the object name
+        of the metadata part that opens a GCS multipart upload (not in the object itself: a log
+        or a status being uploaded may quote any key)?"""
+        m = re.search(rb'"name": ?"([^"]*)"', self.body[:512])
+        return text in self.path or bool(m and text.encode() in m.group(1))
 
 
 class FaultProxy:

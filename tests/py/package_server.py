@@ -23,7 +23,8 @@ class PackageServer:
     def __init__(self, host: str, wheelhouse: Path, apt_repo: Path):
         roots = {"wheels": Path(wheelhouse), "apt": Path(apt_repo)}
         self.requests: list[str] = []  # paths asked for, in order: what a VM really fetched
-        requests = self.requests
+        self.refused: set[str] = set()  # path prefixes answered 404, as an index without them would
+        requests, refused = self.requests, self.refused
 
         class Handler(SimpleHTTPRequestHandler):
             def translate_path(self, path: str) -> str:
@@ -38,6 +39,9 @@ class PackageServer:
                 """Whole files, or one byte range of one (uv reads a wheel's metadata from its end
                 with range requests, as PyPI's file host allows)."""
                 requests.append(self.path)
+                if any(self.path.startswith(prefix) for prefix in refused):
+                    self.send_error(404)
+                    return None
                 m = re.fullmatch(r"bytes=(\d*)-(\d*)", self.headers.get("Range", ""))
                 path = self.translate_path(self.path)
                 if not m or m.groups() == ("", "") or not os.path.isfile(path):

@@ -1,50 +1,29 @@
-"""Today's startup script on a bare image (bare_image.py), GCE and EC2: `cloud-run run` end to
-end, the VM installing python3-venv from the local apt repository, the SDK and the project's
-requirements from the wheelhouse; and when that goes wrong: no package index, apt's lock held
-at boot, the SDK on the image but no venv, a requirement that cannot be installed.
+"""The startup script on a bare image (bare_image.py), GCE and EC2: `cloud-run run` end to end,
+the VM reporting with python3's standard library alone, fetching uv and installing the
+project's requirements from the wheelhouse; and when that goes wrong: no package index, apt's
+lock held at boot, the SDK on the image but no venv, a requirement that cannot be installed,
+an index that serves PEP 658 metadata (as PyPI does).
 
-Where today's script falls short, the test says what should happen and xfails only on
-exactly today's outcome (BARE_IMAGES.md records it): anything else still fails. Each VM's
-script is traced (bash xtrace, timed); with RK_BARE_TIMINGS=FILE, each run's setup split is
-appended to FILE as a JSON line.
+Each VM's script is traced (bash xtrace, timed); with RK_BARE_TIMINGS=FILE, each run's setup
+split is appended to FILE as a JSON line.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import re
 import subprocess
 import time
 from dataclasses import dataclass
-from itertools import pairwise
 from pathlib import Path
 
 import pytest
+import setup_trace
 
 REPO = Path(__file__).resolve().parents[2]
 TIMINGS = os.environ.get("RK_BARE_TIMINGS")  # read at import: each test runs with RK_* scrubbed
 COMMAND = ("python -c 'import os, tabulate; "
            "open(os.environ[\"RESULTS_DIR\"] + \"/table.txt\", \"w\").write(tabulate.tabulate([[1, 2]]))'")
-# The script's steps before the user's command, in the order it takes them: (label, what the
-# traced line that starts the step matches). A step lasts until the next one starts.
-STEPS = (
-    ("unpack the agent", r"tar -xz "),
-    ("SDK import check", r"python3 -c 'import "),
-    ("venv attempt (no ensurepip)", r"python3 -m venv \S+/agent-venv$"),
-    ("apt-get update", r"apt-get update"),
-    ("apt-get install python3-venv", r"apt-get install"),
-    ("agent venv (ensurepip)", r"python3 -m venv \S+/agent-venv$"),
-    ("pip install SDK", r"\S+/agent-venv/bin/pip install"),
-    ("status BOOT", r"rk status BOOT"),
-    ("status SETUP + bundle", r"rk status SETUP -- get-bundle"),
-    ("requirements venv (ensurepip)", r"python3 -m venv --system-site-packages"),
-    ("pip install -r requirements.txt", r"\S+/venv/bin/pip install --quiet -r"),
-    ("status RUN + heartbeat", r"rk heartbeat -- status RUN"),
-    ("command", r"timeout "),
-)
-
-
 @pytest.fixture(params=["gce", "ec2"])
 def cloud(request, project):
     """(provider, its FakeVMs), the VMs' startup scripts traced."""
@@ -90,99 +69,97 @@ def run(provider: str, vms, tmp_path: Path, case: str) -> Outcome:
     return out
 
 
-def known_gap(today: bool, what_happens: str) -> None:
-    """Today's script falls short here, in exactly the way `today` recognises: xfail, saying so."""
-    if today:
-        pytest.xfail(f"today's script: {what_happens}")
-
-
-LOST = "nothing but the client's manifest.json reaches the bucket: the agent's final report needs the SDK it failed " \
-       "to install (ModuleNotFoundError in the VM's log); the client says FAILED (lost), exit 125"
-
-
-def lost(out: Outcome, vm_error: str) -> bool:
-    return out.status is None and out.bucket == ["manifest.json"] and "FAILED (lost, exit None)" in out.stderr \
-        and out.rc == 125 and vm_error in out.vm_log and "ModuleNotFoundError" in out.vm_log
-
-
 def setup_split(vms) -> dict:
-    """Seconds per step of the (one) VM's traced script, up to the user's command."""
+    """The (one) VM's setup, step by step (setup_trace.py)."""
     (vm,) = vms.vms.values()
     (log,) = (vm["root"] / "var").glob("*/run.log")
-    lines = [(float(t), cmd) for t, cmd in re.findall(r"^\+ (\d+\.\d+) (.*)$", log.read_text(), re.M)]
-    starts, pending = [("start", lines[0][0])], list(STEPS)
-    for t, cmd in lines:
-        matched = next((i for i, (_label, pattern) in enumerate(pending) if re.match(pattern, cmd)), None)
-        if matched is not None:
-            starts.append((pending[matched][0], t))
-            del pending[:matched + 1]
-    if starts[-1][0] != "command":
-        starts.append(("end", lines[-1][0]))
-    steps = {label: round(t_next - t, 2) for (label, t), (_, t_next) in pairwise(starts)}
-    return {"steps": steps, "before_command": round(starts[-1][1] - starts[0][1], 2)}
+    return setup_trace.setup_split(log.read_text())
+
+
+def setup_failed(out: Outcome, step: str) -> None:
+    """The run failed in its setup, and everyone says why: the status (cause, stage, the step and
+    its reason), the log in the bucket, the client's last line — within seconds, never `lost`."""
+    assert out.rc == 125, out.stderr
+    assert (out.status["phase"], out.status["cause"], out.status["stage"]) == ("FAILED", "boot_error", "SETUP")
+    assert out.status["step"].startswith(step), out.status
+    assert out.status["step"] in out.log and f"FAILED (boot_error: {out.status['step']})" in out.stderr
+    assert out.wall < 15, out.wall
 
 
 @pytest.mark.vm_image("bare")
-def test_todays_script_sets_itself_up_on_a_bare_image(cloud, tmp_path):
+def test_a_bare_image_sets_itself_up_in_seconds(cloud, tmp_path):
     provider, vms = cloud
     out = run(provider, vms, tmp_path, "bare")
     assert out.rc == 0, out.stderr + vms.consoles()
     assert (tmp_path / "out" / "table.txt").read_text().startswith("-  -\n1  2")
-    assert {"apt-get install python3-venv", "pip install SDK", "pip install -r requirements.txt"} <= \
-        set(setup_split(vms)["steps"])
+    split = setup_split(vms)
+    assert {"status BOOT", "requirements.txt", "  uv", "  install"} <= set(split["steps"]), split
+    assert split["before_command"] < 10, split
+    assert "image: Debian GNU/Linux 12 (bookworm), python 3.11" in out.log and "no pip, venv" in out.log
+    assert "fetched uv-" in out.log and "tabulate==" in out.log
+    assert "apt" not in out.vm_log.replace("apt.log", "")  # nothing of apt runs: python3 is there
 
 
 @pytest.mark.vm_image("bare")
-def test_a_requirement_that_cannot_be_installed_fails_the_setup(cloud, project, tmp_path):
+def test_a_requirement_that_cannot_be_installed_is_named(cloud, project, tmp_path):
     provider, vms = cloud
-    (project / "requirements.txt").write_text("researchkit-no-such-package==0.0.1\n")
+    (project / "requirements.txt").write_text("tabulate\nresearchkit-no-such-package==0.0.1  # mine\n")
     out = run(provider, vms, tmp_path, "bad requirement")
-    assert out.rc == 125, out.stderr
-    assert (out.status["phase"], out.status["cause"], out.status["stage"]) == ("FAILED", "boot_error", "SETUP")
-    assert "No matching distribution found for researchkit-no-such-package" in out.log
-    assert "FAILED (boot_error" in out.stderr
+    setup_failed(out, "installing requirements.txt: researchkit-no-such-package==0.0.1 cannot be installed: ")
+    assert "debconf" not in out.log and "Unpacking" not in out.log
 
 
 @pytest.mark.vm_image("bare", package_sources=False)
-def test_an_unreachable_package_index_is_reported_as_a_boot_failure(cloud, tmp_path):
+def test_an_unreachable_package_index_is_the_cause(cloud, tmp_path):
     provider, vms = cloud
     out = run(provider, vms, tmp_path, "index unreachable")
-    known_gap(lost(out, "E: Package 'python3-venv' has no installation candidate"),
-              f"apt-get update warns, apt-get install finds no python3-venv; {LOST}")
-    assert out.rc == 125, out.stderr
-    assert (out.status["phase"], out.status["cause"], out.status["stage"]) == ("FAILED", "boot_error", "BOOT")
-    assert "deb.debian.org" in out.log
+    setup_failed(out, "installing requirements.txt: cannot reach the package index https://pypi.org (")
 
 
-@pytest.mark.vm_image("bare", dpkg_lock_seconds=10)
-def test_apt_lock_held_at_boot_is_waited_for(cloud, tmp_path):
+@pytest.mark.vm_image("bare", dpkg_lock_seconds=30)
+def test_apt_lock_held_at_boot_does_not_matter(cloud, tmp_path):
+    """unattended-upgrades holds apt's lock at a first boot; the setup uses no apt (uv needs none)."""
     provider, vms = cloud
-    out = run(provider, vms, tmp_path, "apt lock held 10 s")
-    known_gap(lost(out, "Could not get lock /var/lib/dpkg/lock-frontend"),
-              f"apt-get install fails at once (Could not get lock /var/lib/dpkg/lock-frontend); {LOST}")
+    out = run(provider, vms, tmp_path, "apt lock held 30 s")
     assert out.rc == 0, out.stderr + vms.consoles()
-    assert out.status["phase"] == "DONE"
+    assert out.status["phase"] == "DONE" and setup_split(vms)["before_command"] < 10
+
+
+@pytest.mark.vm_image("no-python3", dpkg_lock_seconds=20)
+def test_an_image_without_python3_gets_it_from_apt_once_apts_lock_is_free(cloud, tmp_path):
+    provider, vms = cloud
+    out = run(provider, vms, tmp_path, "no python3, apt lock held 20 s")
+    assert out.rc == 0, out.stderr + vms.consoles()
+    assert "installing python3 with apt (the image has none)" in out.log
+    assert setup_split(vms)["steps"]["python3 with apt"] >= 15  # it waited for the lock, then went on
+    assert "Unpacking" not in out.log and "debconf" not in out.log  # apt's output stays in apt.log
+
+
+@pytest.mark.vm_image("no-python3", package_sources=False)
+def test_an_image_without_python3_or_apt_says_why_on_its_console(cloud, tmp_path):
+    """Nothing can report to the bucket without python3: the run is lost, the VM goes, and its
+    console (the cloud's serial port output, while it exists) keeps the reason."""
+    provider, vms = cloud
+    out = run(provider, vms, tmp_path, "no python3, no apt")
+    assert out.rc == 125 and "FAILED (lost" in out.stderr and out.status is None, out.stderr
+    (vm,) = vms.vms.values()
+    assert "researchkit: no python3, so nothing can report to the bucket" in (vm["root"] / "console.log").read_text()
+    assert out.wall < 30
 
 
 @pytest.mark.vm_image("sdk-no-venv")
-def test_an_image_with_the_sdk_but_no_venv_still_installs_the_requirements(cloud, tmp_path):
+def test_an_image_with_the_sdk_but_no_venv_installs_the_requirements(cloud, tmp_path):
     provider, vms = cloud
     out = run(provider, vms, tmp_path, "sdk, no venv")
-    known_gap(out.rc == 125 and out.status and out.status["stage"] == "SETUP" and "ensurepip is not" in out.vm_log,
-              "the SDK is importable, so python3-venv is never installed; the requirements venv then fails "
-              "(ensurepip is not available): FAILED boot_error at SETUP, reported, exit 125")
     assert out.rc == 0, out.stderr + vms.consoles()
     assert out.status["phase"] == "DONE"
 
 
 @pytest.mark.vm_image("bare", pep658=True)
-def test_the_sdk_installs_from_an_index_that_serves_pep658_metadata(cloud, tmp_path):
-    """PyPI serves PEP 658 metadata files; Debian 12's pip 23.0.1 (what python3-venv brings there)
-    rejects those whose Name is not normalized (pypa/pip#12108), e.g. pyasn1_modules, which
-    google-auth needs. Ubuntu 22.04's pip 22.0 ignores PEP 658; later pips are fixed."""
+def test_requirements_install_from_an_index_that_serves_pep658_metadata(cloud, tmp_path):
+    """PyPI serves PEP 658 metadata files, which Debian 12's pip 23.0.1 mishandles
+    (pypa/pip#12108); uv reads them."""
     provider, vms = cloud
     out = run(provider, vms, tmp_path, "PEP 658 index")
-    known_gap(provider == "gce" and lost(out, "No matching distribution found for pyasn1-modules"),
-              f"pip 23.0.1 finds no pyasn1-modules it accepts, so no google-cloud-storage; {LOST}")
     assert out.rc == 0, out.stderr + vms.consoles()
     assert out.status["phase"] == "DONE"

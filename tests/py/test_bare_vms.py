@@ -211,10 +211,11 @@ def test_cached_artifacts_are_built_once_atomically_and_keyed_by_their_inputs(tm
         bare_image.cached("z", {}, build, lambda: "no debootstrap here")
 
 
-def test_wheelhouse_holds_what_the_startup_script_installs():
-    from researchkit_py.clouds.registry import CLOUDS
+def test_wheelhouse_holds_the_uv_the_startup_script_fetches(bare_images):
+    from researchkit_py.vm_setup import UV_VERSION
 
-    assert {p for cloud in CLOUDS.values() for p in cloud.vm_packages} <= set(bare_image.SDK_PACKAGES)
+    wheels = bare_images.artifacts["wheelhouse"]
+    assert list(wheels.glob(f"uv-{UV_VERSION}-py3-none-manylinux*_x86_64.whl")), sorted(p.name for p in wheels.glob("uv-*"))
 
 
 def test_package_server_serves_both_trees_byte_ranges_and_nothing_else(tmp_path):
@@ -261,3 +262,13 @@ def test_removing_a_half_built_artifact_unmounts_what_a_killed_debootstrap_left(
         assert not part.exists()
     finally:
         subprocess.run(["umount", str(part / "rootfs/proc")], capture_output=True)
+
+
+@pytest.mark.vm_image("no-python3")
+def test_no_python3_variant_has_none_until_apt_installs_it(vms):
+    rc, out = run_vm(vms, """command -v python3 || echo "no python3"
+apt-get update -qq && apt-get install -y -q --no-install-recommends python3
+python3 -c 'import sys; print("python", sys.version_info[:2])'
+""")
+    assert rc == 0, out
+    assert "no python3" in out and "python (3, 11)" in out

@@ -33,7 +33,7 @@ SECRETS = (FAKE_SECRET, "AKIAIOSFODNN7EXAMPLE", "FAKEFAKE", "service-account-key
 
 FAULTS = {
     "F1": "the command exits non-zero",
-    "F2": "requirements install fails",
+    "F2": "a requirement fails to install (named in the cause; bare image)",
     "F3a": "the command hangs past max-hours: the script's deadline ends it",
     "F3b": "… with the trap and the script's deadline disabled: the cloud deadline alone",
     "F3c": "… with the cloud deadline disabled too: the reaper alone",
@@ -46,6 +46,9 @@ FAULTS = {
     "F8": "quotes, $(), backticks, spaces, newlines in command, env, spec name, paths",
     "F9": "20 runs launched concurrently (20 CLI processes), the same spec twice",
     "F10": "bad input: one-line error, non-zero exit, nothing created",
+    "F11": "the VM's installer cannot be installed (no SDK is, any more: uv, for requirements.txt; bare image)",
+    "F12": "apt's lock held 60 s at boot, on an image without python3: apt waits, then succeeds",
+    "F13": "no route to the package index (bare image)",
 }
 
 
@@ -275,17 +278,30 @@ def test_F1_command_exits_non_zero(cloud):
     no_secrets(cloud)
 
 
-def test_F2_requirements_install_fails(cloud, project):
-    (project / "requirements.txt").write_text("--no-index\nresearchkit-no-such-package==0.0.1\n")
+def setup_fails(cloud: Cloud, step: str, *, requirements: str = "tabulate\n") -> str:
+    """A run whose setup fails: the status (FAILED, boot_error, SETUP, the step that failed and
+    why) and the log are in the bucket, the client says it — FAILED (boot_error: <step>) —
+    within 15 s of the launch, the command never ran, and the VM is gone. Returns the step."""
+    (Path.cwd() / "requirements.txt").write_text(requirements)
+    t0 = time.monotonic()
     r = cloud.cli("run", "echo should-not-run", "--output-dir", str(out_dir(cloud)))
+    took = time.monotonic() - t0
     assert r.returncode == 125, r.stderr  # the command never ran to its end
-    run_id = r.stdout.strip()
-    status, log = record(cloud, run_id)
-    assert (status["phase"], status["cause"], status["stage"]) == ("FAILED", "boot_error", "SETUP")
-    assert "researchkit-no-such-package" in log and "should-not-run" not in log.replace("running: echo", "")
+    status, log = record(cloud, r.stdout.strip())
+    assert (status["phase"], status["cause"], status["stage"]) == ("FAILED", "boot_error", "SETUP"), status
+    assert status["step"].startswith(step), status["step"]
+    assert status["step"] in log and f"FAILED (boot_error: {status['step']})" in r.stderr
+    assert "should-not-run" not in log.replace("running: echo", "") and took < 15, took
     settle(cloud)
     contained(cloud)
     no_secrets(cloud)
+    return status["step"]
+
+
+@pytest.mark.vm_image("bare")
+def test_F2_a_requirement_fails_to_install(cloud):
+    setup_fails(cloud, "installing requirements.txt: researchkit-no-such-package==0.0.1 cannot be installed: ",
+                requirements="--no-index\ntabulate\nresearchkit-no-such-package==0.0.1\n")
 
 
 def test_F3a_hang_ends_at_the_deadline(cloud, monkeypatch):
@@ -579,3 +595,59 @@ def test_F10_bad_input(cloud, project, monkeypatch):
     (project / ".orchestration-kit.env").mkdir()  # unreadable as a file
     assert "cannot read" in refused("run", "true")
     assert not cloud.scripts() or all(FAKE_SECRET not in s for s in cloud.scripts())
+
+
+# --- F11 … F13: the setup on a provider's default image (the bare image) ---------------------
+@pytest.mark.vm_image("bare")
+def test_F11_the_installer_cannot_be_installed(cloud, request, monkeypatch):
+    """Cloud VMs fetch uv from the package index, which here has none. The embedded provider's VM
+    is this machine, whose uv (the client's) is used as it is: its nearest equivalent is a uv
+    that cannot work (its cache directory cannot be written)."""
+    if cloud.name == "local":
+        monkeypatch.setenv("UV_CACHE_DIR", "/proc/researchkit-no-cache")
+        setup_fails(cloud, "installing requirements.txt: uv failed: ")
+        return
+    server = request.getfixturevalue("bare_images").server
+    server.refused.add("/wheels/simple/uv/")
+    try:
+        setup_fails(cloud, "installing requirements.txt: cannot fetch uv: http://")
+    finally:
+        server.refused.discard("/wheels/simple/uv/")
+
+
+@pytest.mark.vm_image("no-python3", dpkg_lock_seconds=60)
+def test_F12_apts_lock_held_at_boot(cloud, monkeypatch, tmp_path):
+    """On an image without python3 the script installs it with apt, which waits for the lock
+    unattended-upgrades holds at a first boot. The embedded provider's VM is this machine (it has
+    python3; its apt is not ours to lock): its nearest equivalent is an apt that fails, which the
+    run must not need."""
+    if cloud.name == "local":
+        shims = tmp_path / "apt-shims"
+        shims.mkdir()
+        for tool in ("apt-get", "apt", "dpkg"):
+            (shims / tool).write_text(f"#!/bin/sh\necho called >> {tmp_path}/apt-calls\nexit 100\n")
+            (shims / tool).chmod(0o755)
+        monkeypatch.setenv("PATH", f"{shims}:{os.environ['PATH']}")
+    t0 = time.monotonic()
+    r = cloud.cli("run", 'mkdir -p "$RESULTS_DIR"; python3 --version > "$RESULTS_DIR/v.txt"', "--output-dir",
+                  str(out_dir(cloud)))
+    assert r.returncode == 0, r.stderr
+    status, log = record(cloud, r.stdout.strip())
+    assert status["phase"] == "DONE" and (out_dir(cloud) / "v.txt").read_text().startswith("Python 3")
+    if cloud.name == "local":
+        assert not (tmp_path / "apt-calls").exists()
+    else:
+        assert "installing python3 with apt (the image has none)" in log and time.monotonic() - t0 >= 60
+    settle(cloud)
+    contained(cloud)
+    no_secrets(cloud)
+
+
+@pytest.mark.vm_image("bare", package_sources=False)
+def test_F13_no_route_to_the_package_index(cloud, monkeypatch):
+    """Cloud VMs: no route out of their network (nor a resolver), as without an external address
+    or a NAT. The embedded provider: an index that refuses connections (UV_INDEX_URL)."""
+    if cloud.name == "local":
+        monkeypatch.setenv("UV_INDEX_URL", "http://127.0.0.1:9/simple/")
+    index = "http://127.0.0.1:9" if cloud.name == "local" else "https://pypi.org"
+    setup_fails(cloud, f"installing requirements.txt: cannot reach the package index {index} (")

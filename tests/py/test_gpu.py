@@ -267,7 +267,8 @@ def test_every_ec2_gpu_launch_validates_against_botocores_model(monkeypatch, tmp
 def test_gpu_unavailable_is_the_cause_of_a_failed_gpu_check():
     status = protocol.final_status(protocol.SETUP, None, protocol.GPU_UNAVAILABLE)
     assert (status["phase"], status["cause"]) == (protocol.FAILED, protocol.GPU_UNAVAILABLE)
-    assert protocol.final_status(protocol.SETUP, None, protocol.TERMINATED)["cause"] == protocol.BOOT_ERROR
+    assert protocol.final_status(protocol.SETUP, None, "")["cause"] == protocol.BOOT_ERROR
+    assert protocol.final_status(protocol.SETUP, None, protocol.TERMINATED)["cause"] == protocol.TERMINATED  # a signal wins
     assert protocol.client_exit_code(status) == protocol.EXIT_INFRA
 
 
@@ -304,15 +305,17 @@ def test_the_startup_script_checks_the_gpu_before_the_command(tmp_path):
 
 
 def test_the_check_travels_beside_the_agent_not_in_ec2s_user_data(tmp_path):
-    """EC2 caps user data at 16 KB: the check is put in the bucket for the run instead."""
+    """EC2 caps user data at 16 KB: the check travels in the rest of the agent, from the bucket."""
     from test_startup import plan
 
     from researchkit_py.clouds.ec2.provider import USER_DATA_LIMIT
-    from researchkit_py.startup import agent_modules, render_startup_script
+    from researchkit_py.startup import render_startup_script
+    from researchkit_py.vm_payload import vm_agent
 
     script = render_startup_script(plan(provider="ec2", store_url="s3://b/p", gpu="H100:8"))
     assert len(gzip.compress(script.encode(), 9)) < USER_DATA_LIMIT
-    assert "gpu_check.py" not in agent_modules("ec2", "s3://b/p")
+    agent = vm_agent("ec2", "s3://b/p")
+    assert "gpu_check.py" not in agent.core and "gpu_check.py" in agent.rest
 
 
 def test_a_machine_without_the_gpu_asked_for_fails_before_the_command(tmp_path, project, monkeypatch):
@@ -331,8 +334,6 @@ def test_a_machine_without_the_gpu_asked_for_fails_before_the_command(tmp_path, 
                        cwd=project, timeout=120)
     assert r.returncode == protocol.EXIT_INFRA, r.stderr
     run_id = (tmp_path / "out" / ".cloud-run-id").read_text().strip()
-    assert (bucket / protocol.run_key(run_id, protocol.GPU_CHECK)).read_bytes() == \
-        (REPO / "researchkit_py" / "gpu_check.py").read_bytes()
     manifest = json.loads((bucket / protocol.run_key(run_id, protocol.MANIFEST)).read_text())
     assert (manifest["gpu"], manifest["gpu_count"]) == ("L4", 1)
     status = json.loads((tmp_path / "out" / ".cloud-run-state.json").read_text())["status"]

@@ -431,6 +431,20 @@ def _(p):
     assert "123" in next(line for line in out.splitlines() if "gpu-check" in line), out
 
 
+@observes("AWS_EC2_METADATA_SERVICE_ENDPOINT", "UV_INDEX_URL")
+def _(p):
+    """Read on the VM, from the environment its startup script gives it (`--env`), not from the
+    client's env file: the settings the VM builds take them (test_vm_side.py and the bare-image
+    tests use them end to end)."""
+    from researchkit_py.clouds.ec2.vm import VMBucket
+    from researchkit_py.vm_setup import index_url
+
+    env = {"AWS_EC2_METADATA_SERVICE_ENDPOINT": "http://10.0.0.9:8080", "UV_INDEX_URL": "http://10.0.0.9/simple"}
+    vm = Settings(environ=env, read_file=False)
+    assert VMBucket.open_url("s3://b/p", vm).role.base == "http://10.0.0.9:8080/latest/"
+    assert index_url(vm.environ) == "http://10.0.0.9/simple/"
+
+
 @observes("AWS_REGION", "AWS_ENDPOINT_URL")
 def _(p):
     from researchkit_py.clouds.ec2.aws import aws_client

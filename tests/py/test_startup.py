@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import gzip
 import os
 import shutil
 import subprocess
@@ -22,15 +24,16 @@ NASTY = [
 ]
 
 PROVIDER_SNIPPETS = {
-    "local": ("# deadline kept by the supervisor", 'rm -f "${RK_LOCAL_INSTANCE:-}"'),
-    "gce": (":", '(cd "$RK_ROOT/agent" && python3 -m researchkit_py.vm_agent self-delete)'),
+    "local": ("# deadline kept by the supervisor", 'rk self-delete || rm -f "${RK_LOCAL_INSTANCE:-}"'),
+    "gce": (":", "rk self-delete || shutdown -h now"),
     "ec2": ("shutdown -h +240", "shutdown -h now"),
 }
 
 
 def plan(**kw) -> ScriptPlan:
-    deadline, delete = PROVIDER_SNIPPETS[kw.pop("provider", "local")]
-    base = dict(run_id="exp-1-20261122-000000-abcd", store_url="file:///tmp/bucket", provider="local",
+    provider = kw.pop("provider", "local")
+    deadline, delete = PROVIDER_SNIPPETS[provider]
+    base = dict(run_id="exp-1-20261122-000000-abcd", store_url="file:///tmp/bucket", provider=provider,
                 bundle_key="code/ab.tar.gz", command="python train.py", soft_deadline_seconds=3000,
                 heartbeat_seconds=30, deadline_lines=deadline, self_delete_lines=delete)
     base.update(kw)
@@ -46,8 +49,8 @@ def shellcheck(script: str, tmp_path) -> None:
     assert out.returncode == 0, out.stdout
 
 
-@pytest.mark.parametrize("provider", ["local", "gce", "ec2"])
-@pytest.mark.parametrize("store_url", ["file:///tmp/b", "gs://b/p", "s3://b/p"])
+@pytest.mark.parametrize(("provider", "store_url"), [("local", "file:///tmp/b"), ("local", "gs://b/p"),
+                                                     ("local", "s3://b/p"), ("gce", "gs://b/p"), ("ec2", "s3://b/p")])
 @pytest.mark.parametrize("extras", [{}, {"has_data": True, "vm_python": "/opt/conda/bin/python",
                                          "env": {"SEED": "1", "NAME": "a 'b' $(c)"}}])
 def test_every_variant_is_shellcheck_clean(tmp_path, provider, store_url, extras):
@@ -67,8 +70,17 @@ def test_command_survives_quoting_verbatim(command):
     assert out.split("\0") == [command, command]
 
 
+def test_the_ec2_script_leaves_room_in_16_kb_for_a_long_command_and_env():
+    """EC2 caps user data at 16 KB, compressed: the agent's core and the script leave room for
+    what the user sends (here 600 bytes of command and 400 of --env values, incompressible)."""
+    noise = base64.b64encode(os.urandom(750)).decode()
+    script = render_startup_script(plan(provider="ec2", store_url="s3://b/p", command=f"python train.py {noise[:600]}",
+                                        env={f"V{i}": noise[600 + 40 * i:640 + 40 * i] for i in range(10)}))
+    assert len(gzip.compress(script.encode(), compresslevel=9, mtime=0)) < 16 * 1024 - 1024
+
+
 def test_deadline_comes_first(tmp_path):
-    script = render_startup_script(plan(provider="ec2"))
+    script = render_startup_script(plan(provider="ec2", store_url="s3://b/p"))
     code = [line for line in script.splitlines() if line.strip() and not line.startswith("#")]
     assert code[:2] == ["set -euo pipefail", "shutdown -h +240"]
 

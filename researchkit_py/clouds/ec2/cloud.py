@@ -6,8 +6,9 @@ CLOUD = Cloud(
     name="ec2", title="EC2", where="on EC2",
     provider="researchkit_py.clouds.ec2.provider:EC2Provider",
     store="researchkit_py.clouds.ec2.store:S3Store", scheme="s3",
-    vm_modules=(), store_modules=("clouds/ec2/store.py", "clouds/ec2/aws.py"),
-    vm_sdk="boto3", vm_packages=("boto3",),
+    vm_modules=("clouds/http.py", "clouds/ec2/vm.py"), vm_bucket="researchkit_py.clouds.ec2.vm:VMBucket",
+    vm_store="researchkit_py.clouds.ec2.rest:S3RestStore", vm_store_modules=("clouds/ec2/rest.py",),
+    store_modules=("clouds/ec2/store.py", "clouds/ec2/aws.py"),
     # On-demand USD per hour in us-east-1, Linux (CPU types as listed on 2026-11-01; GPU types
     # taken on 2026-11-23 from aws.amazon.com/ec2/pricing/on-demand as tabulated by
     # instances.vantage.sh, P4d and P5 after AWS's June 2025 price reduction). Approximate: for
@@ -41,5 +42,6 @@ CLOUD = Cloud(
         "AWS_REGION": "us-east-1",
         "AWS_DEFAULT_REGION": "",
         "AWS_ENDPOINT_URL": "",
+        "AWS_EC2_METADATA_SERVICE_ENDPOINT": "",
     },
 )

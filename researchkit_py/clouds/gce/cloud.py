@@ -6,8 +6,9 @@ CLOUD = Cloud(
     name="gce", title="GCE", where="on a GCE VM",
     provider="researchkit_py.clouds.gce.provider:GCEProvider",
     store="researchkit_py.clouds.gce.store:GCSStore", scheme="gs",
-    vm_modules=("clouds/gce/vm.py",), store_modules=("clouds/gce/store.py",),
-    vm_sdk="google.cloud.storage", vm_packages=("google-cloud-storage",),
+    vm_modules=("clouds/http.py", "clouds/gce/vm.py"), vm_bucket="researchkit_py.clouds.gce.vm:VMBucket",
+    vm_store="researchkit_py.clouds.gce.rest:GCSRestStore", vm_store_modules=("clouds/gce/rest.py",),
+    store_modules=("clouds/gce/store.py",),
     # On-demand USD per hour in us-central1. CPU types as listed on 2026-11-01; GPU types taken on
     # 2026-11-23 from the list prices of cloud.google.com/compute/gpus-pricing (as public price
     # tables reproduce them), the G2 types with 2-8 L4s computed from the G2 rates ($0.5600 per

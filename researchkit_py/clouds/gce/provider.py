@@ -160,7 +160,7 @@ class GCEProvider(Provider):
         return f"# deadline: scheduling.maxRunDuration={int(max_seconds)}s with instanceTerminationAction=DELETE"
 
     def self_delete_lines(self) -> str:
-        return '(cd "$RK_ROOT/agent" && python3 -m researchkit_py.vm_agent self-delete) || shutdown -h now'
+        return 'rk self-delete || shutdown -h now'
 
     # --- API calls -------------------------------------------------------------------
     def vm_config(self, req: InstanceRequest) -> VMConfig:

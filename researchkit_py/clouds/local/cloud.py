@@ -6,5 +6,5 @@ CLOUD = Cloud(
     name="local", title="LOCAL", where="on this machine through cloud-run",
     provider="researchkit_py.clouds.local.provider:LocalProvider",
     store="researchkit_py.clouds.local.store:LocalStore", scheme="",
-    vm_modules=("clouds/local/vm.py",), store_modules=("clouds/local/store.py",),
+    vm_modules=("clouds/local/vm.py",), store_modules=("clouds/local/store.py",), vm_here=True,
 )

@@ -37,7 +37,7 @@ class LocalProvider(Provider):
         return f"# deadline: the local supervisor ends this session after {int(max_seconds)} s"
 
     def self_delete_lines(self) -> str:
-        return '(cd "$RK_ROOT/agent" && python3 -m researchkit_py.vm_agent self-delete) || rm -f "${RK_LOCAL_INSTANCE:-}"'
+        return 'rk self-delete || rm -f "${RK_LOCAL_INSTANCE:-}"'
 
     def _record(self, name: str) -> Path:
         return self.records / f"{name}.json"

@@ -1,0 +1,118 @@
+"""`cloud-run run`: launch a command on a fresh VM; attached, wait for it, pull its results and
+exit with its exit code (tools/cloud-run, see cloudrun.py for the other commands)."""
+
+from __future__ import annotations
+
+import json
+import shlex
+import signal
+import sys
+from pathlib import Path
+
+from . import protocol
+from .errors import say
+
+
+def emit_json(value) -> None:
+    print(json.dumps(value, indent=2, sort_keys=True))
+
+
+def _flag(value: float | None) -> str | None:
+    return None if value is None else f"{value:g}"
+
+
+def _terminate_on_sigterm() -> None:
+    def handler(signum, frame):
+        raise KeyboardInterrupt
+    signal.signal(signal.SIGTERM, handler)
+
+
+def cmd_run(ctx, args) -> int:
+    from .clouds.registry import deadline_hours
+    from .experiment.spec import spec_command
+    from .lifecycle import LaunchOptions, check_output_dir, dry_run_report, launch, plan_launch
+    from .machine import choose
+    from .startup import parse_env_pairs
+
+    output_dir = Path(args.output_dir) if args.output_dir else None
+    if output_dir is not None:
+        check_output_dir(output_dir)
+    command = args.command or spec_command(args.spec)
+    shown = f"cloud-run: command{'' if args.command else f' (the `## Run` block of {args.spec})'}: {shlex.quote(command)}"
+    opts = LaunchOptions(
+        command=command, spec=args.spec,
+        data_dirs=[d for d in args.data_dirs.split(",") if d.strip()],
+        max_hours=deadline_hours(ctx.settings.with_flags(MAX_GPU_HOURS=_flag(args.max_hours))),
+        env=parse_env_pairs(args.env), spot=args.spot,
+        machine=choose(ctx.provider.name, ctx.settings, machine_type=args.machine_type, gpu=args.gpu, spec=args.spec),
+        experiment=Path(args.spec).stem if args.spec else "", detached=args.detach, max_cost=args.max_cost,
+    )
+    if args.dry_run:
+        plan = plan_launch(ctx, opts, upload=False)
+        say(shown)
+        req = plan.request
+        say(f"cloud-run: dry run — would create {req.name} on {ctx.provider.name} with labels {req.labels}, "
+            f"deadline {req.max_seconds} s, bucket {ctx.store.url}; nothing was created\n{dry_run_report(ctx, plan)}")
+        sys.stdout.write(plan.script)
+        return 0
+    _terminate_on_sigterm()
+    plan = launch(ctx, opts)
+    say(shown)  # once it is valid: an error stays one line
+    run_id = plan.run_id
+    if output_dir is not None:  # at once, so that a wait cut short still leaves the id for a later pull
+        output_dir.mkdir(parents=True, exist_ok=True)
+        (output_dir / ".cloud-run-id").write_text(run_id + "\n")
+    try:
+        return _after_launch(ctx, args, plan, output_dir)
+    except KeyboardInterrupt:  # from here on the VM runs its course and deletes itself
+        say(f"\ncloud-run: stopped waiting; {run_id} goes on. `cloud-run status {run_id}`, "
+            f"or `cloud-run terminate {run_id}` to stop it")
+        return 130
+
+
+def _after_launch(ctx, args, plan, output_dir: Path | None) -> int:
+    from .lifecycle import ensure_gone, pull, wait
+
+    run_id = plan.run_id
+    say(f"cloud-run: launched {run_id} on {ctx.provider.name} (instance {plan.manifest.instance}, "
+        f"deadline {plan.manifest.expires_at}, code {f'uploaded, {plan.code_uploaded_bytes} bytes' if plan.code_uploaded_bytes else 'unchanged'})")
+    if args.detach:
+        if args.json:
+            emit_json({"run_id": run_id, "instance": plan.manifest.instance, "provider": ctx.provider.name,
+                        "bucket": ctx.store.url, "code_uploaded_bytes": plan.code_uploaded_bytes})
+        else:
+            print(run_id)
+            say(f"  follow:  cloud-run logs {run_id} --follow\n  state:   cloud-run status {run_id}\n"
+                f"  results: cloud-run pull {run_id} --output-dir results/{run_id}\n  stop:    cloud-run terminate {run_id}")
+        return 0
+    if not args.json:
+        print(run_id, flush=True)
+    state = wait(ctx, run_id, stream_log=not args.quiet)
+    ensure_gone(ctx, plan.manifest.instance, lost=state.get("cause") == protocol.LOST)
+    code = protocol.client_exit_code(state)
+    summary = {"run_id": run_id, "phase": state.get("phase"), "cause": state.get("cause"),
+               "exit_code": state.get("exit_code"), "cloud_run_exit": code}
+    if output_dir is not None:
+        stats, complete = pull(ctx, run_id, output_dir)
+        summary.update(output_dir=str(output_dir), files=stats.files, bytes=stats.bytes, complete=complete)
+        say(f"cloud-run: pulled {stats.files} files ({stats.bytes} bytes) into {output_dir}"
+            + ("" if complete else " — the run uploaded no results manifest: results are incomplete"))
+    say(f"cloud-run: {run_id} {_outcome(state)}")
+    if args.quiet and state.get("step"):  # what failed, from the log the run did not stream
+        from .lifecycle import read_log
+
+        tail = read_log(ctx, run_id).decode("utf-8", "replace").splitlines()[-10:]
+        say("\n".join(["cloud-run: the log's last lines:", *(f"  {line}" for line in tail)]))
+    if args.json:
+        emit_json(summary)
+    return code
+
+
+def _outcome(state: dict) -> str:
+    """`DONE (exit, exit 0)`; for a run whose setup or upload failed, what failed:
+    `FAILED (boot_error: installing requirements.txt: tabulate==99 cannot be installed: …)`."""
+    if state.get("step"):
+        return f"{state.get('phase')} ({state.get('cause')}: {state['step']})"
+    return f"{state.get('phase')} ({state.get('cause')}, exit {state.get('exit_code')})"
+
+

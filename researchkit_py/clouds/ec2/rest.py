@@ -1,0 +1,90 @@
+"""Amazon S3 as the VM agent's store, standard library only: the REST API through the VM's
+own signed requests (vm.py), with multipart uploads, listings and ranged reads. It travels
+with the agent's setup and transfer modules, fetched from the bucket (see startup.py); the
+client uses boto3 (store.py)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+from ...settings import Settings
+from ...storage.base import ObjectInfo, Store, join_key
+from .. import http
+from .vm import UNSIGNED, VMBucket, error_code, xml
+
+SINGLE_PART_LIMIT = 256 << 20  # up to this, one PUT (its ETag is its MD5); beyond, a multipart upload
+PART = 64 << 20
+
+
+class S3RestStore(Store):
+    def __init__(self, bucket: str, prefix: str, settings: Settings):
+        super().__init__(settings)
+        self.vm = VMBucket(bucket, prefix, settings)
+        self.bucket, self.prefix, self.url = bucket, self.vm.prefix, self.vm.url
+        self.single_part_limit, self.part = SINGLE_PART_LIMIT, PART
+
+    def _put_bytes(self, key: str, data: bytes) -> None:
+        self.vm.put(key, data)
+
+    def _put_file(self, local: Path, key: str) -> None:
+        size = local.stat().st_size
+        if size <= self.single_part_limit:
+            self.vm.put(key, local)
+            return
+        call = self.vm.call
+        upload = xml(call("POST", key, [("uploads", "")]).data).findtext("UploadId", "")
+        try:
+            part, done = max(self.part, -(-size // 10_000)), []
+            with open(local, "rb") as f:
+                for n, offset in enumerate(range(0, size, part), 1):
+                    length = min(part, size - offset)
+                    resp = call("PUT", key, [("partNumber", str(n)), ("uploadId", upload)], payload=UNSIGNED,
+                                body=http.FileSlice(f, offset, length), headers={"Content-Length": str(length)})
+                    done.append(f"<Part><PartNumber>{n}</PartNumber><ETag>{resp.headers['etag']}</ETag></Part>")
+            body = f"<CompleteMultipartUpload>{''.join(done)}</CompleteMultipartUpload>".encode()
+            resp = call("POST", key, [("uploadId", upload)], body=body)
+            if error_code(resp.data):  # S3 may answer 200 and fail in the body
+                raise http.HTTPStatusError(500, f"POST {self.url}/{key}", resp.data)
+        except BaseException:
+            call("DELETE", key, [("uploadId", upload)], ok=(404,))
+            raise
+
+    def _get_file(self, key: str, local: Path) -> None:
+        self.vm.get(key, local)
+
+    def _get_bytes(self, key: str) -> bytes:
+        return self.vm.get(key)
+
+    def _get_range(self, key: str, start: int, end: int) -> bytes:
+        return self.vm.call("GET", key, headers={"Range": f"bytes={start}-{end - 1}"}).data
+
+    def _pages(self, query: list[tuple[str, str]]) -> Iterator:
+        while True:
+            page = xml(self.vm.call("GET", "", [("list-type", "2"), *query]).data)
+            yield page
+            token = page.findtext("NextContinuationToken")
+            if page.findtext("IsTruncated") != "true" or not token:
+                return
+            query = [*(q for q in query if q[0] != "continuation-token"), ("continuation-token", token)]
+
+    def _list(self, prefix: str) -> Iterator[ObjectInfo]:
+        full = join_key(self.prefix, prefix) + ("/" if prefix.endswith("/") else "")
+        cut = len(self.prefix) + 1 if self.prefix else 0
+        for page in self._pages([("prefix", full)]):
+            for c in page.iter("Contents"):
+                etag = (c.findtext("ETag") or "").strip('"')
+                yield ObjectInfo(c.findtext("Key", "")[cut:], int(c.findtext("Size", "0")),
+                                 etag if etag and "-" not in etag else None)
+
+    def _list_dirs(self, prefix: str) -> Iterator[str]:
+        full = join_key(self.prefix, prefix) + "/"
+        for page in self._pages([("prefix", full), ("delimiter", "/")]):
+            for p in page.iter("CommonPrefixes"):
+                yield p.findtext("Prefix", "")[len(full):].rstrip("/")
+
+    def _delete(self, key: str) -> None:
+        self.vm.call("DELETE", key, ok=(404,))
+
+    def _is_transient(self, exc: BaseException) -> bool:
+        return http.transient(exc)

@@ -1,0 +1,299 @@
+"""The VM's own way to its bucket, standard library only, held against the real things: the S3
+signature against botocore's own signer on identical requests, the GCS requests against the
+storage.v1 discovery document google-api-python-client ships, large files in parts against
+moto and fake-gcs-server; and what the agent does with a failure (the final status's cause,
+step and reason)."""
+
+from __future__ import annotations
+
+import json
+import re
+import threading
+from datetime import datetime, timezone
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+
+from researchkit_py import protocol
+from researchkit_py.clouds import http
+from researchkit_py.clouds.ec2.vm import UNSIGNED, VMBucket, sign
+from researchkit_py.errors import KitError, StorageError
+from researchkit_py.settings import Settings
+
+CREDS = {"AccessKeyId": "ASIAFAKEVMROLE", "SecretAccessKey": "vm-secret/+x", "Token": "vm-session-token=="}
+
+
+def botocore_headers(method: str, url: str, headers: dict, body, region: str, stamp: str, monkeypatch,
+                     unsigned: bool = False) -> dict:
+    """What botocore's S3 signer adds to the same request, at the same time."""
+    import botocore.auth
+    from botocore.awsrequest import AWSRequest
+    from botocore.config import Config
+    from botocore.credentials import Credentials
+
+    when = datetime.strptime(stamp, "%Y%m%dT%H%M%SZ").replace(tzinfo=timezone.utc)
+    monkeypatch.setattr(botocore.auth, "get_current_datetime", lambda *a, **k: when)
+    req = AWSRequest(method=method, url=url, headers=dict(headers), data=body)
+    if unsigned:
+        req.context["client_config"] = Config(s3={"payload_signing_enabled": False})
+    botocore.auth.S3SigV4Auth(Credentials(CREDS["AccessKeyId"], CREDS["SecretAccessKey"], CREDS["Token"]), "s3",
+                              region).add_auth(req)
+    return {k.lower(): v for k, v in req.headers.items()}
+
+
+def bucket(monkeypatch, endpoint: str = "", name: str = "my-bucket") -> VMBucket:
+    monkeypatch.setenv("AWS_REGION", "eu-west-3")
+    if endpoint:
+        monkeypatch.setenv("AWS_ENDPOINT_URL", endpoint)
+    return VMBucket(name, "pre/fix", Settings(read_file=False))
+
+
+@pytest.mark.parametrize("endpoint", ["", "http://10.213.5.1:38211"], ids=["aws", "emulator"])
+@pytest.mark.parametrize("case", ["put", "get-range", "list", "multipart", "file-unsigned", "odd-key"])
+def test_sigv4_signature_is_botocores(monkeypatch, endpoint, case):
+    b = bucket(monkeypatch, endpoint)
+    key, query, body, headers, method = "runs/r1/status.json", [], b'{"phase": "RUN"}\n', {}, "PUT"
+    if case == "put":
+        headers = {"Content-Type": "application/octet-stream"}
+    elif case == "get-range":
+        method, body, headers = "GET", b"", {"Range": "bytes=10-19"}
+    elif case == "list":
+        method, body, key = "GET", b"", ""
+        query = [("list-type", "2"), ("prefix", "pre/fix/runs/"), ("delimiter", "/"),
+                 ("continuation-token", "1ueGcxLPRx1Tr/XYExHnhbYLgveDs2J/wm36Hy4vbOwM=")]
+    elif case == "multipart":
+        method, body, query = "POST", b"", [("uploads", "")]
+    elif case == "odd-key":
+        key, headers = "runs/r1/results/a b/ü+é=~(1)!*'.txt", {"Content-Type": "application/octet-stream"}
+    url = b._url(key, query)
+    payload = UNSIGNED if case == "file-unsigned" else __import__("hashlib").sha256(body).hexdigest()
+    ours = sign(method, url, headers, payload, CREDS, "eu-west-3", "20261123T101500Z")
+    theirs = botocore_headers(method, url, headers, body, "eu-west-3", "20261123T101500Z", monkeypatch,
+                              unsigned=case == "file-unsigned")
+    assert ours.pop("host") in url
+    assert ours == theirs
+
+
+def test_s3_urls_are_virtual_hosted_on_aws_and_path_style_on_an_endpoint(monkeypatch):
+    assert bucket(monkeypatch)._url("runs/a b", []) == "https://my-bucket.s3.eu-west-3.amazonaws.com/pre/fix/runs/a%20b"
+    assert bucket(monkeypatch, name="my.bucket")._url("k", [("uploads", "")]) == \
+        "https://s3.eu-west-3.amazonaws.com/my.bucket/pre/fix/k?uploads="
+    assert bucket(monkeypatch, "http://h:9")._url("", [("prefix", "a/b")]) == "http://h:9/my-bucket?prefix=a%2Fb"
+
+
+class Scripted:
+    """A one-route HTTP server that answers each request with the next of `replies`
+    (status, headers, body), the last one for good; `seen` keeps (method, path, headers)."""
+
+    def __init__(self, replies: list[tuple[int, dict, bytes]]):
+        self.seen: list[tuple[str, str, dict]] = []
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args):
+                pass
+
+            def _any(self):
+                self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                server.seen.append((self.command, self.path, dict(self.headers)))
+                status, headers, body = replies[min(len(server.seen), len(replies)) - 1]
+                self.send_response(status)
+                for k, v in {**headers, "Content-Length": str(len(body))}.items():
+                    self.send_header(k, v)
+                self.end_headers()
+                self.wfile.write(body)
+
+            do_GET = do_PUT = do_POST = do_DELETE = _any
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def stop(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+@pytest.fixture
+def imds(monkeypatch):
+    from fake_vm import MetadataServer
+
+    meta = MetadataServer({"flavor": "aws", "name": "vm", "zone": "eu-west-3a", "instance_id": "i-1"})
+    monkeypatch.setenv("AWS_EC2_METADATA_SERVICE_ENDPOINT", meta.base + "/")
+    monkeypatch.setenv("RK_STORAGE_BACKOFF", "0.01")
+    yield meta
+    meta.stop()
+
+
+def test_s3_follows_the_bucket_to_its_region(imds, monkeypatch):
+    moved = (301, {"x-amz-bucket-region": "ap-south-1"}, b"<Error><Code>PermanentRedirect</Code></Error>")
+    server = Scripted([moved, (200, {}, b"")])
+    try:
+        b = bucket(monkeypatch, server.url)
+        b.put_bytes("runs/r/status.json", b"{}")
+        scopes = [re.search(r"Credential=\w+/\d+/([\w-]+)/", h["authorization"]).group(1) for _, _, h in server.seen]
+        assert scopes == ["eu-west-3", "ap-south-1"] and b.region == "ap-south-1"
+    finally:
+        server.stop()
+
+
+def test_reports_are_retried_through_503_and_say_what_failed_for_good(imds, monkeypatch):
+    busy = (503, {}, b"<Error><Code>SlowDown</Code></Error>")
+    server = Scripted([busy, busy, (200, {}, b"")])
+    try:
+        bucket(monkeypatch, server.url).put_bytes("runs/r/heartbeat", b"1")
+        assert len(server.seen) == 3
+        server.seen.clear()
+        monkeypatch.setenv("RK_STORAGE_RETRIES", "2")
+        denied = Scripted([(403, {}, b"<Error><Code>AccessDenied</Code></Error>")])
+        with pytest.raises(KitError, match=r"denied \(AccessDenied\).*s3:PutObject"):
+            bucket(monkeypatch, denied.url).put_bytes("k", b"")
+        assert len(denied.seen) == 1  # refused is refused: no retry
+        denied.stop()
+    finally:
+        server.stop()
+    down = Scripted([busy])
+    try:
+        with pytest.raises(StorageError, match=r"cannot write runs/r/status.json at s3://my-bucket/pre/fix: "
+                                               r"HTTPStatusError: HTTP 503"):
+            bucket(monkeypatch, down.url).put_bytes("runs/r/status.json", b"{}")
+        assert len(down.seen) == 3
+    finally:
+        down.stop()
+
+
+@pytest.mark.parametrize("store", ["gcs-vm", "s3-vm"], indirect=True)
+def test_large_files_go_up_in_parts(store, tmp_path, monkeypatch):
+    """S3: a multipart upload (moto enforces 5 MiB parts); GCS: a resumable upload in pieces."""
+    src = tmp_path / "big.bin"
+    src.write_bytes(bytes(range(256)) * (11 * 4096 + 3))  # 11 MiB and a bit
+    if hasattr(store, "chunk"):
+        store.chunk, parts = 1 << 20, 12
+    else:
+        store.single_part_limit = store.part = 5 << 20
+        parts = 3
+    calls: list[str] = []
+    real = http.request
+    monkeypatch.setattr(http, "request", lambda m, u, *a, **k: calls.append(f"{m} {u}") or real(m, u, *a, **k))
+    store.put_file(src, "runs/r/results/big.bin")
+    store.get_file("runs/r/results/big.bin", tmp_path / "back.bin")
+    assert (tmp_path / "back.bin").read_bytes() == src.read_bytes()
+    assert len([c for c in calls if "partNumber=" in c or ("upload_id=" in c and c.startswith("PUT"))]) == parts, calls
+
+
+def discovery() -> dict:
+    import googleapiclient
+
+    path = Path(googleapiclient.__file__).parent / "discovery_cache" / "documents" / "storage.v1.json"
+    return json.loads(path.read_text())
+
+
+def test_gcs_requests_are_the_json_apis_own(gcs_bucket, tmp_path, monkeypatch):
+    """Every request the VM's GCS code makes, against storage.v1's discovery document: a method
+    of `objects` with that HTTP method and path, its parameters and the API's global ones only."""
+    from urllib.parse import parse_qsl, urlsplit
+
+    from conftest import vm_store
+
+    class Request:  # what vm_store needs of pytest's request
+        def __init__(self):
+            self.finalizers = []
+
+        def addfinalizer(self, f):
+            self.finalizers.append(f)
+
+        def getfixturevalue(self, name):
+            return gcs_bucket
+
+    req = Request()
+    store = vm_store(req, monkeypatch, "gcs")
+    store.chunk = 256 << 10
+    seen: list[tuple[str, str]] = []
+    real = http.request
+    monkeypatch.setattr(http, "request", lambda m, u, *a, **k: seen.append((m, u)) or real(m, u, *a, **k))
+    big = tmp_path / "big.bin"
+    big.write_bytes(b"x" * (600 << 10))
+    try:
+        store.put_bytes("runs/r/status.json", b"{}")
+        store.put_file(big, "runs/r/results/a b/big.bin")
+        store.vm.put_file(big, "runs/r/logs/run.log")
+        store.get_file("runs/r/results/a b/big.bin", tmp_path / "back")
+        assert store.get_range("runs/r/results/a b/big.bin", 10, 20) == b"x" * 10
+        assert store.list_dirs("runs") == ["r"] and len(store.list("runs/r/")) == 3
+        store.delete("runs/r/status.json")
+    finally:
+        for f in req.finalizers:
+            f()
+    doc = discovery()
+    methods = doc["resources"]["objects"]["methods"]
+    root = urlsplit(store.vm.api)
+    sessions = 0
+    for method, url in seen:
+        parts = urlsplit(url)
+        query = dict(parse_qsl(parts.query))
+        if "upload_id" in query:  # a resumable upload's session URI, as the server handed it out
+            sessions += 1
+            continue
+        assert (parts.scheme, parts.netloc) == (root.scheme, root.netloc), url
+        path = parts.path
+
+        def matches(m: dict, method=method, path=path, query=query) -> bool:
+            uploads = {p["path"] for p in m.get("mediaUpload", {}).get("protocols", {}).values()}
+            templates = [f"/{doc['servicePath']}{m['path']}", *(u for u in uploads if u.startswith("/upload/"))]
+            pattern = "|".join("^" + re.sub(r"\{\w+\}", "[^/]+", t) + "$" for t in templates)
+            return m["httpMethod"] == method and bool(re.match(pattern, path)) and \
+                set(query) <= set(m["parameters"]) | set(doc["parameters"])
+
+        name = next((n for n, m in methods.items() if matches(m)), None)
+        assert name, f"{method} {url}: no storage.v1 objects method matches"
+        if "/o/" in path:  # the object's name is one path segment, its slashes escaped
+            assert "/" not in path.split("/o/", 1)[1], url
+        assert query.get("alt", "media") in doc["parameters"]["alt"]["enum"]
+        assert query.get("uploadType", "media") in ("media", "resumable"), url
+        if name == "insert":
+            assert "uploadType" in query and "name" in query
+    assert sessions == 3  # 600 KiB in 256 KiB pieces
+
+
+def test_a_signal_wins_over_the_stage_and_a_step_says_why():
+    setup = protocol.final_status("SETUP", None, "", "installing requirements.txt: x==1 cannot be installed: …")
+    assert (setup["phase"], setup["cause"], setup["step"]) == ("FAILED", "boot_error",
+                                                               "installing requirements.txt: x==1 cannot be installed: …")
+    assert setup["message"] == "setup failed during SETUP: installing requirements.txt: x==1 cannot be installed: …"
+    assert protocol.final_status("SETUP", None, "terminated")["cause"] == "terminated"
+    assert protocol.final_status("UPLOAD", 0, "exit")["cause"] == "upload_error"  # the command's result does not
+    assert protocol.final_status("UPLOAD", 0, "terminated")["cause"] == "terminated"
+
+
+def test_a_cloud_vm_reaches_only_its_own_clouds_buckets():
+    from researchkit_py.vm_payload import vm_agent
+
+    with pytest.raises(KitError, match=r"GCE VMs cannot use the bucket s3://b/p: .* gs:// buckets only"):
+        vm_agent("gce", "s3://b/p")
+    with pytest.raises(KitError, match="EC2 VMs cannot use the bucket file:///tmp/b"):
+        vm_agent("ec2", "file:///tmp/b")
+    assert vm_agent("local", "gs://b/p").store_class.endswith("gce.store:GCSStore")  # this machine: the SDK
+    for provider, url in (("gce", "gs://b/p"), ("ec2", "s3://b/p")):
+        agent = vm_agent(provider, url)
+        assert not [m for m in agent.core if m.endswith(("store.py", "aws.py", "transfer.py", "base.py"))], agent.core
+
+
+def test_boot_reports_the_image_and_a_failing_step_leaves_its_reason(tmp_path, capsys):
+    from researchkit_py.vm_agent import Agent, VMEnv, main
+
+    local = "researchkit_py.clouds.local.store:LocalStore"
+    (tmp_path / "vm").mkdir()
+    agent = Agent(VMEnv("r1", f"file://{tmp_path / 'b'}", local, local, tmp_path / "vm", "local", {}))
+    status = tmp_path / "b" / "runs" / "r1" / "status.json"
+    assert main(["boot"], agent) == 0
+    boot = json.loads(status.read_text())
+    assert boot["phase"] == "BOOT" and set(boot["image"]) == {"os", "python", "arch", "missing"}
+    assert main(["status", "SETUP", "--", "get-bundle", "code/nope.tar.gz", str(tmp_path / "w")], agent) == 1
+    assert "researchkit: get-bundle failed: no object code/nope.tar.gz" in capsys.readouterr().err
+    assert main(["finish", "SETUP", "", "", "downloading the code"], agent) == 0
+    final = json.loads(status.read_text())
+    assert (final["phase"], final["cause"]) == ("FAILED", "boot_error")
+    assert final["step"] == f"downloading the code: no object code/nope.tar.gz in file://{tmp_path / 'b'}"
