@@ -266,8 +266,8 @@ class FakeVMs:
 
     def _image_argv(self, ns: str, vm_root: Path, name: str) -> list[str]:
         """Boot from self.image: its layers under this VM's own writable layer, which starts
-        with its /etc/hosts, its package sources and `shutdown`/`poweroff`/`halt` shims in
-        /usr/sbin. The overlay is mounted in a private mount namespace: it goes when the VM does."""
+        with its /etc/hosts, its package sources, `shutdown`/`poweroff`/`halt` shims in
+        /usr/sbin and the extra commands in /usr/local/bin. The overlay is mounted in a private mount namespace: it goes when the VM does."""
         image = self.image
         layer = self.root / ".layers" / name  # outside vm_root: the VM must not see its own layers
         upper, work, merged = layer / "upper", layer / "work", layer / "root"
@@ -276,11 +276,13 @@ class FakeVMs:
         seed = {"/etc/hosts": (vm_root / "hosts").read_text(), "/etc/hostname": f"{name}\n", **image.files}
         for shim in ("shutdown", "poweroff", "halt"):
             seed[f"/usr/sbin/{shim}"] = (vm_root / "bin" / shim).read_text()
+        for command, text in self.extra_bin.items():  # e.g. a fake nvidia-smi, where a driver image has it
+            seed[f"/usr/local/bin/{command}"] = text
         for path, text in seed.items():
             target = upper / path.lstrip("/")
             target.parent.mkdir(parents=True, exist_ok=True)
             target.write_text(text)
-            target.chmod(0o755 if path.startswith("/usr/sbin/") else 0o644)
+            target.chmod(0o755 if path.startswith(("/usr/sbin/", "/usr/local/bin/")) else 0o644)
         if any(c in str(p) for p in (*image.layers, layer) for c in ",:"):  # mount -o's separators
             raise ValueError(f"overlay paths may hold no commas or colons: {image.layers}, {layer}")
         lower = ":".join(str(p) for p in image.layers)
