@@ -124,7 +124,7 @@ def main(argv: list[str]) -> int:
     if reason:
         print(f"setup_time: fake VMs need their own network namespaces: {reason}", file=sys.stderr)
         return 1
-    net = VMNetwork(subnet=os.getpid() % 200 + 20)
+    net = VMNetwork()
     images = None
     try:
         try:

@@ -105,7 +105,7 @@ def vm_network():
         VM_ISOLATION["reason"] = reason
         yield None
         return
-    net = VMNetwork(subnet=os.getpid() % 200 + 20)
+    net = VMNetwork()
     try:
         yield net
     finally:
@@ -260,6 +260,12 @@ def pytest_runtest_logreport(report):
 
 
 def pytest_sessionfinish(session):
+    from fake_vm import FakeVMs
+
+    worker_output = getattr(session.config, "workeroutput", None)
+    if worker_output is not None:  # a pytest-xdist worker: what it counted goes to the controller's summary
+        worker_output.update(fake_vms=dict(FakeVMs.booted), cycles=CYCLES, vm_isolation=dict(VM_ISOLATION))
+        return
     path = os.environ.get("RK_FAULT_TABLE")
     if not path or not FAULT_CELLS:
         return
@@ -287,6 +293,20 @@ def pytest_sessionfinish(session):
     failed = sum(not c["ok"] for c in FAULT_CELLS.values())
     lines += ["", f"{len(FAULT_CELLS) - failed} of {len(FAULT_CELLS)} cells pass.", ""]
     Path(path).write_text("\n".join(lines))
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node, error):
+    """A pytest-xdist worker is done: add its fake VMs and agent cycles to the summary (the
+    test reports themselves, and so the outcome counts and fault cells, reach the controller)."""
+    from fake_vm import FakeVMs
+
+    out = getattr(node, "workeroutput", None) or {}
+    for kind, n in out.get("fake_vms", {}).items():
+        FakeVMs.booted[kind] += n
+    CYCLES.extend(out.get("cycles", []))
+    for key, why in out.get("vm_isolation", {}).items():
+        VM_ISOLATION[key] = VM_ISOLATION[key] or why
 
 
 def pytest_terminal_summary(terminalreporter):

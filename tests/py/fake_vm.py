@@ -114,21 +114,31 @@ class MetadataServer:
         self.server.server_close()
 
 
-def _ip(*args: str) -> None:
-    subprocess.run(["ip", *args], check=True, capture_output=True)
+def _ip(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(["ip", *args], check=True, capture_output=True, text=True)
 
 
 class VMNetwork:
     """A bridge for the fake VMs' namespaces; the emulators listen on its address."""
 
-    def __init__(self, subnet: int):
+    def __init__(self, subnet: int | None = None):
+        """On 10.213.`subnet`.0/24, or (None) the first such /24 no other bridge holds: test
+        runs side by side (pytest-xdist's workers, two checkouts) each get their own."""
         self.bridge = f"rkbr{os.getpid() % 100000}"
-        self.prefix = f"10.213.{subnet}"
-        self.host_ip = f"{self.prefix}.1"
         self.count = 0
-        _ip("link", "add", self.bridge, "type", "bridge")
-        _ip("addr", "add", f"{self.host_ip}/24", "dev", self.bridge)
-        _ip("link", "set", self.bridge, "up")
+        import fcntl
+
+        with open("/run/lock/researchkit-test-bridges", "a") as lock:  # choosing and taking a /24 is one step
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            if subnet is None:
+                used = set(re.findall(r"inet 10\.213\.(\d+)\.", _ip("-o", "-4", "addr", "show").stdout))
+                start = os.getpid() % 200
+                subnet = next(s for s in (20 + (start + i) % 200 for i in range(200)) if str(s) not in used)
+            self.prefix = f"10.213.{subnet}"
+            self.host_ip = f"{self.prefix}.1"
+            _ip("link", "add", self.bridge, "type", "bridge")
+            _ip("addr", "add", f"{self.host_ip}/24", "dev", self.bridge)
+            _ip("link", "set", self.bridge, "up")
 
     @staticmethod
     def available() -> str | None:

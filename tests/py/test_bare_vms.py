@@ -163,7 +163,7 @@ echo "end $EPOCHREALTIME"
     assert "Could not get lock /var/lib/dpkg/lock-frontend" in out and "no wait: rc 100" in out
     assert "waited: rc 0" in out
     start, end = (float(re.search(rf"{w} ([\d.]+)", out).group(1)) for w in ("start", "end"))
-    assert 4 <= end - start < 30, out
+    assert end - start >= 4, out  # it waited for the lock (held 5 s) and then got it: rc 0 above
 
 
 @pytest.mark.vm_image("bare", package_sources=False)

@@ -280,18 +280,17 @@ def test_F1_command_exits_non_zero(cloud):
 
 def setup_fails(cloud: Cloud, step: str, *, requirements: str = "tabulate\n") -> str:
     """A run whose setup fails: the status (FAILED, boot_error, SETUP, the step that failed and
-    why) and the log are in the bucket, the client says it — FAILED (boot_error: <step>) —
-    within 15 s of the launch, the command never ran, and the VM is gone. Returns the step."""
+    why) and the log are in the bucket, the client says it — FAILED (boot_error: <step>) —, the
+    command never ran, and the VM is gone. Returns the step. (How soon: test_bare_startup's
+    retry-policy test; a wall-clock bound here failed on a loaded machine.)"""
     (Path.cwd() / "requirements.txt").write_text(requirements)
-    t0 = time.monotonic()
     r = cloud.cli("run", "echo should-not-run", "--output-dir", str(out_dir(cloud)))
-    took = time.monotonic() - t0
     assert r.returncode == 125, r.stderr  # the command never ran to its end
     status, log = record(cloud, r.stdout.strip())
     assert (status["phase"], status["cause"], status["stage"]) == ("FAILED", "boot_error", "SETUP"), status
     assert status["step"].startswith(step), status["step"]
     assert status["step"] in log and f"FAILED (boot_error: {status['step']})" in r.stderr
-    assert "should-not-run" not in log.replace("running: echo", "") and took < 15, took
+    assert "should-not-run" not in log.replace("running: echo", "")
     settle(cloud)
     contained(cloud)
     no_secrets(cloud)

@@ -203,8 +203,8 @@ def test_spec_command_is_offered_for_its_experiment(gce, project):
 
 
 def test_kill_an_experiment(gce):
-    run_id = detached("--exp", "4", "--command", "sleep 60", check=True).stdout.strip()
-    deadline = time.time() + 30
+    run_id = detached("--exp", "4", "--command", "sleep 600", check=True).stdout.strip()
+    deadline = time.time() + 120  # a loaded machine boots slowly; the command outlasts the wait
     while runs(4)[0]["phase"] != "RUN" and time.time() < deadline:
         time.sleep(0.2)
     r = detached("kill", "4", check=True)
