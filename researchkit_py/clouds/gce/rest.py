@@ -10,12 +10,16 @@ import json
 from collections.abc import Iterator
 from pathlib import Path
 
+from ...errors import NotFound
 from ...settings import Settings
 from ...storage.base import ObjectInfo, Store, join_key
 from .. import http
 from .vm import VMBucket
 
 CHUNK = 64 << 20  # larger files go up as a resumable upload, in pieces of this size (a multiple of 256 KiB)
+# A composite object counts the objects it was composed of; GCS has capped that count (at 1,024).
+# A log appended to this often is uploaded whole once, which starts the count again.
+MAX_COMPONENTS = 1000
 
 
 class GCSRestStore(Store):
@@ -50,6 +54,31 @@ class GCSRestStore(Store):
                     return
                 else:
                     raise http.HTTPStatusError(resp.status, f"PUT {self.url}/{key}", resp.data)
+
+    def _append_file(self, local: Path, key: str, start: int, end: int) -> None:
+        """The new bytes as an object of their own, composed onto the end of the log (on the
+        generation that holds `start` bytes, so a repeated request cannot append twice), then
+        deleted: the log stays one object and only what is new goes up."""
+        try:
+            meta = json.loads(self.vm.call("GET", self.vm.objects(key), key=key).data)
+        except NotFound:
+            meta = {}
+        size = int(meta.get("size", -1))
+        if size == end:
+            return
+        with open(local, "rb") as f:
+            if size != start or start == 0 or int(meta.get("componentCount", 1)) >= MAX_COMPONENTS:
+                self.vm.upload(key, "media", http.FileSlice(f, 0, end), {"Content-Length": str(end)})
+                return
+            part = key + ".append"
+            self.vm.upload(part, "media", http.FileSlice(f, start, end - start), {"Content-Length": str(end - start)})
+        body = {"sourceObjects": [{"name": self.vm.name(key)}, {"name": self.vm.name(part)}],
+                "destination": {"contentType": meta.get("contentType", "application/octet-stream")}}
+        try:
+            self.vm.call("POST", self.vm.objects(key) + "/compose", {"ifGenerationMatch": meta["generation"]}, key=key,
+                         body=json.dumps(body).encode(), headers={"Content-Type": "application/json"})
+        finally:
+            self._delete(part)
 
     def _get_file(self, key: str, local: Path) -> None:
         self.vm.get(key, local)
