@@ -17,6 +17,7 @@ from urllib.parse import urlparse
 
 from ..errors import KitError, NotFound, StorageError, retry
 from ..settings import Settings
+from .parallel import OffsetWriter
 
 T = TypeVar("T")
 
@@ -101,6 +102,19 @@ class Store(ABC):
         if len(data) != end - start:
             raise StorageError(f"{self.url}/{key} is shorter than its manifest says; the run record is damaged")
         return data
+
+    def get_range_into(self, key: str, start: int, end: int, fd: int) -> None:
+        """Bytes [start, end) of the object, streamed to the same offsets of the open file `fd`:
+        one piece of a big file, whose pieces come down side by side (storage/parallel.py)."""
+        def once() -> None:
+            sink = OffsetWriter(fd, start)
+            self._get_range_into(key, start, end, sink)
+            if sink.written != end - start:
+                raise StorageError(f"{self.url}/{key} is shorter than its listing says; pull again")
+        self._retry(once, f"download {key}")
+
+    def _get_range_into(self, key: str, start: int, end: int, sink: OffsetWriter) -> None:
+        sink.write(self._get_range(key, start, end))
 
     def append_file(self, local: Path, key: str, start: int, end: int) -> None:
         """Make the object `key`, which holds the first `start` bytes of `local` (a log that only

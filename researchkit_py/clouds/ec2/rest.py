@@ -12,6 +12,7 @@ from urllib.parse import quote
 from ...errors import NotFound
 from ...settings import Settings
 from ...storage.base import ObjectInfo, Store, join_key
+from ...storage.parallel import pieces, run_parallel
 from .. import http
 from .vm import UNSIGNED, VMBucket, error_code, xml
 
@@ -37,15 +38,20 @@ class S3RestStore(Store):
             return
         call = self.vm.call
         upload = xml(call("POST", key, [("uploads", "")]).data).findtext("UploadId", "")
-        try:
-            part, done = max(self.part, -(-size // 10_000)), []
-            with open(local, "rb") as f:
-                for n, offset in enumerate(range(0, size, part), 1):
-                    length = min(part, size - offset)
-                    resp = call("PUT", key, [("partNumber", str(n)), ("uploadId", upload)], payload=UNSIGNED,
-                                body=http.FileSlice(f, offset, length), headers={"Content-Length": str(length)})
-                    done.append(resp.headers["etag"])
-            self._complete(key, upload, done)
+        ranges = pieces(size, max(self.part, -(-size // 10_000)))
+        etags = [""] * len(ranges)
+
+        def send(n: int, start: int, end: int):
+            def go() -> None:
+                with open(local, "rb") as f:
+                    resp = call("PUT", key, [("partNumber", str(n + 1)), ("uploadId", upload)], payload=UNSIGNED,
+                                body=http.FileSlice(f, start, end - start), headers={"Content-Length": str(end - start)})
+                etags[n] = resp.headers["etag"]
+            return go
+
+        try:  # the parts side by side
+            run_parallel([send(n, *r) for n, r in enumerate(ranges)], self.threads)
+            self._complete(key, upload, etags)
         except BaseException:
             call("DELETE", key, [("uploadId", upload)], ok=(404,))
             raise
@@ -94,6 +100,9 @@ class S3RestStore(Store):
 
     def _get_range(self, key: str, start: int, end: int) -> bytes:
         return self.vm.call("GET", key, headers={"Range": f"bytes={start}-{end - 1}"}).data
+
+    def _get_range_into(self, key: str, start: int, end: int, sink) -> None:
+        self.vm.call("GET", key, headers={"Range": f"bytes={start}-{end - 1}"}, sink=sink)
 
     def _pages(self, query: list[tuple[str, str]]) -> Iterator:
         while True:

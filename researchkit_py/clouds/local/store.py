@@ -64,6 +64,16 @@ class LocalStore(Store):
         except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
             raise NotFound(f"no object {key} in {self.url}") from None
 
+    def _get_range_into(self, key: str, start: int, end: int, sink) -> None:
+        try:
+            with open(self._path(key), "rb") as f:
+                f.seek(start)
+                while start < end and (chunk := f.read(min(1 << 20, end - start))):
+                    sink.write(chunk)
+                    start += len(chunk)
+        except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+            raise NotFound(f"no object {key} in {self.url}") from None
+
     def _append_file(self, local: Path, key: str, start: int, end: int) -> None:
         dest = self._path(key)
         size = dest.stat().st_size if dest.is_file() else -1
