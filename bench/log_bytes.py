@@ -1,6 +1,6 @@
 """A run's log in the bucket: bytes moved and follow latency, this tree against an earlier one.
 
-  bench/log_bytes.py [--before REV] [--mb 50] [--beats 60] [--heartbeat 1] [--poll 0.5] [--out bench/results]
+  bench/log_bytes.py [--before REV] [--mb 50] [--beats 60] [--heartbeat 2] [--poll 0.5] [--out bench/results]
 
 A VM agent (in this process, its own HTTP and credentials from a fake metadata server, as on a
 cloud VM) writes --mb MB of log over --beats heartbeats while a client follows it (`wait`, the
@@ -160,7 +160,7 @@ def one(cloud: str, mb: float, beats: int, heartbeat: float, poll: float) -> dic
 
     shown = Shown()
     ctx = SimpleNamespace(store=store, settings=settings, poll_seconds=lambda: poll,
-                          provider=SimpleNamespace(name="none", get=lambda name: None))
+                          provider=SimpleNamespace(name="bench", get=lambda name: SimpleNamespace(alive=True)))
     writer = threading.Thread(target=vm)
     started = time.time()
     writer.start()
@@ -215,7 +215,7 @@ def main() -> None:
     ap.add_argument("--before", default="324fae1", help="the earlier code (a git revision); '' for none")
     ap.add_argument("--mb", type=float, default=50)
     ap.add_argument("--beats", type=int, default=60)
-    ap.add_argument("--heartbeat", type=float, default=1.0)
+    ap.add_argument("--heartbeat", type=float, default=2.0)
     ap.add_argument("--poll", type=float, default=0.5)
     ap.add_argument("--clouds", default="gcs,s3")
     ap.add_argument("--out", default=str(REPO / "bench" / "results"))
