@@ -205,7 +205,8 @@ def table(rows: list[dict]) -> str:
         out.append(f"| {r['cloud']} | {r['code']} | {r['log_bytes'] / 1e6:.1f} MB | "
                    f"{r['vm_up'] / 1e6:.1f} MB ({r['vm_up'] / r['log_bytes']:.2f}×) | "
                    f"{r['client_down'] / 1e6:.1f} MB ({r['client_down'] / r['log_bytes']:.2f}×) | "
-                   f"{r['follow_median_s'] / hb:.2f} / {r['follow_max_s'] / hb:.2f} | "
+                   f"{r['follow_median_s'] / hb:.2f} / {r['follow_max_s'] / hb:.2f} "
+                   f"({r['follow_median_s']:.1f} / {r['follow_max_s']:.1f} s) | "
                    f"{'yes' if r['final_log_is_the_log'] else 'NO'}{'; ' + r['errors'][0] if r['errors'] else ''} |")
     return "\n".join(out)
 
