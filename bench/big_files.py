@@ -92,13 +92,14 @@ def main() -> None:
 
     from emulate import prepare_ec2
     from emulators import FakeGCS, MotoProcess
+    from fake_gce import FakeGCE
     from suite import check_tree, versions
 
     from researchkit_py import protocol
     from researchkit_py.storage.transfer import tree_manifest
 
     scratch = Path(tempfile.mkdtemp(prefix="rk-big-bench-"))
-    moto, gcs = MotoProcess(), FakeGCS()
+    moto, gcs, gce = MotoProcess(), FakeGCS(), FakeGCE()
     rows: list[dict] = []
     try:
         exports = prepare_ec2(moto.url)
@@ -109,7 +110,7 @@ def main() -> None:
         gcs_client().create_bucket("bench-big")
         s3_bucket = exports["RK_BUCKET"].removeprefix("s3://").split("/")[0]
         env = {**os.environ, **exports, "HOME": str(scratch), "RK_STATE_HOME": str(scratch / "state"),
-               "RK_NO_PROGRESS": "1", "GCE_PROJECT": "bench"}
+               "RK_NO_PROGRESS": "1", "GCE_PROJECT": "bench", "RK_GCE_API_ENDPOINT": gce.url}
         codes = {"this tree": REPO}
         if args.before:
             codes = {f"before ({args.before})": code_tree(args.before, scratch), **codes}
@@ -183,8 +184,8 @@ def main() -> None:
                 store.delete(f"{prefix}/results/{e['path']}")
         meta = versions()
     finally:
-        moto.stop()
-        gcs.stop()
+        for server in (moto, gcs, gce):
+            server.stop()
         shutil.rmtree(scratch, ignore_errors=True)
     lines = ["| group | tool | median (s) | MB/s | peak RSS (MB) | runs (s) |", "|---|---|---:|---:|---:|---|"]
     for r in rows:
