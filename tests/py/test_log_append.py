@@ -213,3 +213,44 @@ def protocol_sha(body: bytes) -> str:
     import hashlib
 
     return hashlib.sha256(body).hexdigest()
+
+
+@pytest.mark.parametrize("store", ["gcs-vm"], indirect=True)
+def test_a_log_composed_many_times_goes_up_whole_once(store, tmp_path, monkeypatch):
+    """GCS counts a composite's components (and has capped them): at MAX_COMPONENTS the log goes
+    up whole, which starts the count again. fake-gcs-server does not report componentCount, so
+    GCS's count is played here over the emulator: 1 for an uploaded object, +1 per compose onto
+    it, in the field storage.v1's Object schema names."""
+    import json
+
+    from test_vm_side import discovery
+
+    from researchkit_py.clouds.gce import rest
+
+    assert "componentCount" in discovery()["schemas"]["Object"]["properties"]
+    monkeypatch.setattr(rest, "MAX_COMPONENTS", 3)
+    count = {"n": 0}
+    real_call = store.vm.call
+
+    def call(method, path, query=None, **kw):
+        resp = real_call(method, path, query, **kw)
+        name = (query or {}).get("name", "")
+        if method == "POST" and name.endswith(KEY):
+            count["n"] = 1
+        elif method == "POST" and path.endswith("/compose"):
+            count["n"] += 1
+        elif method == "GET" and path == store.vm.objects(KEY) and not query:
+            resp.data = json.dumps({**json.loads(resp.data), "componentCount": count["n"]}).encode()
+        return resp
+
+    monkeypatch.setattr(store.vm, "call", call)
+    log = tmp_path / "run.log"
+    ends = [grow(log, 10_000, f"l{i}") for i in range(6)]
+    store.append_file(log, KEY, 0, ends[0])
+    sent = count_sent(monkeypatch, store)
+    for start, end in zip(ends, ends[1:], strict=False):
+        sent.clear()
+        store.append_file(log, KEY, start, end)
+        sizes = [n for n in sent if n >= 9_000]
+        assert sizes == ([end] if start == ends[2] else [end - start]), (start, sizes)
+    assert store.get_bytes(KEY) == log.read_bytes()
