@@ -98,8 +98,21 @@ class Agent:
         self.bucket.put_bytes(self.key(protocol.STATUS), (json.dumps(record, indent=2, sort_keys=True) + "\n").encode())
 
     def push_log(self) -> None:
-        if self.log_path.exists():
-            self.bucket.put_file(self.log_path, self.key(protocol.LOG))
+        """Only what the log gained since the last push goes up: RK_ROOT/log.pushed says how much
+        the bucket's copy holds (each heartbeat is a process of its own). The first push, small
+        and perhaps before the rest of the agent is here, goes up whole."""
+        if not self.log_path.exists():
+            return
+        mark, end = self.env.root / "log.pushed", self.log_path.stat().st_size
+        start = int(mark.read_text()) if mark.is_file() else -1
+        if start == end:
+            return
+        if start > 0:
+            self.store.append_file(self.log_path, self.key(protocol.LOG), start, end)
+        else:
+            with open(self.log_path, "rb") as f:
+                self.bucket.put_bytes(self.key(protocol.LOG), f.read(end))
+        mark.write_text(str(end))
 
     def heartbeat(self) -> None:
         self.bucket.put_bytes(self.key(protocol.HEARTBEAT), f"{time.time():.3f}\n".encode())

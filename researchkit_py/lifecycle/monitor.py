@@ -3,6 +3,7 @@ waiting for it to end and for its VM to go."""
 
 from __future__ import annotations
 
+import codecs
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -63,15 +64,24 @@ def read_log(ctx: Context, run_id: str) -> bytes:
         return b""
 
 
+def read_log_from(ctx: Context, run_id: str, start: int) -> bytes:
+    """The log's bytes from `start` on: a follower downloads only what it has not shown."""
+    try:
+        return ctx.store.get_tail(protocol.run_key(run_id, protocol.LOG), start)
+    except NotFound:
+        return b""
+
+
 def wait(ctx: Context, run_id: str, stream_log: bool = True) -> dict:
     """Poll until the run is final (or lost), echoing new log output to stderr."""
     manifest = read_manifest(ctx, run_id)
     shown, poll, warned = 0, ctx.poll_seconds(), ""
+    text = codecs.getincrementaldecoder("utf-8")("replace")
     give_up = protocol.parse_iso(manifest["expires_at"]) + 600
     while True:
         try:
             state = run_state(ctx, run_id, manifest)
-            log = read_log(ctx, run_id) if stream_log else b""
+            log = read_log_from(ctx, run_id, shown) if stream_log else b""
         except (ProviderError, StorageError) as e:
             # A blip of the API or the bucket must not end a night-long wait; the VM goes on
             # either way. Past the run's deadline there is nothing left to wait for.
@@ -82,10 +92,10 @@ def wait(ctx: Context, run_id: str, stream_log: bool = True) -> dict:
                 warned = str(e)
             time.sleep(poll)
             continue
-        if len(log) > shown:
-            sys.stderr.write(log[shown:].decode("utf-8", "replace"))
+        if log:
+            sys.stderr.write(text.decode(log))  # a character split between two reads comes whole
             sys.stderr.flush()
-            shown = len(log)
+            shown += len(log)
         if state.get("phase") in protocol.FINAL:
             return state
         time.sleep(poll)

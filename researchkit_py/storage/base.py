@@ -17,6 +17,7 @@ from urllib.parse import urlparse
 
 from ..errors import KitError, NotFound, StorageError, retry
 from ..settings import Settings
+from .parallel import OffsetWriter
 
 T = TypeVar("T")
 
@@ -101,6 +102,38 @@ class Store(ABC):
         if len(data) != end - start:
             raise StorageError(f"{self.url}/{key} is shorter than its manifest says; the run record is damaged")
         return data
+
+    def get_range_into(self, key: str, start: int, end: int, fd: int) -> None:
+        """Bytes [start, end) of the object, streamed to the same offsets of the open file `fd`:
+        one piece of a big file, whose pieces come down side by side (storage/parallel.py)."""
+        def once() -> None:
+            sink = OffsetWriter(fd, start)
+            self._get_range_into(key, start, end, sink)
+            if sink.written != end - start:
+                raise StorageError(f"{self.url}/{key} is shorter than its listing says; pull again")
+        self._retry(once, f"download {key}")
+
+    def _get_range_into(self, key: str, start: int, end: int, sink: OffsetWriter) -> None:
+        sink.write(self._get_range(key, start, end))
+
+    def append_file(self, local: Path, key: str, start: int, end: int) -> None:
+        """Make the object `key`, which holds the first `start` bytes of `local` (a log that only
+        grows), hold its first `end`. Backends that can send only the new bytes (GCS: compose;
+        S3: a multipart copy; a directory: an append); the others send all `end` again. Safe to
+        repeat: an object already `end` long stays as it is; one of another length is replaced."""
+        self._retry(lambda: self._append_file(Path(local), key, start, end), f"append to {key}")
+
+    def _append_file(self, local: Path, key: str, start: int, end: int) -> None:
+        with open(local, "rb") as f:
+            self._put_bytes(key, f.read(end))
+
+    def get_tail(self, key: str, start: int) -> bytes:
+        """The object's bytes from `start` on (b"" when it is no longer): what a follower has not
+        seen yet. NotFound if there is no object."""
+        return self._retry(lambda: self._get_tail(key, start), f"read {key}")
+
+    def _get_tail(self, key: str, start: int) -> bytes:
+        return self._get_bytes(key)[start:]
 
     def list(self, prefix: str = "") -> list[ObjectInfo]:
         return self._retry(lambda: list(self._list(prefix)), f"list {prefix or '/'}")

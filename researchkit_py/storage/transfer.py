@@ -12,16 +12,15 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
-import sys
 import threading
-from collections.abc import Callable, Iterable
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import KitError
 from ..protocol import PACKS, RESULTS
 from .base import Store, join_key
+from .parallel import PIECE, Progress, pieces, run_parallel
 from .paths import SafeRoot, free_name
 
 PACK_FILE_LIMIT = 1 << 20  # files up to this size also go into a pack
@@ -78,34 +77,6 @@ def tree_manifest(root: Path) -> list[dict]:
     return entries
 
 
-class _Progress:
-    """A byte progress bar on a terminal, silence elsewhere (tqdm is imported only then)."""
-
-    def __init__(self, total: int, label: str, allowed: bool):
-        self.bar = None
-        if total and allowed and sys.stderr.isatty():
-            from tqdm import tqdm
-
-            self.bar = tqdm(total=total, unit="B", unit_scale=True, desc=label, leave=False, file=sys.stderr)
-
-    def update(self, n: int) -> None:
-        if self.bar is not None:
-            self.bar.update(n)
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
-
-
-def _run_parallel(jobs: Iterable[Callable[[], None]], threads: int) -> None:
-    jobs = list(jobs)
-    if not jobs:
-        return
-    with ThreadPoolExecutor(max_workers=max(1, min(threads, len(jobs)))) as pool:
-        for fut in [pool.submit(j) for j in jobs]:
-            fut.result()  # the first failure propagates; the pool finishes the others first
-
-
 def put_tree(store: Store, local_dir: Path, prefix: str, *, label: str = "upload") -> TransferStats:
     """Upload every file under local_dir to prefix/, skipping those already there unchanged."""
     local_dir = Path(local_dir)
@@ -119,7 +90,7 @@ def put_tree(store: Store, local_dir: Path, prefix: str, *, label: str = "upload
             stats.skipped += 1
         else:
             todo.append((rel, key, size))
-    bar = _Progress(sum(t[2] for t in todo), label, store.progress)
+    bar = Progress(sum(t[2] for t in todo), label, store.progress)
 
     def job(rel: str, key: str, size: int) -> Callable[[], None]:
         def go() -> None:
@@ -129,7 +100,7 @@ def put_tree(store: Store, local_dir: Path, prefix: str, *, label: str = "upload
         return go
 
     try:
-        _run_parallel((job(*t) for t in todo), store.threads)
+        run_parallel((job(*t) for t in todo), store.threads)
     finally:
         bar.close()
     return stats
@@ -214,7 +185,7 @@ def pull_tree(store: Store, prefix: str, local_dir: Path, *, expected: list[dict
         check([(entry, dest) for entry, dest, _ in todo])
     staging = local_dir / f".rk-pull-{os.getpid()}"
     staged = {id(entry): staging / str(n) for n, (entry, _, _) in enumerate(todo)}
-    bar = _Progress(sum(e["size"] for e, _, _ in todo), label, store.progress)
+    bar = Progress(sum(e["size"] for e, _, _ in todo), label, store.progress)
 
     def fetch(entry: dict, data: bytes | None = None) -> None:
         """Stage one file (downloaded, or `data`), verified against its manifest checksum."""
@@ -223,11 +194,14 @@ def pull_tree(store: Store, prefix: str, local_dir: Path, *, expected: list[dict
             store.get_file(join_key(prefix, entry["path"]), tmp)
         else:
             tmp.write_bytes(data)
+        verify(entry, tmp, data)
+        bar.update(entry["size"])
+
+    def verify(entry: dict, tmp: Path, data: bytes | None = None) -> None:
         if "sha256" in entry:
             size, sha = file_digest(tmp) if data is None else (len(data), hashlib.sha256(data).hexdigest())
             if sha != entry["sha256"] or size != entry["size"]:
                 raise KitError(f"{entry['path']}: downloaded content does not match its manifest checksum; pull again")
-        bar.update(entry["size"])
 
     def single(entry: dict) -> Callable[[], None]:
         def go() -> None:
@@ -244,10 +218,30 @@ def pull_tree(store: Store, prefix: str, local_dir: Path, *, expected: list[dict
             stats.add(len(items), sum(e["size"] for e, _, _ in items))
         return go
 
+    def big(entry: dict, fd: int) -> list[Callable[[], None]]:
+        """A big file in ranged reads side by side, each to its place in the staged file."""
+        def piece(start: int, end: int) -> Callable[[], None]:
+            def go() -> None:
+                store.get_range_into(join_key(prefix, entry["path"]), start, end, fd)
+                bar.update(end - start)
+            return go
+        return [piece(*r) for r in pieces(entry["size"], PIECE)]
+
     singles, runs = _segments(todo, packs or [])
+    large = [t[0] for t in singles if t[0]["size"] > PIECE]
+    fds: dict[int, int] = {}
     try:
         staging.mkdir(parents=True, exist_ok=True)
-        _run_parallel([single(t[0]) for t in singles] + [segment(k, items) for k, items in runs], store.threads)
+        for entry in large:
+            fds[id(entry)] = os.open(staged[id(entry)], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            os.ftruncate(fds[id(entry)], entry["size"])
+        run_parallel([j for e in large for j in big(e, fds[id(e)])]
+                     + [single(t[0]) for t in singles if t[0]["size"] <= PIECE]
+                     + [segment(k, items) for k, items in runs], store.threads)
+        for entry in large:
+            os.close(fds.pop(id(entry)))
+            verify(entry, staged[id(entry)])
+            stats.add(1, entry["size"])
         for entry, dest, preserve in todo:  # all verified: now into place
             dest.parent.mkdir(parents=True, exist_ok=True)
             if preserve:
@@ -257,6 +251,8 @@ def pull_tree(store: Store, prefix: str, local_dir: Path, *, expected: list[dict
                 stats.installed[entry["path"]] = entry["sha256"]
     finally:
         bar.close()
+        for fd in fds.values():
+            os.close(fd)
         shutil.rmtree(staging, ignore_errors=True)
     return stats
 

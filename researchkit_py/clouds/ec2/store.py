@@ -66,6 +66,24 @@ class S3Store(Store):
             resp = self.client.get_object(Bucket=self.bucket, Key=self._key(key), Range=f"bytes={start}-{end - 1}")
             return resp["Body"].read()
 
+    def _get_range_into(self, key: str, start: int, end: int, sink) -> None:
+        with _translate(key, self.url):
+            body = self.client.get_object(Bucket=self.bucket, Key=self._key(key), Range=f"bytes={start}-{end - 1}")["Body"]
+            for chunk in body.iter_chunks(1 << 20):
+                sink.write(chunk)
+
+    def _get_tail(self, key: str, start: int) -> bytes:
+        from botocore import exceptions
+
+        with _translate(key, self.url):
+            try:
+                resp = self.client.get_object(Bucket=self.bucket, Key=self._key(key), Range=f"bytes={start}-")
+            except exceptions.ClientError as e:
+                if error_code(e) == "InvalidRange":  # nothing from `start` on
+                    return b""
+                raise
+            return resp["Body"].read()
+
     def _list(self, prefix: str) -> Iterator[ObjectInfo]:
         full = join_key(self.prefix, prefix) + ("/" if prefix.endswith("/") else "")
         cut = len(self.prefix) + 1 if self.prefix else 0

@@ -10,12 +10,17 @@ import json
 from collections.abc import Iterator
 from pathlib import Path
 
+from ...errors import NotFound
 from ...settings import Settings
 from ...storage.base import ObjectInfo, Store, join_key
+from ...storage.parallel import pieces, run_parallel
 from .. import http
 from .vm import VMBucket
 
-CHUNK = 64 << 20  # larger files go up as a resumable upload, in pieces of this size (a multiple of 256 KiB)
+CHUNK = 64 << 20  # larger files go up in parts of at least this size, side by side
+# A composite object counts the objects it was composed of; GCS has capped that count (at 1,024).
+# A log appended to this often is uploaded whole once, which starts the count again.
+MAX_COMPONENTS = 1000
 
 
 class GCSRestStore(Store):
@@ -29,27 +34,55 @@ class GCSRestStore(Store):
         self.vm.put(key, data)
 
     def _put_file(self, local: Path, key: str) -> None:
+        """A larger file goes up in parts side by side, each an object of its own, composed into
+        the one object (GCS composes up to 32), then deleted."""
         size = local.stat().st_size
         if size <= self.chunk:
             self.vm.put(key, local)
             return
-        session = self.vm.upload(key, "resumable", headers={
-            "X-Upload-Content-Type": "application/octet-stream", "X-Upload-Content-Length": str(size),
-            "Content-Length": "0"}).headers["location"]
-        offset = 0
+        ranges = pieces(size, max(self.chunk, -(-size // 32)))
+        names = [f"{key}.part{n}" for n in range(len(ranges))]
+
+        def send(name: str, start: int, end: int):
+            def go() -> None:
+                with open(local, "rb") as f:
+                    self.vm.upload(name, "media", http.FileSlice(f, start, end - start),
+                                   {"Content-Length": str(end - start)})
+            return go
+
+        try:
+            run_parallel([send(n, *r) for n, r in zip(names, ranges, strict=True)], self.threads)
+            self._compose(key, names, {})
+        finally:
+            run_parallel([lambda n=n: self._delete(n) for n in names], self.threads)
+
+    def _compose(self, key: str, sources: list[str], query: dict, content_type: str = "application/octet-stream") -> None:
+        body = {"sourceObjects": [{"name": self.vm.name(s)} for s in sources], "destination": {"contentType": content_type}}
+        self.vm.call("POST", self.vm.objects(key) + "/compose", query, key=key, body=json.dumps(body).encode(),
+                     headers={"Content-Type": "application/json"})
+
+    def _append_file(self, local: Path, key: str, start: int, end: int) -> None:
+        """The new bytes as an object of their own, composed onto the end of the log (on the
+        generation that holds `start` bytes, so a repeated request cannot append twice), then
+        deleted: the log stays one object and only what is new goes up."""
+        try:
+            meta = json.loads(self.vm.call("GET", self.vm.objects(key), key=key).data)
+        except NotFound:
+            meta = {}
+        size = int(meta.get("size", -1))
+        if size == end:
+            return
         with open(local, "rb") as f:
-            while offset < size:  # each piece says where it goes; the answer, how much is kept
-                n = min(self.chunk, size - offset)
-                resp = http.request("PUT", session, {"Content-Length": str(n),
-                                                     "Content-Range": f"bytes {offset}-{offset + n - 1}/{size}"},
-                                    http.FileSlice(f, offset, n))
-                if resp.status == 308:
-                    kept = resp.headers.get("range", "")
-                    offset = int(kept.rpartition("-")[2]) + 1 if kept else 0
-                elif resp.status < 300:
-                    return
-                else:
-                    raise http.HTTPStatusError(resp.status, f"PUT {self.url}/{key}", resp.data)
+            if size != start or start == 0 or int(meta.get("componentCount", 1)) >= MAX_COMPONENTS:
+                self.vm.upload(key, "media", http.FileSlice(f, 0, end), {"Content-Length": str(end)})
+                return
+            part = key + ".append"
+            self.vm.upload(part, "media", http.FileSlice(f, start, end - start), {"Content-Length": str(end - start)})
+        try:
+            self._compose(key, [key, part], {"ifGenerationMatch": meta["generation"]},
+                          meta.get("contentType", "application/octet-stream"))
+        finally:
+            self._delete(part)
 
     def _get_file(self, key: str, local: Path) -> None:
         self.vm.get(key, local)
@@ -60,6 +93,10 @@ class GCSRestStore(Store):
     def _get_range(self, key: str, start: int, end: int) -> bytes:
         return self.vm.call("GET", self.vm.objects(key), {"alt": "media"}, key=key,
                             headers={"Range": f"bytes={start}-{end - 1}"}).data
+
+    def _get_range_into(self, key: str, start: int, end: int, sink) -> None:
+        self.vm.call("GET", self.vm.objects(key), {"alt": "media"}, key=key,
+                     headers={"Range": f"bytes={start}-{end - 1}"}, sink=sink)
 
     def _pages(self, query: dict) -> Iterator[dict]:
         while True:

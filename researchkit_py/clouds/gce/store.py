@@ -93,6 +93,19 @@ class GCSStore(Store):
         with _not_found(key, self.url):  # the SDK's end is inclusive; ours is not
             return self._blob(key).download_as_bytes(start=start, end=end - 1, checksum=None, retry=None)
 
+    def _get_range_into(self, key: str, start: int, end: int, sink) -> None:
+        with _not_found(key, self.url):
+            self._blob(key).download_to_file(sink, start=start, end=end - 1, checksum=None, retry=None)
+
+    def _get_tail(self, key: str, start: int) -> bytes:
+        from google.api_core import exceptions
+
+        with _not_found(key, self.url):
+            try:
+                return self._blob(key).download_as_bytes(start=start, checksum=None, retry=None)
+            except exceptions.RequestRangeNotSatisfiable:  # nothing from `start` on
+                return b""
+
     def _list(self, prefix: str) -> Iterator[ObjectInfo]:
         full = join_key(self.prefix, prefix) + ("/" if prefix.endswith("/") else "")
         cut = len(self.prefix) + 1 if self.prefix else 0

@@ -64,6 +64,37 @@ class LocalStore(Store):
         except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
             raise NotFound(f"no object {key} in {self.url}") from None
 
+    def _get_range_into(self, key: str, start: int, end: int, sink) -> None:
+        try:
+            with open(self._path(key), "rb") as f:
+                f.seek(start)
+                while start < end and (chunk := f.read(min(1 << 20, end - start))):
+                    sink.write(chunk)
+                    start += len(chunk)
+        except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+            raise NotFound(f"no object {key} in {self.url}") from None
+
+    def _append_file(self, local: Path, key: str, start: int, end: int) -> None:
+        dest = self._path(key)
+        size = dest.stat().st_size if dest.is_file() else -1
+        if size == end:
+            return
+        if size != start:
+            super()._append_file(local, key, start, end)
+            return
+        with open(local, "rb") as src, open(dest, "r+b") as out:
+            src.seek(start)
+            out.seek(start)
+            out.write(src.read(end - start))
+
+    def _get_tail(self, key: str, start: int) -> bytes:
+        try:
+            with open(self._path(key), "rb") as f:
+                f.seek(start)
+                return f.read()
+        except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+            raise NotFound(f"no object {key} in {self.url}") from None
+
     def _list(self, prefix: str) -> Iterator[ObjectInfo]:
         # A prefix is a string prefix, as in the clouds: list the deepest directory it names.
         base = self.root / prefix.rpartition("/")[0] if "/" in prefix else self.root
