@@ -1,0 +1,97 @@
+"""Stopping an attached run whose caller was interrupted: ask its VM to stop (it uploads its log
+and whatever results exist, writes CANCELLED, deletes itself), wait a bounded time, then make
+sure: no instance is left billing, and the run's status is final."""
+
+from __future__ import annotations
+
+import signal
+import time
+
+from .. import protocol
+from ..errors import KitError, say
+from .context import Context
+
+SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
+class Interrupted(KeyboardInterrupt):
+    """INT, TERM or HUP to an attached client: the run stops with it."""
+
+    def __init__(self, signum: int):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + self.signum  # 130 INT, 143 TERM, 129 HUP: what a shell reports for each
+
+
+def raise_on_signals() -> None:
+    """INT, TERM and HUP raise Interrupted (with the signal): the caller decides what stops."""
+    def handler(signum, frame):
+        raise Interrupted(signum)
+
+    for sig in SIGNALS:
+        signal.signal(sig, handler)
+
+
+def ignore_signals() -> None:
+    """While the instance is deleted and the status written: nothing may cut that short."""
+    for sig in SIGNALS:
+        signal.signal(sig, signal.SIG_IGN)
+
+
+def cancel_wait(ctx: Context) -> float:
+    """How long the VM has to notice the request (one heartbeat or more), upload and go."""
+    beat = ctx.settings.integer("RK_HEARTBEAT_SECONDS", 2 if ctx.embedded else 30)
+    return ctx.settings.number("RK_CANCEL_WAIT", 3 * beat + (10 if ctx.embedded else 60))
+
+
+def request_cancel(ctx: Context, run_id: str, reason: str) -> None:
+    ctx.store.write_json(protocol.run_key(run_id, protocol.CANCEL),
+                         {"run_id": run_id, "requested_at": protocol.iso(protocol.now()), "reason": reason})
+
+
+def _status(ctx: Context, run_id: str) -> dict:
+    return ctx.store.read_json_or_none(protocol.run_key(run_id, protocol.STATUS)) or {}
+
+
+def cancel(ctx: Context, run_id: str, instance: str, reason: str) -> dict:
+    """Stop the run; returns its final status. A second interrupt while waiting deletes the
+    instance at once. The VM's own final status is kept if it wrote one (CANCELLED, or the
+    run's real end if it got there first); else the client writes CANCELLED."""
+    timeout = cancel_wait(ctx)
+    try:
+        request_cancel(ctx, run_id, reason)
+        say(f"cloud-run: stopping {run_id}: its VM uploads its log and results, then goes "
+            f"(up to {timeout:g} s; Ctrl-C again to delete it at once)")
+        end = time.time() + timeout
+        while True:
+            status, inst = _status(ctx, run_id), ctx.provider.get(instance)
+            if status.get("phase") in protocol.FINAL and (inst is None or not inst.alive):
+                break
+            if time.time() >= end:
+                say(f"cloud-run: {instance} did not stop within {timeout:g} s; deleting it")
+                break
+            time.sleep(ctx.poll_seconds())
+    except KeyboardInterrupt:
+        say(f"cloud-run: interrupted again; deleting {instance} now")
+    except KitError as e:  # the bucket or the API failed us: deleting is what is left
+        say(f"cloud-run: warning: {e}; deleting {instance}")
+    ignore_signals()
+    ctx.provider.delete(instance)  # no-op when it went on its own
+    status = _status(ctx, run_id)
+    if status.get("phase") not in protocol.FINAL:
+        status = protocol.cancelled_status(run_id, f"cancelled ({reason}); the instance was deleted")
+        ctx.store.write_json(protocol.run_key(run_id, protocol.STATUS), status)
+    return status
+
+
+def cancelled_launch(ctx: Context, run_id: str, instance: str, reason: str) -> None:
+    """An interrupt before the instance existed: whatever was created goes, the run is CANCELLED."""
+    ignore_signals()
+    try:
+        ctx.provider.delete(instance)
+    finally:
+        ctx.store.write_json(protocol.run_key(run_id, protocol.STATUS),
+                             protocol.cancelled_status(run_id, f"launch interrupted ({reason}); nothing runs"))
