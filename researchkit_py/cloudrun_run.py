@@ -24,7 +24,7 @@ def cmd_run(ctx, args) -> int:
     from .clouds.registry import deadline_hours
     from .experiment.spec import spec_command
     from .lifecycle import LaunchOptions, check_output_dir, dry_run_report, launch, plan_launch
-    from .lifecycle.cancel import Interrupted, raise_on_signals
+    from .lifecycle.cancel import Interrupted, forgive_closed_output, raise_on_signals
     from .machine import choose
     from .startup import parse_env_pairs
 
@@ -64,6 +64,7 @@ def cmd_run(ctx, args) -> int:
     try:
         plan = launch(ctx, opts, on_run_id=recorded)
     except Interrupted as e:
+        forgive_closed_output()
         run_id = getattr(e, "run_id", None)  # set once the run was recorded (launch.launch)
         if run_id and not started:
             recorded(run_id)
@@ -84,9 +85,10 @@ def _stop(ctx, args, plan, output_dir: Path | None, signal) -> int:
     """The caller was interrupted (`signal`, a lifecycle.cancel.Interrupted): the run stops, what
     it kept is pulled, and the exit code says which signal."""
     from .lifecycle import pull
-    from .lifecycle.cancel import Interrupted, cancel, raise_on_signals
+    from .lifecycle.cancel import Interrupted, cancel, forgive_closed_output, raise_on_signals
 
     run_id = plan.run_id
+    forgive_closed_output()
     say(f"\ncloud-run: interrupted ({signal})")
     status = cancel(ctx, run_id, plan.manifest.instance, f"{signal} to cloud-run")
     kept = _kept(ctx, run_id)

@@ -5,6 +5,7 @@ sure: no instance is left billing, and the run's status is final."""
 from __future__ import annotations
 
 import signal
+import sys
 import time
 
 from .. import protocol
@@ -35,6 +36,33 @@ def raise_on_signals() -> None:
         signal.signal(sig, handler)
 
 
+class _Forgiving:
+    """An output whose reader may be gone (an agent stopped with us closes our pipes): what we say
+    then must not cut the stop short."""
+
+    def __init__(self, stream):
+        self._stream = stream
+
+    def write(self, text: str) -> int:
+        try:
+            return self._stream.write(text)
+        except (OSError, ValueError):
+            return len(text)
+
+    def flush(self) -> None:
+        try:
+            self._stream.flush()
+        except (OSError, ValueError):
+            pass
+
+    def __getattr__(self, name):
+        return getattr(self._stream, name)
+
+
+def forgive_closed_output() -> None:
+    sys.stdout, sys.stderr = _Forgiving(sys.stdout), _Forgiving(sys.stderr)
+
+
 def ignore_signals() -> None:
     """While the instance is deleted and the status written: nothing may cut that short."""
     for sig in SIGNALS:
@@ -61,6 +89,7 @@ def cancel(ctx: Context, run_id: str, instance: str, reason: str) -> dict:
     instance at once. The VM's own final status is kept if it wrote one (CANCELLED, or the
     run's real end if it got there first); else the client writes CANCELLED."""
     timeout = cancel_wait(ctx)
+    forgive_closed_output()
     try:
         request_cancel(ctx, run_id, reason)
         say(f"cloud-run: stopping {run_id}: its VM uploads its log and results, then goes "

@@ -228,8 +228,22 @@ def test_interrupted_launch_leaves_a_record_and_no_vm(project, tmp_path, monkeyp
         lifecycle.launch(ctx, lifecycle.LaunchOptions(command="true"))
     (run_id,) = ctx.store.list_dirs("runs")
     assert ctx.store.exists(f"runs/{run_id}/manifest.json")
-    assert ctx.store.read_json(f"runs/{run_id}/status.json")["message"] == "launch failed: interrupted"
+    status = ctx.store.read_json(f"runs/{run_id}/status.json")
+    assert (status["phase"], status["cause"]) == ("CANCELLED", "cancelled"), status  # stopped, not a boot_error
+    assert status["message"].startswith("launch interrupted")
     assert instances(tmp_path) == []
+
+
+def test_pull_wait_waits_for_a_run_still_going_then_pulls(project, tmp_path):
+    r = cloud_run("run", f"sleep 3; {WRITE_METRICS}", "--detach")
+    run_id = r.stdout.decode().strip()
+    out = tmp_path / "r"
+    pulled = cloud_run("pull", run_id, "--wait", "--output-dir", str(out))
+    err = pulled.stderr.decode()
+    assert pulled.exit_code == 0, err
+    assert f"cloud-run: waiting for {run_id}: " in err and "its deadline is" in err  # progress, bounded
+    assert json.loads((out / "metrics.json").read_text()) == {"accuracy": 0.93}
+    assert status(run_id)["phase"] == "DONE"
 
 
 def test_data_dirs_travel_beside_the_code(project, tmp_path):
