@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import signal
 import sys
+import threading
 import time
+from contextlib import contextmanager
 
 from .. import protocol
 from ..errors import KitError, say
@@ -63,10 +65,18 @@ def forgive_closed_output() -> None:
     sys.stdout, sys.stderr = _Forgiving(sys.stdout), _Forgiving(sys.stderr)
 
 
-def ignore_signals() -> None:
+@contextmanager
+def signals_ignored():
     """While the instance is deleted and the status written: nothing may cut that short."""
-    for sig in SIGNALS:
-        signal.signal(sig, signal.SIG_IGN)
+    if threading.current_thread() is not threading.main_thread():  # only its main thread gets signals
+        yield
+        return
+    before = {sig: signal.signal(sig, signal.SIG_IGN) for sig in SIGNALS}
+    try:
+        yield
+    finally:
+        for sig, handler in before.items():
+            signal.signal(sig, handler)
 
 
 def cancel_wait(ctx: Context) -> float:
@@ -107,20 +117,20 @@ def cancel(ctx: Context, run_id: str, instance: str, reason: str) -> dict:
         say(f"cloud-run: interrupted again; deleting {instance} now")
     except KitError as e:  # the bucket or the API failed us: deleting is what is left
         say(f"cloud-run: warning: {e}; deleting {instance}")
-    ignore_signals()
-    ctx.provider.delete(instance)  # no-op when it went on its own
-    status = _status(ctx, run_id)
-    if status.get("phase") not in protocol.FINAL:
-        status = protocol.cancelled_status(run_id, f"cancelled ({reason}); the instance was deleted")
-        ctx.store.write_json(protocol.run_key(run_id, protocol.STATUS), status)
+    with signals_ignored():
+        ctx.provider.delete(instance)  # no-op when it went on its own
+        status = _status(ctx, run_id)
+        if status.get("phase") not in protocol.FINAL:
+            status = protocol.cancelled_status(run_id, f"cancelled ({reason}); the instance was deleted")
+            ctx.store.write_json(protocol.run_key(run_id, protocol.STATUS), status)
     return status
 
 
 def cancelled_launch(ctx: Context, run_id: str, instance: str, reason: str) -> None:
     """An interrupt before the instance existed: whatever was created goes, the run is CANCELLED."""
-    ignore_signals()
-    try:
-        ctx.provider.delete(instance)
-    finally:
-        ctx.store.write_json(protocol.run_key(run_id, protocol.STATUS),
-                             protocol.cancelled_status(run_id, f"launch interrupted ({reason}); nothing runs"))
+    with signals_ignored():
+        try:
+            ctx.provider.delete(instance)
+        finally:
+            ctx.store.write_json(protocol.run_key(run_id, protocol.STATUS),
+                                 protocol.cancelled_status(run_id, f"launch interrupted ({reason}); nothing runs"))
