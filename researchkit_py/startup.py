@@ -197,9 +197,10 @@ trap 'rk_stop {TERMINATED} 143' TERM
 trap 'rk_stop {TERMINATED} 130' INT
 trap 'rk_stop {CANCELLED} 130' USR1  # from the heartbeat loop: the client asked the run to stop
 
-# The heartbeat: it ships the log and looks for the client's request to stop (vm_agent
-# heartbeat exits CANCEL_RC then). A step in the foreground defers the trap until it ends;
-# the command runs in the background, so a RUN stops at once.
+# The heartbeat, from RUN on: it ships the log and looks for the client's request to stop
+# (vm_agent heartbeat exits CANCEL_RC then). The command runs in the background, so the trap
+# stops it at once. A VM still in its setup (no extra Python start each beat there) finds the
+# request with its first RUN heartbeat, and stops before the command starts.
 rk_beat() {{
   local rc
   while sleep "$RK_HEARTBEAT"; do
@@ -223,8 +224,6 @@ base64 -d <<'RK_AGENT_EOF' | tar -xz -C "$RK_ROOT/agent"
 RK_AGENT_EOF
 rk_step "reporting to the bucket"
 rk boot
-rk_beat "$$" &
-RK_HB_PID=$!
 
 # 2. The rest of the agent, the code, the data, the environment.
 RK_STAGE={SETUP}
@@ -261,6 +260,8 @@ RK_STAGE={RUN}
 RK_STEP=""
 echo "researchkit: running: $RK_COMMAND"
 rk heartbeat -- status {RUN}  # the log says what runs before the status does: a VM lost right after still tells
+rk_beat "$$" &
+RK_HB_PID=$!
 RK_T0=$SECONDS
 set +e
 timeout --kill-after=30 "$RK_SOFT_DEADLINE" bash -c "$RK_COMMAND" &
