@@ -430,7 +430,9 @@ def test_F5c_interrupted_while_attached(cloud, monkeypatch, at):
     p = cloud.popen("run", PARTIAL, "--output-dir", str(out))
     time.sleep(at)
     p.send_signal(signal.SIGINT)
-    stopped(cloud, p, signal.SIGINT, out)
+    run_id, err = stopped(cloud, p, signal.SIGINT, out)
+    print(f"F5c {cloud.name} {at:g} s: " + (f"{run_id} {state(cloud, run_id).get('message')}" if run_id  # which case
+                                             else f"before the run was recorded, exit {p.returncode}"))
 
 
 def bucket_write(r) -> bool:
