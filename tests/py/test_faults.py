@@ -38,7 +38,7 @@ FAULTS = {
     "F3b": "… with the trap and the script's deadline disabled: the cloud deadline alone",
     "F3c": "… with the cloud deadline disabled too: the reaper alone",
     "F4": "the VM is killed hard mid-run (preemption)",
-    "F5a": "SIGINT / SIGTERM to the CLI between manifest and instance creation",
+    "F5a": "SIGINT / SIGTERM to the CLI between manifest and instance creation: CANCELLED, nothing left",
     "F5b": "SIGINT / SIGTERM / SIGHUP to an attached CLI right after the instance exists: the run stops",
     "F5c": "SIGINT to an attached CLI 0.2 s, 1 s, 3 s after its start: the run stops (or never began)",
     "F6a": "the bucket refuses uploads for 2 s during the results upload",
