@@ -21,6 +21,13 @@ def _flag(value: float | None) -> str | None:
 
 
 def cmd_run(ctx, args) -> int:
+    from .lifecycle.cancel import signals_restored
+
+    with signals_restored():
+        return _run(ctx, args)
+
+
+def _run(ctx, args) -> int:
     from .clouds.registry import deadline_hours
     from .experiment.spec import spec_command
     from .lifecycle import LaunchOptions, check_output_dir, dry_run_report, launch, plan_launch

@@ -34,8 +34,25 @@ def raise_on_signals() -> None:
     def handler(signum, frame):
         raise Interrupted(signum)
 
+    if threading.current_thread() is not threading.main_thread():  # only the main thread gets signals
+        return
     for sig in SIGNALS:
         signal.signal(sig, handler)
+
+
+@contextmanager
+def signals_restored():
+    """What an attached run changes for its duration (the handlers, forgiving outputs), put back
+    after it: a caller in the same process (the tests, in-process) gets its own again."""
+    main = threading.current_thread() is threading.main_thread()
+    before = {sig: signal.getsignal(sig) for sig in SIGNALS} if main else {}
+    outputs = sys.stdout, sys.stderr
+    try:
+        yield
+    finally:
+        for sig, handler in before.items():
+            signal.signal(sig, handler)
+        sys.stdout, sys.stderr = outputs
 
 
 class _Forgiving:
