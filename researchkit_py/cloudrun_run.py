@@ -70,35 +70,35 @@ def _run(ctx, args) -> int:
 
     try:
         plan = launch(ctx, opts, on_run_id=recorded)
-    except Interrupted as e:
-        forgive_closed_output()
-        run_id = getattr(e, "run_id", None)  # set once the run was recorded (launch.launch)
-        if run_id and not started:
-            recorded(run_id)
-        say(f"cloud-run: interrupted ({e}) while launching; " + (
-            f"{run_id} is CANCELLED, no instance is left" if run_id else "nothing was created"))
-        return e.exit_code
-    say(shown)  # once it is valid: an error stays one line
-    try:
+        say(shown)  # once it is valid: an error stays one line
         return _after_launch(ctx, args, plan, output_dir)
     except Interrupted as e:
-        if args.detach:  # launched: a detached run goes on whatever happens to its caller
-            say(f"cloud-run: interrupted ({e}); {plan.run_id} goes on (detached)")
+        forgive_closed_output()
+        run_id = getattr(e, "run_id", None)  # launch.launch stopped the launch: CANCELLED, nothing left
+        if run_id or not started:
+            if run_id and not started:
+                recorded(run_id)
+            say(f"cloud-run: interrupted ({e}) while launching; " + (
+                f"{run_id} is CANCELLED, no instance is left" if run_id else "nothing was created"))
             return e.exit_code
-        return _stop(ctx, args, plan, output_dir, e)
+        if args.detach:  # launched: a detached run goes on whatever happens to its caller
+            say(f"cloud-run: interrupted ({e}); {started[0]} goes on (detached)")
+            return e.exit_code
+        return _stop(ctx, args, started[0], output_dir, e)  # the instance exists (launch returned)
 
 
-def _stop(ctx, args, plan, output_dir: Path | None, signal) -> int:
+def _stop(ctx, args, run_id: str, output_dir: Path | None, signal) -> int:
     """The caller was interrupted (`signal`, a lifecycle.cancel.Interrupted): the run stops, what
     it kept is pulled, and the exit code says which signal."""
     from .lifecycle import pull
-    from .lifecycle.cancel import Interrupted, cancel, forgive_closed_output, raise_on_signals
+    from .lifecycle.cancel import Interrupted, cancel, raise_on_signals
 
-    run_id = plan.run_id
-    forgive_closed_output()
     say(f"\ncloud-run: interrupted ({signal})")
-    status = cancel(ctx, run_id, plan.manifest.instance, f"{signal} to cloud-run")
-    kept = _kept(ctx, run_id)
+    status = cancel(ctx, run_id, protocol.instance_name(run_id), f"{signal} to cloud-run")
+    try:
+        kept = _kept(ctx, run_id)
+    except KitError as e:
+        kept = f"unknown ({e})"
     raise_on_signals()  # the pull may be cut short in its turn: the run is over, a later pull finishes it
     where = f"; `cloud-run pull {run_id} --output-dir DIR` fetches them"
     if output_dir is not None:
