@@ -165,7 +165,10 @@ STUB
 @test "Ctrl-C during RUN restores the spec and stops the agent" {
   # The agent records its own pid and process group, and leaves a child in it: this test's
   # processes, not any other `sleep` on the machine.
+  # It takes a second to stop, as an agent whose cloud-run stops its run does: experiment.sh
+  # must wait for it.
   stub_agent claude <<'STUB'
+trap 'sleep 1; echo stopped >"$SANDBOX/agent-stopped"; exit 143' TERM
 sleep 37 &
 echo "$$ $(ps -o pgid= -p $$ | tr -d ' ') $!" >"$SANDBOX/agent-started"
 wait
@@ -183,6 +186,7 @@ STUB
   rc=0
   wait "$pid" || rc=$?
   [ "$rc" = 130 ]
+  [ -f "$SANDBOX/agent-stopped" ]  # experiment.sh returned after its agent had stopped
   [ "$(stat -c %a "$SPEC")" = 644 ]
   # experiment.sh returns once the agent's whole group is gone: nothing is left of it
   ! kill -0 "$agent" 2>/dev/null
