@@ -83,8 +83,19 @@ release_locks() {
   LOCK_RECORDS=()
 }
 on_signal() {
-  # The agent leads a process group of its own (see invoke_agent): stop all of it.
-  if [[ -n "$AGENT_PID" ]]; then kill -TERM -- "-$AGENT_PID" 2>/dev/null || kill -TERM "$AGENT_PID" 2>/dev/null || true; fi
+  # The agent leads a process group of its own (see invoke_agent): stop all of it. An attached
+  # cloud-run in it stops its run (the VM uploads its log and results, then goes) and pulls what
+  # was kept: wait for the group to empty, 300 s at most (cloud-run bounds its own wait).
+  local pgid="$AGENT_PID" waited=0
+  if [[ -n "$pgid" ]]; then
+    kill -TERM -- "-$pgid" 2>/dev/null || kill -TERM "$pgid" 2>/dev/null || true
+    while kill -0 -- "-$pgid" 2>/dev/null && ((waited < 3000)); do
+      if ((waited == 10)); then note "${YELLOW}Stopping the agent and its cloud run...${NC}"; fi
+      sleep 0.1
+      waited=$((waited + 1))
+    done
+    kill -KILL -- "-$pgid" 2>/dev/null || true
+  fi
   release_locks
   exit "$1"
 }
@@ -92,6 +103,7 @@ install_traps() {
   trap release_locks EXIT
   trap 'on_signal 130' INT
   trap 'on_signal 143' TERM
+  trap 'on_signal 129' HUP
 }
 
 # ---------- the agent call ----------
@@ -179,7 +191,9 @@ sync_results() {
   if [[ -f "$results_path/.cloud-run-id" ]]; then
     cloud_run_id="$(tr -d '[:space:]' <"$results_path/.cloud-run-id")"
     note "  Pulling results for cloud-run: $cloud_run_id"
-    "$okit/tools/cloud-run" pull "$cloud_run_id" --output-dir "$results_path" ||
+    # --wait: a run still going (its RUN was cut short, or it was detached) is waited for, with
+    # progress lines, until its deadline at most; then pulled.
+    "$okit/tools/cloud-run" pull "$cloud_run_id" --output-dir "$results_path" --wait ||
       note "${YELLOW}  cloud-run pull failed, trying artifact-store hydrate...${NC}"
   fi
   # Fallback: hydrate any artifact-store links

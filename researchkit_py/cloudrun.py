@@ -48,6 +48,8 @@ def _parser() -> argparse.ArgumentParser:
     pl.add_argument("run_id")
     pl.add_argument("--output-dir", help="default: results/<run-id>")
     pl.add_argument("--verify", action="store_true", help="re-read the bucket and re-hash every local file")
+    pl.add_argument("--wait", action="store_true", help="wait for a run still going to end (a line of progress "
+                    "each minute; at most until its deadline), then pull")
     pl.add_argument("--json", action="store_true")
 
     st = sub.add_parser("status", parents=[common], help="one run's state, or all runs'")
@@ -108,9 +110,11 @@ def main(argv: list[str]) -> int:
 
 
 def cmd_pull(ctx, args) -> int:
-    from .lifecycle import pull, run_state
+    from .lifecycle import pull, run_state, wait_quietly
 
     out = Path(args.output_dir or f"results/{protocol.check_run_id(args.run_id)}")
+    if args.wait:
+        wait_quietly(ctx, args.run_id)
     stats, complete = pull(ctx, args.run_id, out, verify=args.verify, make_parents=not args.output_dir)
     if args.json:
         emit_json({"run_id": args.run_id, "output_dir": str(out), "files": stats.files, "bytes": stats.bytes,

@@ -5,12 +5,11 @@ from __future__ import annotations
 
 import json
 import shlex
-import signal
 import sys
 from pathlib import Path
 
 from . import protocol
-from .errors import say
+from .errors import KitError, say
 
 
 def emit_json(value) -> None:
@@ -21,16 +20,18 @@ def _flag(value: float | None) -> str | None:
     return None if value is None else f"{value:g}"
 
 
-def _terminate_on_sigterm() -> None:
-    def handler(signum, frame):
-        raise KeyboardInterrupt
-    signal.signal(signal.SIGTERM, handler)
-
-
 def cmd_run(ctx, args) -> int:
+    from .lifecycle.cancel import signals_restored
+
+    with signals_restored():
+        return _run(ctx, args)
+
+
+def _run(ctx, args) -> int:
     from .clouds.registry import deadline_hours
     from .experiment.spec import spec_command
     from .lifecycle import LaunchOptions, check_output_dir, dry_run_report, launch, plan_launch
+    from .lifecycle.cancel import Interrupted, forgive_closed_output, raise_on_signals
     from .machine import choose
     from .startup import parse_env_pairs
 
@@ -55,19 +56,72 @@ def cmd_run(ctx, args) -> int:
             f"deadline {req.max_seconds} s, bucket {ctx.store.url}; nothing was created\n{dry_run_report(ctx, plan)}")
         sys.stdout.write(plan.script)
         return 0
-    _terminate_on_sigterm()
-    plan = launch(ctx, opts)
-    say(shown)  # once it is valid: an error stays one line
-    run_id = plan.run_id
-    if output_dir is not None:  # at once, so that a wait cut short still leaves the id for a later pull
-        output_dir.mkdir(parents=True, exist_ok=True)
-        (output_dir / ".cloud-run-id").write_text(run_id + "\n")
+    # Attached, the run lives and dies with this process: INT, TERM and HUP stop it (--detach
+    # is how a run outlives its caller; until the instance exists, they cancel that launch too).
+    raise_on_signals()
+    started: list[str] = []
+
+    def recorded(run_id: str) -> None:  # the run exists: its id, at once, where a later pull finds it
+        started.append(run_id)
+        say(f"cloud-run: run {run_id}")
+        if output_dir is not None:
+            output_dir.mkdir(parents=True, exist_ok=True)
+            (output_dir / ".cloud-run-id").write_text(run_id + "\n")
+
     try:
+        plan = launch(ctx, opts, on_run_id=recorded)
+        say(shown)  # once it is valid: an error stays one line
         return _after_launch(ctx, args, plan, output_dir)
-    except KeyboardInterrupt:  # from here on the VM runs its course and deletes itself
-        say(f"\ncloud-run: stopped waiting; {run_id} goes on. `cloud-run status {run_id}`, "
-            f"or `cloud-run terminate {run_id}` to stop it")
-        return 130
+    except Interrupted as e:
+        forgive_closed_output()
+        run_id = getattr(e, "run_id", None)  # launch.launch stopped the launch: CANCELLED, nothing left
+        if run_id or not started:
+            if run_id and not started:
+                recorded(run_id)
+            say(f"cloud-run: interrupted ({e}) while launching; " + (
+                f"{run_id} is CANCELLED, no instance is left" if run_id else "nothing was created"))
+            return e.exit_code
+        if args.detach:  # launched: a detached run goes on whatever happens to its caller
+            say(f"cloud-run: interrupted ({e}); {started[0]} goes on (detached)")
+            return e.exit_code
+        return _stop(ctx, args, started[0], output_dir, e)  # the instance exists (launch returned)
+
+
+def _stop(ctx, args, run_id: str, output_dir: Path | None, signal) -> int:
+    """The caller was interrupted (`signal`, a lifecycle.cancel.Interrupted): the run stops, what
+    it kept is pulled, and the exit code says which signal."""
+    from .lifecycle import pull
+    from .lifecycle.cancel import Interrupted, cancel, raise_on_signals
+
+    say(f"\ncloud-run: interrupted ({signal})")
+    status = cancel(ctx, run_id, protocol.instance_name(run_id), f"{signal} to cloud-run")
+    try:
+        kept = _kept(ctx, run_id)
+    except KitError as e:
+        kept = f"unknown ({e})"
+    raise_on_signals()  # the pull may be cut short in its turn: the run is over, a later pull finishes it
+    where = f"; `cloud-run pull {run_id} --output-dir DIR` fetches them"
+    if output_dir is not None:
+        try:
+            stats, _ = pull(ctx, run_id, output_dir)
+            where = f"; pulled {stats.files} files into {output_dir}"
+        except (KitError, Interrupted) as e:
+            where = f"; not pulled ({e}): `cloud-run pull {run_id} --output-dir {output_dir}`"
+    say(f"cloud-run: {run_id} {status.get('phase')} ({status.get('message') or status.get('cause')}); "
+        f"kept: {kept}{where}")
+    if args.json:
+        emit_json({"run_id": run_id, "phase": status.get("phase"), "cause": status.get("cause"),
+                   "exit_code": status.get("exit_code"), "cloud_run_exit": signal.exit_code})
+    return signal.exit_code
+
+
+def _kept(ctx, run_id: str) -> str:
+    """What the bucket holds of a stopped run: its log, its results."""
+    log = ctx.store.exists(protocol.run_key(run_id, protocol.LOG))
+    manifest = ctx.store.read_json_or_none(protocol.run_key(run_id, protocol.RESULTS_MANIFEST))
+    files = len(manifest.get("files", [])) if manifest else len(ctx.store.list(protocol.run_key(run_id, protocol.RESULTS) + "/"))
+    parts = (["the log"] if log else []) + ([f"{files} result files"] if files else [])
+    return ", ".join(parts) or "nothing (the command had not started)"
 
 
 def _after_launch(ctx, args, plan, output_dir: Path | None) -> int:

@@ -25,29 +25,36 @@ from .errors import UsageError
 # a final phase with a cause.
 BOOT, SETUP, RUN, UPLOAD = "BOOT", "SETUP", "RUN", "UPLOAD"
 DONE, FAILED = "DONE", "FAILED"
+CANCELLED = "CANCELLED"  # stopped on request: its caller was interrupted (attached), or the VM was asked to stop
 STAGES = (BOOT, SETUP, RUN, UPLOAD)
-FINAL = (DONE, FAILED)
+FINAL = (DONE, FAILED, CANCELLED)
 PENDING = "PENDING"  # no status written yet
 
 EXIT, TIMEOUT, LOST = "exit", "timeout", "lost"
 BOOT_ERROR, UPLOAD_ERROR, TERMINATED = "boot_error", "upload_error", "terminated"
+CANCELLED_CAUSE = "cancelled"  # the run's CANCEL request: the VM stops, uploads what it has, goes
 GPU_UNAVAILABLE = "gpu_unavailable"  # the run asked for a GPU the VM could not use: the command never ran
 # A run whose script failed before its end, by the stage it was in, unless the cause was named:
 # by a signal to the script (its TERM trap), or by the failed setup step itself.
 STAGE_CAUSE = {BOOT: BOOT_ERROR, SETUP: BOOT_ERROR, UPLOAD: UPLOAD_ERROR}
-STOPPED = (TERMINATED,)
+STOPPED = (TERMINATED, CANCELLED_CAUSE)
 SETUP_CAUSES = (GPU_UNAVAILABLE,)
 MESSAGES = {EXIT: "command exited {rc}", TIMEOUT: "command ran past its deadline",
             BOOT_ERROR: "setup failed during {stage}", UPLOAD_ERROR: "results upload failed",
-            TERMINATED: "stopped during {stage}", GPU_UNAVAILABLE: "no usable GPU: the command did not run"}
+            TERMINATED: "stopped during {stage}", CANCELLED_CAUSE: "cancelled during {stage}",
+            GPU_UNAVAILABLE: "no usable GPU: the command did not run"}
 
 # Exit codes of the client when the remote command's own code is not the answer.
 EXIT_TIMEOUT = 124
 EXIT_INFRA = 125
+EXIT_CANCELLED = 130  # as a Ctrl-C'd command's; an attached client exits 128 + the signal it got
 
 # --- the bucket layout ------------------------------------------------------------------
 RUNS = "runs"
 MANIFEST, STATUS, HEARTBEAT = "manifest.json", "status.json", "heartbeat"
+# The client's request that the run stop (an attached caller interrupted): the VM's heartbeat
+# looks for it; its presence also turns a signal's `terminated` into `cancelled`.
+CANCEL = "cancel.json"
 LOG = "logs/run.log"
 RESULTS, RESULTS_MANIFEST, PACKS, DATA = "results", "results.manifest.json", "packs", "data"
 # On the VM, what its GPU check (gpu_check.py) found, for every status after it.
@@ -148,6 +155,11 @@ def status_record(run_id: str, phase: str, **fields) -> dict:
     return {"run_id": run_id, "phase": phase, "updated_at": iso(now()), **fields}
 
 
+def cancelled_status(run_id: str, message: str) -> dict:
+    """The status the client writes for a run it stopped itself (its VM never reported its end)."""
+    return status_record(run_id, CANCELLED, cause=CANCELLED_CAUSE, exit_code=None, message=message)
+
+
 def final_status(stage: str, cmd_rc: int | None, cause: str, step: str = "") -> dict:
     """The fields of the status the VM's EXIT trap writes: the command's own result once the
     script reached its end; else a signal's cause (STOPPED), else the failing stage's (with
@@ -158,6 +170,8 @@ def final_status(stage: str, cmd_rc: int | None, cause: str, step: str = "") -> 
     else:
         phase = FAILED
         cause = cause if cause in STOPPED + SETUP_CAUSES else STAGE_CAUSE.get(stage) or cause or TERMINATED
+    if cause == CANCELLED_CAUSE:  # asked to stop: whatever the stage, that is the run's end
+        phase = CANCELLED
     message = MESSAGES.get(cause, cause).format(rc=cmd_rc, stage=stage) + (f": {step}" if step else "")
     return {"phase": phase, "exit_code": cmd_rc, "cause": cause, "stage": stage, "step": step, "message": message}
 
@@ -195,4 +209,6 @@ def client_exit_code(status: dict) -> int:
         return int(status["exit_code"])
     if cause == TIMEOUT:
         return EXIT_TIMEOUT
+    if status.get("phase") == CANCELLED:
+        return EXIT_CANCELLED
     return EXIT_INFRA

@@ -52,6 +52,7 @@ DEFAULTS: dict[str, str] = {
     "RK_POLL_SECONDS": "",
     "RK_HEARTBEAT_SECONDS": "",
     "RK_SELF_DELETE_WAIT": "",
+    "RK_CANCEL_WAIT": "",
     "RK_REAP_INTERVAL": "300",
     "RK_STATE_HOME": "",
     "RK_VM_PYTHON": "",

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 from . import protocol
 from .errors import KitError, UsageError
+from .vm_agent import CANCEL_RC
 from .vm_payload import agent_payload, agent_rest, vm_agent
 
 _ENV_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -70,6 +71,7 @@ def render_startup_script(plan: ScriptPlan) -> str:
         # stage and cause names as the protocol spells them
         **{stage: stage for stage in protocol.STAGES}, DONE=protocol.DONE,
         EXIT=protocol.EXIT, TIMEOUT=protocol.TIMEOUT, TERMINATED=protocol.TERMINATED,
+        CANCELLED=protocol.CANCELLED_CAUSE, CANCEL_RC=CANCEL_RC,
         run_id=plan.run_id,
         provider=plan.provider,
         deadline_lines=plan.deadline_lines.strip() or ":",
@@ -176,6 +178,9 @@ rk_finish() {{
   if [[ -n "$RK_CMD_PID" ]]; then kill -TERM "$RK_CMD_PID" 2>/dev/null; wait "$RK_CMD_PID" 2>/dev/null; fi
   if [[ -n "$RK_HB_PID" ]]; then kill "$RK_HB_PID" 2>/dev/null; fi
   echo "researchkit: finishing at stage $RK_STAGE (script exit $rc)"
+  if [[ "$RK_CAUSE" == {CANCELLED} && "$RK_STAGE" == {RUN} ]]; then  # asked to stop: keep what the command made
+    rk push-results "$RESULTS_DIR"
+  fi
   if ! rk finish "$RK_STAGE" "$RK_CMD_RC" "$RK_CAUSE" "$RK_STEP"; then
     echo "researchkit: could not report the final status"
     tail -n 20 "$RK_ROOT/run.log" >&3  # the console keeps what the bucket could not
@@ -190,6 +195,24 @@ rk_stop() {{
 trap rk_finish EXIT
 trap 'rk_stop {TERMINATED} 143' TERM
 trap 'rk_stop {TERMINATED} 130' INT
+trap 'rk_stop {CANCELLED} 130' USR1  # from the heartbeat loop: the client asked the run to stop
+
+# The heartbeat, from RUN on: it ships the log and looks for the client's request to stop
+# (vm_agent heartbeat exits CANCEL_RC then). The command runs in the background, so the trap
+# stops it at once. A VM still in its setup (no extra Python start each beat there) finds the
+# request with its first RUN heartbeat, and stops before the command starts.
+rk_beat() {{
+  local rc
+  while sleep "$RK_HEARTBEAT"; do
+    rc=0
+    rk heartbeat || rc=$?
+    if [[ "$rc" == {CANCEL_RC} ]]; then
+      echo "researchkit: the client asked the run to stop"
+      kill -USR1 "$1"
+      return
+    fi
+  done
+}}
 
 # 1. python3, the agent's core (embedded below), and status BOOT: nothing else is needed to report.
 if ! command -v "$RK_AGENT_PY" >/dev/null; then
@@ -237,7 +260,7 @@ RK_STAGE={RUN}
 RK_STEP=""
 echo "researchkit: running: $RK_COMMAND"
 rk heartbeat -- status {RUN}  # the log says what runs before the status does: a VM lost right after still tells
-( while sleep "$RK_HEARTBEAT"; do rk heartbeat || true; done ) &
+rk_beat "$$" &
 RK_HB_PID=$!
 RK_T0=$SECONDS
 set +e

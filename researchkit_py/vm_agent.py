@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import protocol
-from .errors import KitError
+from .errors import KitError, NotFound
 from .settings import Settings
 
 
@@ -114,9 +114,21 @@ class Agent:
                 self.bucket.put_bytes(self.key(protocol.LOG), f.read(end))
         mark.write_text(str(end))
 
-    def heartbeat(self) -> None:
+    def heartbeat(self) -> int:
+        """Beat, ship the log, and look for the client's request to stop: exit status CANCEL_RC
+        then (the script's heartbeat loop signals the script, whose trap ends the run)."""
         self.bucket.put_bytes(self.key(protocol.HEARTBEAT), f"{time.time():.3f}\n".encode())
         self.push_log()
+        return CANCEL_RC if self.cancel_requested() else 0
+
+    def cancel_requested(self) -> bool:
+        """The client asked the run to stop (protocol.CANCEL). get_file: what every bucket
+        class offers, the VM's own and the embedded provider's stores alike."""
+        try:
+            self.bucket.get_file(self.key(protocol.CANCEL), self.env.root / protocol.CANCEL)
+        except NotFound:
+            return False
+        return True
 
     def boot(self) -> None:
         """Status BOOT, with what the image has: the VM's first word, before anything is installed."""
@@ -170,6 +182,11 @@ class Agent:
         """The EXIT trap's report: upload the last log, then the final status. `step` is the
         setup step the script was in; the reason its failing command left is added to it."""
         rc = int(cmd_rc) if cmd_rc not in ("", None) else None
+        if stage != protocol.DONE and cause != protocol.CANCELLED_CAUSE:
+            try:  # ended early after the client asked it to stop (a signal: it deletes a VM too slow to)
+                cause = protocol.CANCELLED_CAUSE if self.cancel_requested() else cause
+            except Exception:  # noqa: BLE001 - the final status matters more than its cause's precision
+                pass
         reason = self.reason_path.read_text().strip() if self.reason_path.is_file() else ""
         fields = protocol.final_status(stage, rc, cause, ": ".join(filter(None, (step, reason))))
         print(f"researchkit: {fields['phase']} ({fields['message']})", flush=True)
@@ -187,6 +204,8 @@ class Agent:
         """The provider's own way for a VM to go (clouds/<provider>/vm.py, standard library only)."""
         importlib.import_module(f"researchkit_py.clouds.{self.env.provider}.vm").self_delete(self.env.environ)
 
+
+CANCEL_RC = 3  # `heartbeat`'s exit status when the client asked the run to stop
 
 USAGE = ("usage: vm_agent boot|status STAGE|heartbeat|get-agent KEY|get-bundle KEY DIR|get-data DIR|"
          "requirements FILE VENV|gpu-check DIR GPU WAIT|push-results DIR|finish STAGE RC CAUSE [STEP]|self-delete [-- ...]")
@@ -215,7 +234,7 @@ def main(argv: list[str], agent: Agent) -> int:
         print(USAGE if not argv else f"vm_agent: unknown command {argv[0]}", file=sys.stderr)
         return 2
     try:
-        commands[argv[0]](argv[1:])
+        rc = commands[argv[0]](argv[1:])
     except Exception as e:  # noqa: BLE001 - said in a line, and kept for the final status
         reason = str(e) if isinstance(e, KitError) else f"{e.__class__.__name__}: {e}"
         print(f"researchkit: {argv[0]} failed: {reason}", file=sys.stderr, flush=True)
@@ -226,7 +245,7 @@ def main(argv: list[str], agent: Agent) -> int:
         if argv[0] != "heartbeat":  # a missed heartbeat is no step's failure
             agent.reason_path.write_text(reason + "\n")
         return 1
-    return 0
+    return rc if isinstance(rc, int) else 0
 
 
 if __name__ == "__main__":

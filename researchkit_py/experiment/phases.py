@@ -17,6 +17,7 @@ from ..clouds import registry as clouds
 from ..errors import KitError, say
 from ..settings import ENV_FILE, Settings, parse_env_file
 from . import records, runrecord
+from .budget import run_limits
 from .locks import lock, unlock
 from .prompts import compute_directive, render
 from .spec import Spec, load_spec
@@ -131,8 +132,7 @@ def cmd_begin(args, settings: Settings) -> str:
         assert spec is not None and results is not None
         fields["compute_advisory"] = _begin_run(spec, results, values, settings, out)
         guard = [spec.path, results / "spec.md"]
-        est = spec.estimated_hours
-        budget = settings.integer("EXP_TIME_BUDGET", max(600, int(est * 3600 * 2)) if est else budget)
+        budget = run_limits(settings, spec, values["COMPUTE_TARGET"])[0]
     elif phase == "read":
         assert results is not None
         if not results.is_dir():
@@ -199,7 +199,7 @@ def _begin_run(spec: Spec, results: Path, values: dict, settings: Settings, out:
         return compute_directive(
             target, okit=values["ORCHESTRATION_KIT_ROOT"], spec=str(spec.path.resolve()), results=str(results.resolve()),
             command=spec.run_command, data_dir=data_dir if Path(data_dir).is_dir() else None,
-            max_hours=f"{clouds.deadline_hours(settings, spec.budget.get('max_gpu_hours')):g}",
+            max_hours=f"{run_limits(settings, spec, target)[1]:g}",
             machine=machine.describe() if machine.source == SPEC else "")  # the default goes unsaid
     # Local RUN gets the preflight advisory only when a tools root is configured: without one,
     # local RUN is exactly as it always was.

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -128,22 +129,31 @@ def dry_run_report(ctx: Context, plan: Launch) -> str:
             + (f"image: {image}\n" if image else "") + f"worst case: {worst}\nrequest: {body}")
 
 
-def launch(ctx: Context, opts: LaunchOptions) -> Launch:
-    """Plan, write the manifest (before the VM exists, so the reaper can always find it), create."""
+def launch(ctx: Context, opts: LaunchOptions, on_run_id: Callable[[str], None] | None = None) -> Launch:
+    """Plan, write the manifest (before the VM exists, so the reaper can always find it), create.
+    `on_run_id` hears the run id once the run is recorded (before the instance is asked for)."""
     if ctx.default_bucket:  # a bucket the user named is never created: a typo must not make a new one
         ctx.provider.prepare(ctx.store)
     plan = plan_launch(ctx, opts)
     manifest_key = protocol.run_key(plan.run_id, protocol.MANIFEST)
     try:
         ctx.store.write_json(manifest_key, plan.manifest.to_dict())
+        if on_run_id is not None:
+            on_run_id(plan.run_id)
         instance = ctx.provider.create(plan.request)
     except BaseException as e:
         # Leave nothing running and a record that says why (an interruption may come while
         # the manifest's write or the instance request is in flight: both may have happened).
+        if isinstance(e, KeyboardInterrupt):  # the caller stopped it: cancelled, not a failure
+            from .cancel import cancelled_launch
+
+            cancelled_launch(ctx, plan.run_id, plan.manifest.instance, str(e) or "interrupted")
+            e.run_id = plan.run_id  # type: ignore[attr-defined]  # the caller names the run it stopped
+            raise
         try:
             ctx.provider.delete(plan.manifest.instance)
         finally:
-            reason = "interrupted" if isinstance(e, KeyboardInterrupt) else str(e)
+            reason = str(e)
             ctx.store.write_json(protocol.run_key(plan.run_id, protocol.STATUS), protocol.status_record(
                 plan.run_id, protocol.FAILED, cause=protocol.BOOT_ERROR, exit_code=None,
                 message=f"launch failed: {reason}"))

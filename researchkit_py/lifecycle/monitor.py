@@ -101,6 +101,29 @@ def wait(ctx: Context, run_id: str, stream_log: bool = True) -> dict:
         time.sleep(poll)
 
 
+def wait_quietly(ctx: Context, run_id: str, every: float = 60.0) -> dict:
+    """Wait for a run still going to end, with a line when it starts, when its phase changes and
+    every `every` seconds; bounded by its deadline (and the grace a VM has to report after it)."""
+    manifest = read_manifest(ctx, run_id)
+    expires = protocol.parse_iso(manifest["expires_at"])
+    give_up = expires + 3 * int(manifest.get("heartbeat_seconds", 30)) + 60
+    shown, last = None, 0.0
+    while True:
+        state = run_state(ctx, run_id, manifest)
+        phase = state.get("phase")
+        if phase in protocol.FINAL:
+            return state
+        now = time.time()
+        if now > give_up:
+            raise KitError(f"run {run_id} is still {phase} past its deadline ({manifest['expires_at']}); "
+                           f"`cloud-run terminate {run_id}` stops it")
+        if phase != shown or now - last >= every:
+            say(f"cloud-run: waiting for {run_id}: {phase}, {int(now - protocol.parse_iso(manifest['created_at']))} s "
+                f"since launch; its deadline is {manifest['expires_at']}")
+            shown, last = phase, now
+        time.sleep(ctx.poll_seconds())
+
+
 def ensure_gone(ctx: Context, instance: str, timeout: float | None = None, *, lost: bool = False) -> bool:
     """After a final status the VM deletes itself; confirm it, or delete it ourselves.
     True when it went away on its own. A `lost` run's VM could not delete itself: if it

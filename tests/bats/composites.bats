@@ -7,7 +7,7 @@ load test_helper
 claude FRAME
 claude RUN
 cloud-run run --output-dir results/exp-001-toy-logreg/
-cloud-run pull stub-run-1 --output-dir results/exp-001-toy-logreg
+cloud-run pull stub-run-1 --output-dir results/exp-001-toy-logreg --wait
 artifact-store hydrate results/exp-001-toy-logreg
 claude READ
 claude LOG

@@ -163,19 +163,35 @@ STUB
 }
 
 @test "Ctrl-C during RUN restores the spec and stops the agent" {
+  # The agent records its own pid and process group, and leaves a child in it: this test's
+  # processes, not any other `sleep` on the machine.
+  # It takes a second to stop, as an agent whose cloud-run stops its run does: experiment.sh
+  # must wait for it.
   stub_agent claude <<'STUB'
-echo started >"$SANDBOX/agent-started"
-exec sleep 37
+trap 'sleep 1; echo stopped >"$SANDBOX/agent-stopped"; exit 143' TERM
+sleep 37 &
+echo "$$ $(ps -o pgid= -p $$ | tr -d ' ') $!" >"$SANDBOX/agent-started"
+wait
 STUB
-  EXP_AGENT=claude "$EXP" run "$SPEC" >/dev/null 2>&1 &
+  # A background job of a script starts with SIGINT ignored (and a trap cannot take it back):
+  # --default-signal gives experiment.sh the Ctrl-C a terminal would.
+  EXP_AGENT=claude env --default-signal=INT "$EXP" run "$SPEC" >/dev/null 2>&1 &
   pid=$!
-  for _ in $(seq 50); do [ -f "$SANDBOX/agent-started" ] && break; sleep 0.1; done
+  for _ in $(seq 100); do [ -s "$SANDBOX/agent-started" ] && break; sleep 0.1; done
+  read -r agent pgid child <"$SANDBOX/agent-started"
+  kill -0 "$agent" && kill -0 "$child"  # both alive before the interrupt
+  [ "$pgid" != "$(ps -o pgid= -p $$ | tr -d ' ')" ]  # the agent leads a group of its own
   [ "$(stat -c %a "$SPEC")" = 444 ]
   kill -INT "$pid"
-  wait "$pid" || true
+  rc=0
+  wait "$pid" || rc=$?
+  [ "$rc" = 130 ]
+  [ -f "$SANDBOX/agent-stopped" ]  # experiment.sh returned after its agent had stopped
   [ "$(stat -c %a "$SPEC")" = 644 ]
-  sleep 0.2
-  ! pgrep -f "sleep 37"
+  # experiment.sh returns once the agent's whole group is gone: nothing is left of it
+  ! kill -0 "$agent" 2>/dev/null
+  ! kill -0 "$child" 2>/dev/null
+  ! kill -0 -- "-$pgid" 2>/dev/null
 }
 
 @test "a RUN past its time budget is stopped and metrics.json records the abort" {

@@ -228,8 +228,40 @@ def test_interrupted_launch_leaves_a_record_and_no_vm(project, tmp_path, monkeyp
         lifecycle.launch(ctx, lifecycle.LaunchOptions(command="true"))
     (run_id,) = ctx.store.list_dirs("runs")
     assert ctx.store.exists(f"runs/{run_id}/manifest.json")
-    assert ctx.store.read_json(f"runs/{run_id}/status.json")["message"] == "launch failed: interrupted"
+    status = ctx.store.read_json(f"runs/{run_id}/status.json")
+    assert (status["phase"], status["cause"]) == ("CANCELLED", "cancelled"), status  # stopped, not a boot_error
+    assert status["message"].startswith("launch interrupted")
     assert instances(tmp_path) == []
+
+
+def test_pull_wait_waits_for_a_run_still_going_then_pulls(project, tmp_path):
+    r = cloud_run("run", f"sleep 3; {WRITE_METRICS}", "--detach")
+    run_id = r.stdout.decode().strip()
+    out = tmp_path / "r"
+    pulled = cloud_run("pull", run_id, "--wait", "--output-dir", str(out))
+    err = pulled.stderr.decode()
+    assert pulled.exit_code == 0, err
+    assert f"cloud-run: waiting for {run_id}: " in err and "its deadline is" in err  # progress, bounded
+    assert json.loads((out / "metrics.json").read_text()) == {"accuracy": 0.93}
+    assert status(run_id)["phase"] == "DONE"
+
+
+def test_pull_wait_gives_up_at_the_runs_deadline(project, tmp_path, monkeypatch):
+    """A run that never ends (its VM reports RUN and lives on past its deadline) is not waited for forever."""
+    from researchkit_py import lifecycle, protocol
+    from researchkit_py.clouds.base import Instance
+    from researchkit_py.errors import KitError
+    from researchkit_py.settings import Settings
+
+    ctx = lifecycle.Context.open(Settings(), "local")
+    run_id, at = protocol.new_run_id("stuck"), time.time() - 100
+    ctx.store.write_json(f"runs/{run_id}/manifest.json", protocol.RunManifest(
+        run_id=run_id, provider="local", instance=protocol.instance_name(run_id), command="x", bundle="b",
+        created_at=protocol.iso(at), expires_at=protocol.iso(at + 30), max_hours=0.01, heartbeat_seconds=1).to_dict())
+    ctx.store.write_json(f"runs/{run_id}/status.json", protocol.status_record(run_id, "RUN"))
+    monkeypatch.setattr(ctx.provider, "get", lambda name: Instance(name, "RUNNING"))
+    with pytest.raises(KitError, match=f"run {run_id} is still RUN past its deadline .*cloud-run terminate {run_id}"):
+        lifecycle.wait_quietly(ctx, run_id)
 
 
 def test_data_dirs_travel_beside_the_code(project, tmp_path):

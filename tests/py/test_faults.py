@@ -38,8 +38,9 @@ FAULTS = {
     "F3b": "… with the trap and the script's deadline disabled: the cloud deadline alone",
     "F3c": "… with the cloud deadline disabled too: the reaper alone",
     "F4": "the VM is killed hard mid-run (preemption)",
-    "F5a": "SIGINT / SIGTERM to the CLI between manifest and instance creation",
-    "F5b": "SIGINT / SIGTERM to the CLI right after the instance exists",
+    "F5a": "SIGINT / SIGTERM to the CLI between manifest and instance creation: CANCELLED, nothing left",
+    "F5b": "SIGINT / SIGTERM / SIGHUP to an attached CLI right after the instance exists: the run stops",
+    "F5c": "SIGINT to an attached CLI 0.2 s, 1 s, 3 s after its start: the run stops (or never began)",
     "F6a": "the bucket refuses uploads for 2 s during the results upload",
     "F6b": "the bucket refuses the results upload for good",
     "F7": "keys with `..`, absolute paths, symlinks on pull and hydrate",
@@ -373,33 +374,64 @@ def test_F5a_interrupted_between_manifest_and_instance(cloud, sig):
     p = cloud.popen("run", "echo should-not-run", "--output-dir", str(out_dir(cloud)))
     assert seen.wait(60), f"the manifest was never written: {p.kill() or p.communicate()}"
     p.send_signal(sig)
-    _, err = p.communicate(timeout=60)
-    assert p.returncode == 130 and "interrupted" in err, err
-    (run_id,) = cloud.store().list_dirs("runs")
+    run_id, err = stopped(cloud, p, sig, out_dir(cloud))
+    assert run_id and "interrupted" in err and "while launching" in err, err
     status = cloud.store().read_json(f"runs/{run_id}/status.json")
-    assert (status["phase"], status["message"]) == ("FAILED", "launch failed: interrupted")
+    assert status["message"].startswith("launch interrupted"), status  # cancelled, not a boot_error
+
+
+PARTIAL = 'mkdir -p "$RESULTS_DIR"; echo partial > "$RESULTS_DIR/p.txt"; echo "made-$((6 * 7))"; sleep 600'
+
+
+def stopped(cloud: Cloud, p: subprocess.Popen, sig: int, out: Path) -> tuple[str | None, str]:
+    """An attached run interrupted by `sig`: the CLI exits 128 + sig with no traceback; if the
+    run was recorded, its id was printed at once and left in .cloud-run-id, its final status
+    is CANCELLED; no instance is left. (run id or None, the CLI's stderr)."""
+    _, err = p.communicate(timeout=120)
+    runs = cloud.store().list_dirs("runs")
+    if not runs:  # before the run was recorded; before Python's own handler exists, killed by it
+        assert not cloud.live() and "Traceback" not in err and "Fatal" not in err, err
+        assert (p.returncode, "interrupted" in err) in ((128 + sig, True), (-sig, False)), (p.returncode, err)
+        return None, err
+    assert p.returncode == 128 + sig and "Traceback" not in err, (p.returncode, err)
+    (run_id,) = runs
+    assert f"cloud-run: run {run_id}" in err and (out / ".cloud-run-id").read_text() == run_id + "\n", err
+    status = cloud.store().read_json(f"runs/{run_id}/status.json")
+    assert (status["phase"], status["cause"]) == ("CANCELLED", "cancelled"), status
+    assert not cloud.live(), "the client left an instance after it stopped"  # before any reaper pass
     settle(cloud)
-    assert state(cloud, run_id)["phase"] == "FAILED"
+    assert state(cloud, run_id)["phase"] == "CANCELLED"
     contained(cloud)
+    return run_id, err
 
 
-@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
-def test_F5b_interrupted_right_after_the_instance(cloud, sig):
-    p = cloud.popen("run", 'sleep 1; mkdir -p "$RESULTS_DIR"; echo done > "$RESULTS_DIR/d.txt"; echo finished',
-                    "--output-dir", str(out_dir(cloud)))
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP], ids=["SIGINT", "SIGTERM", "SIGHUP"])
+def test_F5b_interrupted_right_after_the_instance(cloud, monkeypatch, sig):
+    """Attached means attached: the VM is asked to stop, uploads its log and what the command
+    made, writes CANCELLED and goes; the client pulls what was kept."""
+    monkeypatch.setenv("RK_CANCEL_WAIT", "30")
+    out = out_dir(cloud)
+    p = cloud.popen("run", PARTIAL, "--output-dir", str(out))
     assert p.stdout.readline().strip(), "no run id"  # printed once the instance exists
     p.send_signal(sig)
-    _, err = p.communicate(timeout=60)
-    assert p.returncode == 130 and "goes on" in err, err  # the run is not abandoned: it finishes on its own
-    (run_id,) = cloud.store().list_dirs("runs")
-    s = wait_phase(cloud, run_id, ("DONE", "FAILED"), timeout=60)
-    assert (s["phase"], s["exit_code"]) == ("DONE", 0)
-    settle(cloud)
-    _, log = record(cloud, run_id)
-    assert "finished" in log
-    pulled = cloud.cli("pull", run_id, "--output-dir", str(out_dir(cloud)))
-    assert pulled.returncode == 0 and (out_dir(cloud) / "d.txt").read_text() == "done\n"
-    contained(cloud)
+    run_id, err = stopped(cloud, p, sig, out)
+    assert run_id and f"{run_id} CANCELLED" in err and "kept: the log" in err, err
+    status, log = record(cloud, run_id)  # the VM itself stopped, and said so
+    assert status.get("host") and "researchkit: CANCELLED (cancelled during" in log, (status, log)
+    if "made-42" in log:  # the command ran: what it made is kept and pulled
+        assert (out / "p.txt").read_text() == "partial\n", err
+
+
+@pytest.mark.parametrize("at", [0.2, 1.0, 3.0], ids=["0.2s", "1s", "3s"])
+def test_F5c_interrupted_while_attached(cloud, monkeypatch, at):
+    monkeypatch.setenv("RK_CANCEL_WAIT", "30")
+    out = out_dir(cloud)
+    p = cloud.popen("run", PARTIAL, "--output-dir", str(out))
+    time.sleep(at)
+    p.send_signal(signal.SIGINT)
+    run_id, err = stopped(cloud, p, signal.SIGINT, out)
+    print(f"F5c {cloud.name} {at:g} s: " + (f"{run_id} {state(cloud, run_id).get('message')}" if run_id  # which case
+                                             else f"before the run was recorded, exit {p.returncode}"))
 
 
 def bucket_write(r) -> bool:

@@ -40,6 +40,18 @@ def test_effective_status(status, heartbeat, alive, at, expect):
     ({"phase": "FAILED", "cause": "upload_error", "exit_code": 0}, 125),  # never success without results
     ({"phase": "FAILED", "cause": "boot_error", "exit_code": None}, 125),
     ({"phase": "FAILED", "cause": "lost", "exit_code": None}, 125),
+    ({"phase": "CANCELLED", "cause": "cancelled", "exit_code": None}, 130),
 ])
 def test_client_exit_code(status, code):
     assert protocol.client_exit_code(status) == code
+
+
+@pytest.mark.parametrize("stage", ["BOOT", "SETUP", "RUN", "UPLOAD"])
+def test_a_cancelled_run_is_cancelled_whatever_its_stage(stage):
+    s = protocol.final_status(stage, None, protocol.CANCELLED_CAUSE)
+    assert (s["phase"], s["cause"], s["message"]) == ("CANCELLED", "cancelled", f"cancelled during {stage}")
+    assert "CANCELLED" in protocol.FINAL  # a client waiting for the end stops there
+
+
+def test_a_run_that_reached_its_end_keeps_its_result_even_if_cancelled_late():
+    assert protocol.final_status("DONE", 0, protocol.EXIT)["phase"] == "DONE"

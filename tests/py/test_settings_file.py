@@ -272,6 +272,21 @@ def _(p):
     assert ensure_gone(ctx, "rk-x") is False and deleted == ["rk-x"] and time.time() - t0 < 3
 
 
+@observes("RK_CANCEL_WAIT")
+def _(p):
+    from researchkit_py.clouds.base import Instance
+    from researchkit_py.lifecycle.cancel import cancel
+
+    p.env_file(RK_CANCEL_WAIT="0.3", RK_POLL_SECONDS="0.05")
+    ctx = p.context()
+    deleted = []
+    p.mp.setattr(ctx.provider, "get", lambda name: Instance(name, "RUNNING"))  # a VM that never stops
+    p.mp.setattr(ctx.provider, "delete", deleted.append)
+    t0 = time.time()
+    status = cancel(ctx, "x-20260101-000000-00000000", "rk-x", "a test")
+    assert deleted == ["rk-x"] and status["phase"] == "CANCELLED" and time.time() - t0 < 3
+
+
 @observes("RK_REAP_INTERVAL")
 def _(p):
     from researchkit_py.lifecycle import reap_if_due
