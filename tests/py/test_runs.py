@@ -5,6 +5,7 @@ import re
 import pytest
 
 from researchkit_py import protocol
+from researchkit_py.errors import UsageError
 
 M = {"created_at": "2026-11-22T10:00:00Z", "expires_at": "2026-11-22T11:00:00Z", "heartbeat_seconds": 30}
 T0 = protocol.parse_iso("2026-11-22T10:00:00Z")
@@ -43,3 +44,20 @@ def test_effective_status(status, heartbeat, alive, at, expect):
 ])
 def test_client_exit_code(status, code):
     assert protocol.client_exit_code(status) == code
+
+
+@pytest.mark.parametrize("bad", ["../x", "a/../../b", "/etc", "x/y", "", "Run-1", "1run", "a b", "a\n", "a" * 64,
+                                 "run-20261122-000000-abcd\n"])
+def test_a_run_id_that_could_leave_its_prefix_or_folder_is_refused(bad):
+    """A run id becomes a bucket prefix (runs/<id>/) and a results folder (results/<id>):
+    anything but a lowercase name is refused with one line that says where the ids are."""
+    with pytest.raises(UsageError) as e:
+        protocol.check_run_id(bad)
+    assert str(e.value) == f"{bad!r} is not a run id; `cloud-run ls` lists them"
+
+
+def test_every_new_run_id_passes_the_check_unchanged():
+    for label in ("run", "Exp 001: Logistic/Regression!", "x" * 80, "123"):
+        rid = protocol.new_run_id(label)
+        assert protocol.check_run_id(rid) == rid
+    assert protocol.check_run_id("a" * 63) == "a" * 63
