@@ -364,6 +364,18 @@ def no_self_delete(script: str) -> str:
     return script[:start] + "rk_self_delete() {\n  :" + script[end:]
 
 
+def reached(cloud: Cloud, run_id: str, phases: tuple[str, ...], timeout: float = 60) -> None:
+    """wait_phase without the CLI: every `cloud-run` invocation may run a reaper pass, and these
+    cells must have no reaper."""
+    from researchkit_py import lifecycle
+    from researchkit_py.settings import Settings
+
+    ctx, end = lifecycle.Context.open(Settings(), cloud.name), time.time() + timeout
+    while (s := lifecycle.run_state(ctx, run_id)).get("phase") not in phases:
+        assert time.time() < end, f"{run_id} never reached {phases}: {s}"
+        time.sleep(0.3)
+
+
 def gone_without_help(cloud: Cloud, timeout: float = 60) -> None:
     """No reaper, no client: the instance goes away by what is left, or the cell fails."""
     end = time.time() + timeout
@@ -379,7 +391,7 @@ def test_F3d_the_vms_trap_alone(cloud, monkeypatch):
     if cloud.name != "local":
         cloud.disable_cloud_deadline("")
     run_id = launch_with(cloud, monkeypatch, "echo working; sleep 5; exit 3", 1, lambda script: script)
-    wait_phase(cloud, run_id, ("RUN",))
+    reached(cloud, run_id, ("RUN",))
     if cloud.name == "local":
         cloud.disable_cloud_deadline(run_id)  # the supervisor, which also tidies a finished VM
     gone_without_help(cloud)
@@ -412,7 +424,7 @@ def test_F3e_the_attached_confirmation_alone(cloud, monkeypatch):
 
     monkeypatch.setattr(ctx.provider, "create", create)
     plan = lifecycle.launch(ctx, lifecycle.LaunchOptions(command="echo working; sleep 5", max_hours=1))
-    wait_phase(cloud, plan.run_id, ("RUN",))
+    reached(cloud, plan.run_id, ("RUN",))
     if cloud.name == "local":
         cloud.disable_cloud_deadline(plan.run_id)
     args = argparse.Namespace(detach=False, json=False, quiet=True)
