@@ -205,3 +205,17 @@ def test_the_trap_ends_by_making_the_vm_go_away(tmp_path, provider, store_url, a
             f'[[ -e {record} ]] || calls+=("instance record removed")\n(IFS="|"; echo "${{calls[*]}}")')
     out = subprocess.run(["bash", "-c", test], capture_output=True, text=True)
     assert out.stdout.strip() == expect, out.stderr
+
+
+def test_the_gpu_is_checked_only_when_the_run_asked_for_one():
+    script = render_startup_script(plan(gpu="nvidia-tesla-t4:2"))
+    assert ('rk_step "checking the GPU"; RK_CAUSE=gpu_unavailable; rk gpu-check "$PWD" nvidia-tesla-t4:2 300; '
+            'RK_CAUSE=""') in script  # it waits 5 minutes for a driver still being installed
+    assert 'rk gpu-check "$PWD" x:1 9;' in render_startup_script(plan(gpu="x:1", gpu_wait_seconds=9))
+    assert "rk gpu-check" not in render_startup_script(plan())
+
+
+def test_a_provider_with_no_deadline_or_self_delete_lines_still_renders_valid_bash(tmp_path):
+    script = render_startup_script(plan(deadline_lines=" ", self_delete_lines="\n"))
+    assert "rk_self_delete() {\n  :\n}" in script
+    shellcheck(script, tmp_path)
