@@ -51,6 +51,37 @@ def test_typos_units_and_trailing_words_are_errors(text, why):
     assert c.error.startswith(why) and c.describe().startswith(f"line 7: {text!r}: {why}")
 
 
+@pytest.mark.parametrize("text,why", [
+    ("accuracy >= 0.9.5 overall", "'0.9.5' is not a number"),
+    ("latency < 2ms", "a unit (ms) after the number"),
+    ("latency < 2m", "a unit (m) after the number"),
+    ("latency < 2sec", "a unit (sec) after the number"),             # a unit is up to 3 letters
+    ("latency < 2secs", "words after the comparison ('secs')"),
+    ("accuracy >= 90 %", "a unit (%) after the number"),
+    ("accuracy >= 0.9 (val)", "words after the comparison ('(val)')"),  # short, but not a word
+])
+def test_where_a_unit_ends_and_words_begin(text, why):
+    """What FRAME tells the user about the text after the number, quoted as they wrote it;
+    outside a spec the message has no line number."""
+    c = parse(text)
+    assert c.error.startswith(why) and c.describe().startswith(f"{text!r}: {why}")
+
+
+@pytest.mark.parametrize("text,shown", [
+    ("the plots look reasonable", "-"), ("accuracy >= 90%", "-"), ("accuracy >= 0.9", ">= 0.9"),
+    ("accuracy >= baseline", ">= baseline (= 0.5)"), ("accuracy >= baseline + 0.25", ">= baseline + 0.25 (= 0.75)"),
+    ("accuracy >= baseline - 0.25", ">= baseline - 0.25 (= 0.25)"),
+])
+def test_the_threshold_as_reads_table_shows_it(text, shown):
+    _, (check,) = evaluate([text], {"accuracy": 0.9, "baseline": 0.5})
+    assert check.threshold_text == shown
+
+
+def test_a_metric_compared_with_another_and_no_offset_is_compared_as_is():
+    assert evaluate(["accuracy >= baseline"], {"accuracy": 0.5, "baseline": 0.5})[0] == "CONFIRMED"
+    assert evaluate(["accuracy > baseline"], {"accuracy": 0.5, "baseline": 0.5})[0] == "REFUTED"
+
+
 @pytest.mark.parametrize("text", ["the plots look reasonable", "Results reproducible across 3 seeds with std < 0.01",
                                   "_Criterion 1: [metric] [direction] [threshold] over [baseline]_", "ȳ_long ∈ [0.28, 0.38]"])
 def test_criteria_in_words(text):
