@@ -86,6 +86,9 @@ def test_unreadable_metrics(tmp_path):
     (tmp_path / "m.json").write_text("{accuracy: 0.9}")
     with pytest.raises(KitError, match=r"m.json is not valid JSON \(.*\); fix it or re-run the experiment$"):
         read_metrics(tmp_path / "m.json")
+    (tmp_path / "dir.json").mkdir()
+    with pytest.raises(KitError, match=r"^cannot read .*dir.json: Is a directory; check its permissions$"):
+        read_metrics(tmp_path / "dir.json")
 
 
 def test_metrics_json_is_read_as_written_and_decides_the_verdict(tmp_path):
