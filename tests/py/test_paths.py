@@ -77,10 +77,11 @@ def _tar(path: Path, members: list[tuple[str, int, bytes | None]]) -> Path:
 
 def test_a_bundle_unpacks_its_files_with_their_modes_into_any_folder(tmp_path):
     archive = _tar(tmp_path / "b.tar.gz", [
-        ("run.sh", 0o700, b"#!/bin/sh\n"), ("data/x/y.txt", 0o600, b"y"), ("data/x/z.txt", 0o640, b"z"),
+        ("run.sh", 0o700, b"#!/bin/sh\n"), ("data/x/y.txt", 0o600, b"y"), ("data/x/z.txt", 0o666, b"z"),
+        ("odd", 0o001, b""),  # executable by anyone at all is executable
         ("empty/inner/", 0o755, None), ("empty/inner/", 0o755, None)])
     for dest in (tmp_path / "new" / "nested" / "dir", tmp_path / "new" / "nested" / "dir"):  # made, then reused
-        assert extract_tar(archive, dest) == 3
+        assert extract_tar(archive, dest) == 4
         modes = {p.relative_to(dest).as_posix(): p.stat().st_mode & 0o777 for p in dest.rglob("*") if p.is_file()}
-        assert modes == {"run.sh": 0o755, "data/x/y.txt": 0o644, "data/x/z.txt": 0o644}
+        assert modes == {"run.sh": 0o755, "data/x/y.txt": 0o644, "data/x/z.txt": 0o644, "odd": 0o755}
         assert (dest / "data" / "x" / "y.txt").read_bytes() == b"y" and (dest / "empty" / "inner").is_dir()
