@@ -177,3 +177,79 @@ def test_run_refuses_a_spec_whose_criteria_never_parse(tmp_path):
     assert r.returncode == 1 and len(r.stderr.splitlines()) == 1
     assert r.stderr.startswith(f"experiment.sh: {spec}: line 20: 'accuracy >= 90%': a unit (%)")
     assert not (tmp_path / "results").exists()
+
+
+# --- what FRAME and RUN read from a spec, line by line ---------------------------------------
+SPEC = """# Exp 7: a title
+## Hypothesis
+h
+## Variables
+v
+## Controls
+c
+## Metrics
+m
+## Success Criteria
+- [ ] accuracy >= 0.9
+- [x] loss <= 0.2
+## Run
+```bash
+python train.py --out "$RESULTS_DIR"
+```
+### Notes
+```bash
+python other.py
+```
+### Compute Profile
+```yaml
+estimated_wall_hours: 2
+```
+"""
+
+
+def test_a_spec_read_as_frame_and_run_read_it(tmp_path):
+    path = tmp_path / "exp-007.md"
+    path.write_text(SPEC)
+    spec = load_spec(path)
+    assert spec.title == "Exp 7: a title" and "Hypothesis" in spec.sections and spec.sections["Hypothesis"] == "h"
+    assert spec.run_command == 'python train.py --out "$RESULTS_DIR"'  # the first block, not a later ### one's
+    assert [(c.line, c.text) for c in spec.criteria] == [(11, "accuracy >= 0.9"), (12, "loss <= 0.2")]  # as the editor counts
+    assert spec.estimated_hours == 2.0 and spec.problems() == []
+    from researchkit_py.experiment.spec import spec_command
+
+    assert spec_command(str(path)) == 'python train.py --out "$RESULTS_DIR"'
+    path.write_text(SPEC.replace("# Exp 7: a title\n", ""))
+    assert load_spec(path).title == "exp-007"  # no title: the file's name
+
+
+@pytest.mark.parametrize(("change", "problem"), [
+    (("estimated_wall_hours: 2", "estimated_wall_hours: soon"), "missing estimated_wall_hours (a number) in the compute profile"),
+    (("estimated_wall_hours: 2", "estimated_wall_hours: [2]"), "missing estimated_wall_hours (a number) in the compute profile"),
+    (("estimated_wall_hours: 2", "a: [1\nb: 2"), "missing valid YAML in the compute profile (line 2 of the block)"),
+    (("### Compute Profile", "### Profile"), "missing a '### Compute Profile' section"),
+    (("- [ ] accuracy >= 0.9\n- [x] loss <= 0.2\n", "words\n"),
+     "missing criteria as '- [ ] metric >= value' lines under '## Success Criteria'"),
+])
+def test_what_frame_reports_missing(tmp_path, change, problem):
+    path = tmp_path / "e.md"
+    path.write_text(SPEC.replace(*change))
+    assert load_spec(path).problems() == [problem]
+
+
+def test_a_spec_that_cannot_be_read_or_run_says_why(tmp_path):
+    from researchkit_py.errors import KitError, UsageError
+    from researchkit_py.experiment.spec import spec_command
+
+    with pytest.raises(KitError, match=r"^spec .*nope.md not found; specs live in experiments/ \(copy templates"):
+        load_spec(tmp_path / "nope.md")
+    (tmp_path / "folder").mkdir()
+    with pytest.raises(KitError, match=r"^spec .*folder not found$"):  # there, but not a file
+        load_spec(tmp_path / "folder")
+    (tmp_path / "latin1.md").write_bytes("# caf\xe9\n".encode("latin-1"))
+    with pytest.raises(KitError, match=r"^cannot read spec .*latin1.md: UnicodeDecodeError$"):
+        load_spec(tmp_path / "latin1.md")
+    with pytest.raises(UsageError, match=r"^run needs a command"):
+        spec_command("")
+    (tmp_path / "norun.md").write_text(SPEC.replace("## Run", "## Procedure"))
+    with pytest.raises(UsageError, match=r"norun.md has no command in a ``` block under '## Run'"):
+        spec_command(str(tmp_path / "norun.md"))
