@@ -59,6 +59,9 @@ def test_typos_units_and_trailing_words_are_errors(text, why):
     ("latency < 2secs", "words after the comparison ('secs')"),
     ("accuracy >= 90 %", "a unit (%) after the number"),
     ("accuracy >= 0.9 (val)", "words after the comparison ('(val)')"),  # short, but not a word
+    ("accuracy >= 90% of the time", "a unit (%) after the number"),
+    ("latency < 2ms overall", "a unit (ms) after the number"),
+    ("accuracy >= 0.9 x", "words after the comparison ('x')"),
     ("accuracy >= 0.95 over the majority baseline on the held-out test set",
      "words after the comparison ('over the majority baseline on the held-o'); put explanations outside"),
     ("accuracy >= -a_very_long_metric_name_indeed", "expected a number or a metric after '>=', found '-a_very_long_metric_'"),
