@@ -94,3 +94,10 @@ def test_the_project_root_comes_from_the_argument_then_exp_project_root(tmp_path
     assert Settings(None, {"EXP_PROJECT_ROOT": str(tmp_path / "p")}).get("FROM_FILE") == "1"
     assert Settings(tmp_path / "p", {}).root == (tmp_path / "p").resolve()
     assert Settings(None, {}).root == tmp_path.resolve()
+
+
+@pytest.mark.parametrize("budget", ["soon", ["2"]])
+def test_a_spec_budget_that_is_not_a_number_is_one_clear_error(tmp_path, budget):
+    with pytest.raises(KitError, match=r"^the spec's max_gpu_hours .* is not a number of hours$"):
+        Settings(tmp_path, {}, read_file=False).max_hours(budget)
+    assert Settings(tmp_path, {}, read_file=False).max_hours("2.5") == 2.5

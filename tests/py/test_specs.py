@@ -256,3 +256,12 @@ def test_a_spec_that_cannot_be_read_or_run_says_why(tmp_path):
     (tmp_path / "norun.md").write_text(SPEC.replace("## Run", "## Procedure"))
     with pytest.raises(UsageError, match=r"norun.md has no command in a ``` block under '## Run'"):
         spec_command(str(tmp_path / "norun.md"))
+
+
+def test_the_run_command_is_the_first_shell_block_and_criteria_lines_count_blank_lines(tmp_path):
+    path = tmp_path / "e.md"
+    path.write_text(SPEC.replace('## Run\n```bash\n', '## Run\n```text\nexample output\n```\n```bash\n')
+                    .replace("## Success Criteria\n", "## Success Criteria\n\n"))
+    spec = load_spec(path)
+    assert spec.run_command == 'python train.py --out "$RESULTS_DIR"'  # after the example output's block
+    assert [c.line for c in spec.criteria] == [12, 13]

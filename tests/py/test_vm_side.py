@@ -348,6 +348,7 @@ def test_a_failing_command_stops_the_chain_and_leaves_its_reason_but_a_heartbeat
     assert main(["get-bundle", "code/nope.tar.gz", str(tmp_path / "w"), "--", "status", "RUN"], agent) == 1
     assert not _run_file(tmp_path, protocol.STATUS).exists()  # what came after the failure did not run
     assert (tmp_path / "vm" / "reason").read_text().startswith("no object code/nope.tar.gz")
+    assert "Traceback" not in capsys.readouterr().err  # one of ours: its line says it all
     (tmp_path / "vm" / "reason").unlink()
     broken = _agent(tmp_path, bucket_class="researchkit_py.no_such_module:Bucket")
     assert main(["heartbeat"], broken) == 1
@@ -357,7 +358,8 @@ def test_a_failing_command_stops_the_chain_and_leaves_its_reason_but_a_heartbeat
     assert "Traceback" in err  # not one of ours: the whole story, in the log
 
 
-@pytest.mark.parametrize(("argv", "said"), [([], "usage: vm_agent boot|status"), (["fly"], "vm_agent: unknown command fly")])
+@pytest.mark.parametrize(("argv", "said"), [([], "usage: vm_agent boot|status"),
+                                            (["fly", "away"], "vm_agent: unknown command fly\n")])
 def test_an_unknown_command_is_refused_with_exit_2(tmp_path, capsys, argv, said):
     from researchkit_py.vm_agent import main
 
@@ -406,3 +408,34 @@ def test_the_agent_moves_the_code_data_and_results_and_deletes_its_vm(tmp_path):
     manifest = store.read_json(protocol.run_key("r1", protocol.RESULTS_MANIFEST))
     assert manifest["run_id"] == "r1" and [f["path"] for f in manifest["files"]] == ["metrics.json"]
     assert main(["self-delete"], agent) == 0 and not record.exists()
+
+
+def test_boot_names_the_image_and_what_it_lacks(tmp_path, monkeypatch, capsys):
+    """The VM's first status: the image's PRETTY_NAME, and pip or venv when they are missing."""
+    import importlib.util
+
+    from researchkit_py.vm_agent import main
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "ensurepip" else real(name, *a))
+    assert main(["boot"], _agent(tmp_path)) == 0
+    text = _run_file(tmp_path, protocol.STATUS).read_text()
+    assert text == json.dumps(json.loads(text), indent=2, sort_keys=True) + "\n"  # readable in the bucket's console
+    image = json.loads(text)["image"]
+    release = Path("/etc/os-release")
+    if release.is_file():
+        pretty = re.search(r'^PRETTY_NAME="?([^"\n]*)', release.read_text(), re.M)
+        assert image["os"] == pretty.group(1)
+    assert image["missing"] == ["venv"]
+    assert capsys.readouterr().out.strip().endswith(f"{image['arch']}; no venv")
+
+
+def test_the_agent_ignores_a_project_env_file_where_it_runs(tmp_path, monkeypatch):
+    """On the VM the settings come from the script's environment only: an env file in the
+    working directory (the user's code) is not read."""
+    from researchkit_py.vm_agent import main
+
+    (tmp_path / "w").mkdir()
+    (tmp_path / "w" / ".orchestration-kit.env").write_text("RK_MAX_HOURS=1\n")  # an error, were it read
+    monkeypatch.chdir(tmp_path / "w")
+    assert main(["status", "RUN"], _agent(tmp_path, {"EXP_PROJECT_ROOT": str(tmp_path / "w")})) == 0
