@@ -439,3 +439,23 @@ def test_the_agent_ignores_a_project_env_file_where_it_runs(tmp_path, monkeypatc
     (tmp_path / "w" / ".orchestration-kit.env").write_text("RK_MAX_HOURS=1\n")  # an error, were it read
     monkeypatch.chdir(tmp_path / "w")
     assert main(["status", "RUN"], _agent(tmp_path, {"EXP_PROJECT_ROOT": str(tmp_path / "w")})) == 0
+
+
+@pytest.mark.parametrize(("argv", "first"), [(["boot"], "researchkit: image: "), (["finish", "DONE", "0", "exit"], "researchkit: DONE")])
+def test_the_agents_own_line_comes_before_its_failure_in_the_vms_log(tmp_path, argv, first):
+    """The startup script sends the agent's stdout and stderr to one log: what the agent said
+    must come before the failure that followed it, even when the bucket cannot be reached."""
+    import os
+    import subprocess
+    import sys
+
+    (tmp_path / "vm").mkdir()
+    env = {**os.environ, "RK_RUN_ID": "r1", "RK_STORE": f"file://{tmp_path / 'b'}", "RK_PROVIDER": "local",
+           "RK_BUCKET_CLASS": "researchkit_py.no_such_module:Bucket", "RK_STORE_CLASS": LOCAL_STORE,
+           "RK_ROOT": str(tmp_path / "vm")}
+    env.pop("PYTHONUNBUFFERED", None)  # as on the VM: stdout to a file is block-buffered
+    r = subprocess.run([sys.executable, "-m", "researchkit_py.vm_agent", *argv], env=env, stdout=subprocess.PIPE,
+                       stderr=subprocess.STDOUT, text=True, cwd=Path(__file__).resolve().parents[2])
+    lines = r.stdout.splitlines()
+    assert r.returncode == 1 and lines[0].startswith(first), lines
+    assert lines[1].startswith(f"researchkit: {argv[0]} failed: ModuleNotFoundError"), lines
