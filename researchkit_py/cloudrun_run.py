@@ -142,7 +142,7 @@ def _after_launch(ctx, args, plan, output_dir: Path | None) -> int:
     if not args.json:
         print(run_id, flush=True)
     state = wait(ctx, run_id, stream_log=not args.quiet)
-    ensure_gone(ctx, plan.manifest.instance, lost=state.get("cause") == protocol.LOST)
+    ensure_gone(ctx, plan.manifest.instance)
     code = protocol.client_exit_code(state)
     summary = {"run_id": run_id, "phase": state.get("phase"), "cause": state.get("cause"),
                "exit_code": state.get("exit_code"), "cloud_run_exit": code}

@@ -76,7 +76,7 @@ def bundle_key(sha256: str) -> str:
 
 
 # --- run ids ------------------------------------------------------------------------------
-RUN_ID_RE = re.compile(r"^[a-z][a-z0-9-]{0,62}$")
+RUN_ID_RE = re.compile(r"[a-z][a-z0-9-]{0,62}")  # fullmatch: `$` would let a trailing newline in
 
 
 def now() -> float:
@@ -104,7 +104,7 @@ def new_run_id(label: str = "run") -> str:
 
 
 def check_run_id(run_id: str) -> str:
-    if not RUN_ID_RE.match(run_id):
+    if not RUN_ID_RE.fullmatch(run_id):
         raise UsageError(f"{run_id!r} is not a run id; `cloud-run ls` lists them")
     return run_id
 

@@ -38,7 +38,7 @@ _OFFSET = re.compile(rf"^(?P<metric>{_NAME})(?:\s*(?P<sign>[+-])\s*(?P<number>\S
 @dataclass
 class Criterion:
     text: str
-    line: int = 0  # in the spec; 0 when not from a spec
+    line: int  # in the spec; 0 when not from a spec
     metric: str | None = None  # None: a criterion in words
     op: str | None = None
     threshold: float | None = None  # the number, or the offset added to `other`

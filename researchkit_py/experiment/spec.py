@@ -119,8 +119,9 @@ def parse_spec(text: str, path: Path) -> Spec:
     run_command = (_first_fence(run_body) or "").strip()
     profile, profile_error = _profile(text)
     first = starts.get("Success Criteria", 0)
+    # [ \t], not \s: a match must not start on a blank line above the criterion (its line number)
     criteria = [parse(m.group(1).strip(), first + 1 + sections["Success Criteria"].count("\n", 0, m.start()))
-                for m in re.finditer(r"^\s*[-*]\s+\[[ xX]\]\s+(.+)$", sections.get("Success Criteria", ""), re.M)]
+                for m in re.finditer(r"^[ \t]*[-*][ \t]+\[[ xX]\][ \t]+(.+)$", sections.get("Success Criteria", ""), re.M)]
     budget = {re.sub(r"[\s-]+", "_", m.group(1).strip().lower()): m.group(2).strip()
               for m in re.finditer(r"^\s*[-*]\s+([\w -]+?)\s*:\s*(.+)$", sections.get("Budget", ""), re.M)}
     return Spec(path, path.stem, title, sections, run_command, profile, profile_error, criteria, budget)

@@ -124,20 +124,21 @@ def wait_quietly(ctx: Context, run_id: str, every: float = 60.0) -> dict:
         time.sleep(ctx.poll_seconds())
 
 
-def ensure_gone(ctx: Context, instance: str, timeout: float | None = None, *, lost: bool = False) -> bool:
+def ensure_gone(ctx: Context, instance: str, timeout: float | None = None) -> bool:
     """After a final status the VM deletes itself; confirm it, or delete it ourselves.
-    True when it went away on its own. A `lost` run's VM could not delete itself: if it
-    stopped (as a VM that could not run our agent does), it is deleted now (its disk bills)."""
+    True when it went away on its own. A VM that stopped instead — its self-delete call failed
+    and it powered off, or a `lost` run's VM that could not run our agent — is deleted now:
+    nothing more comes from it, and a stopped VM's disk bills."""
     if timeout is None:
         timeout = ctx.settings.number("RK_SELF_DELETE_WAIT", 10 if ctx.embedded else 180)
     end = time.time() + timeout
     while time.time() < end:
         inst = ctx.provider.get(instance)
-        if inst is not None and not inst.alive and lost:
+        if inst is None:
+            return True
+        if not inst.alive:
             ctx.provider.delete(instance)
             return False
-        if inst is None or not inst.alive:
-            return True
         time.sleep(ctx.poll_seconds())
     say(f"cloud-run: {instance} did not delete itself within {timeout:g} s; deleting it")
     ctx.provider.delete(instance)

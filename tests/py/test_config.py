@@ -46,3 +46,58 @@ def test_unreadable_env_file_is_one_clear_error(tmp_path):
 def test_non_numeric_setting(tmp_path):
     with pytest.raises(KitError, match="MAX_GPU_HOURS='lots' is not a number; set it to e.g. 4"):
         Settings(tmp_path, environ={"MAX_GPU_HOURS": "lots"}).number("MAX_GPU_HOURS")
+
+
+@pytest.mark.parametrize(("environ", "expect"), [
+    ({"RK_STATE_HOME": "/s", "XDG_STATE_HOME": "/x", "HOME": "/h"}, "/s"),
+    ({"XDG_STATE_HOME": "/x", "HOME": "/h"}, "/x/researchkit"),
+    ({"HOME": "/h"}, "/h/.local/state/researchkit"),
+    ({"RK_STATE_HOME": "", "XDG_STATE_HOME": "", "HOME": "/h"}, "/h/.local/state/researchkit"),  # empty is unset
+])
+def test_where_the_tool_keeps_its_state(tmp_path, environ, expect):
+    from pathlib import Path
+
+    assert Settings(tmp_path, environ, read_file=False).state_home() == Path(expect)
+
+
+@pytest.mark.parametrize(("line", "value"), [
+    ('A="quoted # not a comment"', "quoted # not a comment"), ("A='single'", "single"), ('A="', '"'),
+    ("A=\"mixed'", "\"mixed'"), ("A=''", ""), ("A=plain # a comment", "plain"), ("A=x", "x"),
+])
+def test_env_file_values_as_a_shell_would_read_them(tmp_path, line, value):
+    (tmp_path / "e.env").write_text(line + "\n")
+    assert parse_env_file(tmp_path / "e.env") == {"A": value}
+
+
+def test_a_bad_env_file_line_is_quoted_at_most_40_characters(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "e.env").write_text("# fine\n\n" + "not a setting " * 5 + "\n")
+    with pytest.raises(KitError) as e:
+        parse_env_file(tmp_path / "e.env")
+    assert str(e.value) == f"e.env:3: expected KEY=value, got {('not a setting ' * 5).strip()[:40]!r}"  # relative to here
+
+
+def test_values_with_defaults_numbers_and_flags(tmp_path):
+    s = Settings(tmp_path, {"N": "2.5", "EMPTY": "", "YES": " Yes ", "NO": "0", "BAD": "x"}, read_file=False)
+    assert (s.text("EMPTY", "d"), s.text("N", "d"), s.text("UNSET", "d")) == ("d", "2.5", "d")
+    assert (s.number("N"), s.number("EMPTY", 3), s.number("UNSET", 0), s.integer("N")) == (2.5, 3.0, 0.0, 2)
+    assert (s.flag("YES"), s.flag("NO"), s.flag("UNSET")) == (True, False, False)
+    for key in ("BAD", "UNSET"):
+        with pytest.raises(KitError, match=f"^{key}=.* is not a number; set it to e.g. 1$"):
+            s.number(key)
+
+
+def test_the_project_root_comes_from_the_argument_then_exp_project_root(tmp_path, monkeypatch):
+    (tmp_path / "p").mkdir()
+    (tmp_path / "p" / ".orchestration-kit.env").write_text("FROM_FILE=1\n")
+    monkeypatch.chdir(tmp_path)
+    assert Settings(None, {"EXP_PROJECT_ROOT": str(tmp_path / "p")}).get("FROM_FILE") == "1"
+    assert Settings(tmp_path / "p", {}).root == (tmp_path / "p").resolve()
+    assert Settings(None, {}).root == tmp_path.resolve()
+
+
+@pytest.mark.parametrize("budget", ["soon", ["2"]])
+def test_a_spec_budget_that_is_not_a_number_is_one_clear_error(tmp_path, budget):
+    with pytest.raises(KitError, match=r"^the spec's max_gpu_hours .* is not a number of hours$"):
+        Settings(tmp_path, {}, read_file=False).max_hours(budget)
+    assert Settings(tmp_path, {}, read_file=False).max_hours("2.5") == 2.5

@@ -37,6 +37,8 @@ FAULTS = {
     "F3a": "the command hangs past max-hours: the script's deadline ends it",
     "F3b": "… with the trap and the script's deadline disabled: the cloud deadline alone",
     "F3c": "… with the cloud deadline disabled too: the reaper alone",
+    "F3d": "one teardown layer alone: the VM's trap (cloud deadline, reaper and attached confirmation disabled)",
+    "F3e": "one teardown layer alone: the attached client's confirmation (self-delete, cloud deadline, reaper disabled)",
     "F4": "the VM is killed hard mid-run (preemption)",
     "F5a": "SIGINT / SIGTERM to the CLI between manifest and instance creation: CANCELLED, nothing left",
     "F5b": "SIGINT / SIGTERM / SIGHUP to an attached CLI right after the instance exists: the run stops",
@@ -351,6 +353,86 @@ def test_F3c_hang_with_no_trap_no_deadline_the_reaper_alone(cloud, monkeypatch):
     assert s["cause"] == "timeout"
     _, log = record(cloud, run_id)
     assert "hanging" in log
+    no_secrets(cloud)
+
+
+def no_self_delete(script: str) -> str:
+    """The trap still reports the final status, but its self-delete does nothing."""
+    start = script.index("rk_self_delete() {\n")
+    end = script.index("\n}\n", start)
+    assert "rk_self_delete" in script[end:], "the trap no longer calls rk_self_delete; update this fault"
+    return script[:start] + "rk_self_delete() {\n  :" + script[end:]
+
+
+def reached(cloud: Cloud, run_id: str, phases: tuple[str, ...], timeout: float = 60) -> None:
+    """wait_phase without the CLI: every `cloud-run` invocation may run a reaper pass, and these
+    cells must have no reaper."""
+    from researchkit_py import lifecycle
+    from researchkit_py.settings import Settings
+
+    ctx, end = lifecycle.Context.open(Settings(), cloud.name), time.time() + timeout
+    while (s := lifecycle.run_state(ctx, run_id)).get("phase") not in phases:
+        assert time.time() < end, f"{run_id} never reached {phases}: {s}"
+        time.sleep(0.3)
+
+
+def gone_without_help(cloud: Cloud, timeout: float = 60) -> None:
+    """No reaper, no client: the instance goes away by what is left, or the cell fails."""
+    end = time.time() + timeout
+    while cloud.live() and time.time() < end:
+        time.sleep(0.3)
+    assert not cloud.live(), f"{cloud.name}: nothing removed {cloud.live()}"
+
+
+def test_F3d_the_vms_trap_alone(cloud, monkeypatch):
+    """Detached (no client confirms), the cloud's deadline off, no reaper pass until the end:
+    the VM's EXIT trap reports and deletes the VM. The provider's self-delete lines, as
+    rendered, are all that removes it."""
+    if cloud.name != "local":
+        cloud.disable_cloud_deadline("")
+    run_id = launch_with(cloud, monkeypatch, "echo working; sleep 5; exit 3", 1, lambda script: script)
+    reached(cloud, run_id, ("RUN",))
+    if cloud.name == "local":
+        cloud.disable_cloud_deadline(run_id)  # the supervisor, which also tidies a finished VM
+    gone_without_help(cloud)
+    status, log = record(cloud, run_id)
+    assert (status["phase"], status["cause"], status["exit_code"]) == ("FAILED", "exit", 3) and "working" in log
+    settle(cloud)
+    no_secrets(cloud)
+
+
+def test_F3e_the_attached_confirmation_alone(cloud, monkeypatch):
+    """The trap reports the final status but its self-delete does nothing, the cloud's deadline
+    is off and no reaper runs: the attached `cloud-run run`, having seen the final status,
+    waits RK_SELF_DELETE_WAIT for the VM to go, then deletes it (at once if it stopped, as a
+    local VM does when its script ends)."""
+    import argparse
+
+    from researchkit_py import lifecycle
+    from researchkit_py.cloudrun_run import _after_launch
+    from researchkit_py.settings import Settings
+
+    monkeypatch.setenv("RK_SELF_DELETE_WAIT", "3")
+    if cloud.name != "local":
+        cloud.disable_cloud_deadline("")
+    ctx = lifecycle.Context.open(Settings(), cloud.name)
+    real = ctx.provider.create
+
+    def create(req):
+        req.startup_script = no_self_delete(req.startup_script)
+        return real(req)
+
+    monkeypatch.setattr(ctx.provider, "create", create)
+    plan = lifecycle.launch(ctx, lifecycle.LaunchOptions(command="echo working; sleep 5", max_hours=1))
+    reached(cloud, plan.run_id, ("RUN",))
+    if cloud.name == "local":
+        cloud.disable_cloud_deadline(plan.run_id)
+    args = argparse.Namespace(detach=False, json=False, quiet=True)
+    assert _after_launch(ctx, args, plan, None) == 0  # what `cloud-run run` does once it launched
+    assert not cloud.live(), f"{cloud.name}: the attached client left {cloud.live()}"  # only it was left to
+    status, _ = record(cloud, plan.run_id)
+    assert status["phase"] == "DONE"
+    settle(cloud)
     no_secrets(cloud)
 
 

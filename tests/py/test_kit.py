@@ -83,6 +83,23 @@ def test_unreadable_metrics(tmp_path):
     with pytest.raises(KitError, match="must hold a JSON object"):
         read_metrics(tmp_path / "m.json")
     assert read_metrics(tmp_path / "absent.json") is None
+    (tmp_path / "m.json").write_text("{accuracy: 0.9}")
+    with pytest.raises(KitError, match=r"m.json is not valid JSON \(.*\); fix it or re-run the experiment$"):
+        read_metrics(tmp_path / "m.json")
+    (tmp_path / "dir.json").mkdir()
+    with pytest.raises(KitError, match=r"^cannot read .*dir.json: Is a directory; check its permissions$"):
+        read_metrics(tmp_path / "dir.json")
+
+
+def test_metrics_json_is_read_as_written_and_decides_the_verdict(tmp_path):
+    """READ's verdict comes from the metrics the run wrote: read back exactly, nested objects
+    and all, they confirm the hypothesis; a run that wrote none is INCONCLUSIVE."""
+    metrics = {"accuracy": 0.95, "gap": {"vs_base": 0.2}, "note": "ok", "n": 3}
+    (tmp_path / "metrics.json").write_text(json.dumps(metrics))
+    assert read_metrics(tmp_path / "metrics.json") == metrics
+    criteria = ["accuracy >= 0.90", "`gap.vs_base` > 0.1"]
+    assert evaluate(criteria, read_metrics(tmp_path / "metrics.json"))[0] == "CONFIRMED"
+    assert evaluate(criteria, read_metrics(tmp_path / "none.json"))[0] == "INCONCLUSIVE"
 
 
 def test_directives():

@@ -51,6 +51,43 @@ def test_typos_units_and_trailing_words_are_errors(text, why):
     assert c.error.startswith(why) and c.describe().startswith(f"line 7: {text!r}: {why}")
 
 
+@pytest.mark.parametrize("text,why", [
+    ("accuracy >= 0.9.5 overall", "'0.9.5' is not a number"),
+    ("latency < 2ms", "a unit (ms) after the number"),
+    ("latency < 2m", "a unit (m) after the number"),
+    ("latency < 2sec", "a unit (sec) after the number"),             # a unit is up to 3 letters
+    ("latency < 2secs", "words after the comparison ('secs')"),
+    ("accuracy >= 90 %", "a unit (%) after the number"),
+    ("accuracy >= 0.9 (val)", "words after the comparison ('(val)')"),  # short, but not a word
+    ("accuracy >= 90% of the time", "a unit (%) after the number"),
+    ("latency < 2ms overall", "a unit (ms) after the number"),
+    ("accuracy >= 0.9 x", "words after the comparison ('x')"),
+    ("accuracy >= 0.95 over the majority baseline on the held-out test set",
+     "words after the comparison ('over the majority baseline on the held-o'); put explanations outside"),
+    ("accuracy >= -a_very_long_metric_name_indeed", "expected a number or a metric after '>=', found '-a_very_long_metric_'"),
+])
+def test_where_a_unit_ends_and_words_begin(text, why):
+    """What FRAME tells the user about the text after the number, quoted as they wrote it;
+    outside a spec the message has no line number."""
+    c = parse(text)
+    assert c.error.startswith(why) and c.describe().startswith(f"{text!r}: {why}")
+
+
+@pytest.mark.parametrize("text,shown", [
+    ("the plots look reasonable", "-"), ("accuracy >= 90%", "-"), ("accuracy >= 0.9", ">= 0.9"),
+    ("accuracy >= baseline", ">= baseline (= 0.5)"), ("accuracy >= baseline + 0.25", ">= baseline + 0.25 (= 0.75)"),
+    ("accuracy >= baseline - 0.25", ">= baseline - 0.25 (= 0.25)"),
+])
+def test_the_threshold_as_reads_table_shows_it(text, shown):
+    _, (check,) = evaluate([text], {"accuracy": 0.9, "baseline": 0.5})
+    assert check.threshold_text == shown
+
+
+def test_a_metric_compared_with_another_and_no_offset_is_compared_as_is():
+    assert evaluate(["accuracy >= baseline"], {"accuracy": 0.5, "baseline": 0.5})[0] == "CONFIRMED"
+    assert evaluate(["accuracy > baseline"], {"accuracy": 0.5, "baseline": 0.5})[0] == "REFUTED"
+
+
 @pytest.mark.parametrize("text", ["the plots look reasonable", "Results reproducible across 3 seeds with std < 0.01",
                                   "_Criterion 1: [metric] [direction] [threshold] over [baseline]_", "ȳ_long ∈ [0.28, 0.38]"])
 def test_criteria_in_words(text):
@@ -143,3 +180,88 @@ def test_run_refuses_a_spec_whose_criteria_never_parse(tmp_path):
     assert r.returncode == 1 and len(r.stderr.splitlines()) == 1
     assert r.stderr.startswith(f"experiment.sh: {spec}: line 20: 'accuracy >= 90%': a unit (%)")
     assert not (tmp_path / "results").exists()
+
+
+# --- what FRAME and RUN read from a spec, line by line ---------------------------------------
+SPEC = """# Exp 7: a title
+## Hypothesis
+h
+## Variables
+v
+## Controls
+c
+## Metrics
+m
+## Success Criteria
+- [ ] accuracy >= 0.9
+- [x] loss <= 0.2
+## Run
+```bash
+python train.py --out "$RESULTS_DIR"
+```
+### Notes
+```bash
+python other.py
+```
+### Compute Profile
+```yaml
+estimated_wall_hours: 2
+```
+"""
+
+
+def test_a_spec_read_as_frame_and_run_read_it(tmp_path):
+    path = tmp_path / "exp-007.md"
+    path.write_text(SPEC)
+    spec = load_spec(path)
+    assert spec.title == "Exp 7: a title" and "Hypothesis" in spec.sections and spec.sections["Hypothesis"] == "h"
+    assert spec.run_command == 'python train.py --out "$RESULTS_DIR"'  # the first block, not a later ### one's
+    assert [(c.line, c.text) for c in spec.criteria] == [(11, "accuracy >= 0.9"), (12, "loss <= 0.2")]  # as the editor counts
+    assert spec.estimated_hours == 2.0 and spec.problems() == []
+    from researchkit_py.experiment.spec import spec_command
+
+    assert spec_command(str(path)) == 'python train.py --out "$RESULTS_DIR"'
+    path.write_text(SPEC.replace("# Exp 7: a title\n", ""))
+    assert load_spec(path).title == "exp-007"  # no title: the file's name
+
+
+@pytest.mark.parametrize(("change", "problem"), [
+    (("estimated_wall_hours: 2", "estimated_wall_hours: soon"), "missing estimated_wall_hours (a number) in the compute profile"),
+    (("estimated_wall_hours: 2", "estimated_wall_hours: [2]"), "missing estimated_wall_hours (a number) in the compute profile"),
+    (("estimated_wall_hours: 2", "a: [1\nb: 2"), "missing valid YAML in the compute profile (line 2 of the block)"),
+    (("### Compute Profile", "### Profile"), "missing a '### Compute Profile' section"),
+    (("- [ ] accuracy >= 0.9\n- [x] loss <= 0.2\n", "words\n"),
+     "missing criteria as '- [ ] metric >= value' lines under '## Success Criteria'"),
+])
+def test_what_frame_reports_missing(tmp_path, change, problem):
+    path = tmp_path / "e.md"
+    path.write_text(SPEC.replace(*change))
+    assert load_spec(path).problems() == [problem]
+
+
+def test_a_spec_that_cannot_be_read_or_run_says_why(tmp_path):
+    from researchkit_py.errors import KitError, UsageError
+    from researchkit_py.experiment.spec import spec_command
+
+    with pytest.raises(KitError, match=r"^spec .*nope.md not found; specs live in experiments/ \(copy templates"):
+        load_spec(tmp_path / "nope.md")
+    (tmp_path / "folder").mkdir()
+    with pytest.raises(KitError, match=r"^spec .*folder not found$"):  # there, but not a file
+        load_spec(tmp_path / "folder")
+    (tmp_path / "latin1.md").write_bytes("# caf\xe9\n".encode("latin-1"))
+    with pytest.raises(KitError, match=r"^cannot read spec .*latin1.md: UnicodeDecodeError$"):
+        load_spec(tmp_path / "latin1.md")
+    with pytest.raises(UsageError, match=r"^run needs a command"):
+        spec_command("")
+    (tmp_path / "norun.md").write_text(SPEC.replace("## Run", "## Procedure"))
+    with pytest.raises(UsageError, match=r"norun.md has no command in a ``` block under '## Run'"):
+        spec_command(str(tmp_path / "norun.md"))
+
+
+def test_the_run_command_is_the_first_shell_block_and_criteria_lines_count_blank_lines(tmp_path):
+    path = tmp_path / "e.md"
+    path.write_text(SPEC.replace('## Run\n```bash\n', '## Run\n```text\nexample output\n```\n```bash\n')
+                    .replace("## Success Criteria\n", "## Success Criteria\n\n"))
+    spec = load_spec(path)
+    assert spec.run_command == 'python train.py --out "$RESULTS_DIR"'  # after the example output's block
+    assert [c.line for c in spec.criteria] == [12, 13]

@@ -109,3 +109,113 @@ def test_bad_env_pairs(pair):
 def test_empty_command_is_refused():
     with pytest.raises(UsageError):
         render_startup_script(plan(command="  "))
+
+
+# --- what the script sets and carries, read back as the VM will -----------------------------
+def _assignments(script: str) -> dict[str, str]:
+    """The script's RK_ values, evaluated by bash exactly as the VM evaluates them."""
+    block = script[script.index("RK_RUN_ID="):script.index('RK_ROOT="')]
+    out = subprocess.run(["env", "-i", "bash", "-c", block + "\nset | grep -a '^RK_' | cut -d= -f1 | while read -r v; do "
+                          'printf "%s=%s\\0" "$v" "${!v}"; done'], capture_output=True, text=True, check=True).stdout
+    return dict(kv.split("=", 1) for kv in out.split("\0") if kv)
+
+
+@pytest.mark.parametrize(("provider", "store_url"), [("local", "file:///tmp/b"), ("gce", "gs://b/p"), ("ec2", "s3://b/p")])
+def test_the_script_sets_what_the_run_asked_for(provider, store_url):
+    from researchkit_py.vm_payload import agent_rest, vm_agent
+
+    agent = vm_agent(provider, store_url)
+    values = _assignments(render_startup_script(plan(
+        provider=provider, store_url=store_url, soft_deadline_seconds=1234, heartbeat_seconds=7,
+        results_subdir="out/r", vm_python="/opt/py/bin/python")))
+    assert values == {
+        "RK_RUN_ID": "exp-1-20261122-000000-abcd", "RK_STORE": store_url, "RK_STORE_CLASS": agent.store_class,
+        "RK_BUCKET_CLASS": agent.bucket_class, "RK_PROVIDER": provider, "RK_AGENT_KEY": agent_rest(provider, store_url)[0],
+        "RK_BUNDLE_KEY": "code/ab.tar.gz", "RK_COMMAND": "python train.py", "RK_RESULTS_SUBDIR": "out/r",
+        "RK_SOFT_DEADLINE": "1234", "RK_HEARTBEAT": "7", "RK_HAS_DATA": "0", "RK_VM_PYTHON": "/opt/py/bin/python",
+        "RK_AGENT_PY": agent.python}
+    assert _assignments(render_startup_script(plan(heartbeat_seconds=0)))["RK_HEARTBEAT"] == "1"  # never a busy loop
+
+
+@pytest.mark.parametrize("has_data", [True, False])
+def test_the_data_is_fetched_exactly_when_the_run_ships_data(has_data):
+    """The script's data step, run with the agent stubbed: `rk get-data` runs for a run with
+    data, and only for one."""
+    script = render_startup_script(plan(has_data=has_data))
+    step = script[script.index('if [[ "$RK_HAS_DATA" == 1 ]]'):script.index('cd "$RK_WORK"')]
+    block = script[script.index("RK_RUN_ID="):script.index('RK_ROOT="')]
+    out = subprocess.run(["bash", "-c", f'set -euo pipefail\nrk() {{ echo "rk $*"; }}\nrk_step() {{ :; }}\n'
+                          f'{block}\nRK_WORK=/w\n{step}'], capture_output=True, text=True, check=True).stdout
+    assert out == ("rk get-data /w\n" if has_data else "")
+
+
+@pytest.mark.parametrize(("provider", "store_url"), [("local", "file:///tmp/b"), ("local", "s3://b/p"),
+                                                     ("gce", "gs://b/p"), ("ec2", "s3://b/p")])
+def test_the_embedded_agent_core_unpacks_and_runs_on_the_standard_library_alone(tmp_path, provider, store_url):
+    """The payload the script decodes (base64 -d | tar -xz) holds the agent's core for this
+    provider and bucket, and it starts with python3's standard library only (-S: no
+    site-packages), as on a bare image."""
+    from researchkit_py.vm_payload import vm_agent
+
+    script = render_startup_script(plan(provider=provider, store_url=store_url))
+    start = script.index("\n", script.index("<<'RK_AGENT_EOF'")) + 1
+    payload = script[start:script.index("\nRK_AGENT_EOF\n")]
+    (tmp_path / "agent").mkdir()
+    subprocess.run(f"base64 -d | tar -xz -C {tmp_path / 'agent'}", shell=True, input=payload, text=True, check=True)
+    unpacked = sorted(str(p.relative_to(tmp_path / "agent" / "researchkit_py")) for p in
+                      (tmp_path / "agent" / "researchkit_py").rglob("*.py"))
+    assert unpacked == sorted(set(vm_agent(provider, store_url).core))
+    bucket_module = vm_agent(provider, store_url).bucket_class.split(":")[0]
+    # -S: no site-packages, as on a bare image; the embedded provider's VMs run on the client's
+    # interpreter, SDKs and all
+    flags = [] if provider == "local" else ["-S"]
+    r = subprocess.run([sys.executable, *flags, "-c", f"import researchkit_py.vm_agent, {bucket_module}; print('ok')"],
+                       cwd=tmp_path / "agent", capture_output=True, text=True)
+    assert r.stdout == "ok\n", r.stderr
+
+
+def _provider_snippet(provider: str) -> str:
+    """The provider's own self-delete lines (not this file's stand-ins)."""
+    import importlib
+
+    from researchkit_py.clouds.registry import CLOUDS
+
+    module, cls = CLOUDS[provider].provider.split(":")
+    return getattr(importlib.import_module(module), cls).self_delete_lines(None)
+
+
+@pytest.mark.parametrize(("provider", "store_url", "agent_ok", "expect"), [
+    ("local", "file:///tmp/b", True, "rk self-delete"),
+    ("local", "file:///tmp/b", False, "rk self-delete|instance record removed"),
+    ("gce", "gs://b/p", True, "rk self-delete"),
+    ("gce", "gs://b/p", False, "rk self-delete|shutdown -h now"),  # a stopped VM: the reaper deletes it
+    ("ec2", "s3://b/p", True, "shutdown -h now"),  # instance-initiated shutdown behaviour: terminate
+])
+def test_the_trap_ends_by_making_the_vm_go_away(tmp_path, provider, store_url, agent_ok, expect):
+    """rk_self_delete as each provider renders it, run with the agent and shutdown stubbed: the
+    VM asks to be deleted, and when the API call fails it still powers off (or, on the
+    embedded provider, drops its instance record)."""
+    script = render_startup_script(plan(provider=provider, store_url=store_url,
+                                        self_delete_lines=_provider_snippet(provider)))
+    body = script[script.index("rk_self_delete() {\n"):script.index("\n}\n", script.index("rk_self_delete() {"))] + "\n}"
+    record = tmp_path / "rk-x.json"
+    record.write_text("{}")
+    test = (f'set -euo pipefail\n{body}\ncalls=()\nrk() {{ calls+=("rk $*"); {"true" if agent_ok else "false"}; }}\n'
+            f'shutdown() {{ calls+=("shutdown $*"); }}\nRK_LOCAL_INSTANCE={record}\nrk_self_delete\n'
+            f'[[ -e {record} ]] || calls+=("instance record removed")\n(IFS="|"; echo "${{calls[*]}}")')
+    out = subprocess.run(["bash", "-c", test], capture_output=True, text=True)
+    assert out.stdout.strip() == expect, out.stderr
+
+
+def test_the_gpu_is_checked_only_when_the_run_asked_for_one():
+    script = render_startup_script(plan(gpu="nvidia-tesla-t4:2"))
+    assert ('rk_step "checking the GPU"; RK_CAUSE=gpu_unavailable; rk gpu-check "$PWD" nvidia-tesla-t4:2 300; '
+            'RK_CAUSE=""') in script  # it waits 5 minutes for a driver still being installed
+    assert 'rk gpu-check "$PWD" x:1 9;' in render_startup_script(plan(gpu="x:1", gpu_wait_seconds=9))
+    assert "rk gpu-check" not in render_startup_script(plan())
+
+
+def test_a_provider_with_no_deadline_or_self_delete_lines_still_renders_valid_bash(tmp_path):
+    script = render_startup_script(plan(deadline_lines=" ", self_delete_lines="\n"))
+    assert "rk_self_delete() {\n  :\n}" in script
+    shellcheck(script, tmp_path)

@@ -301,3 +301,165 @@ def test_boot_reports_the_image_and_a_failing_step_leaves_its_reason(tmp_path, c
     final = json.loads(status.read_text())
     assert (final["phase"], final["cause"]) == ("FAILED", "boot_error")
     assert final["step"] == f"downloading the code: no object code/nope.tar.gz in file://{tmp_path / 'b'}"
+
+
+# --- the agent's commands, as the startup script calls them (a directory bucket) ------------
+LOCAL_STORE = "researchkit_py.clouds.local.store:LocalStore"
+
+
+def _agent(tmp_path, environ=None, bucket_class=LOCAL_STORE):
+    from researchkit_py.vm_agent import Agent, VMEnv
+
+    (tmp_path / "vm").mkdir(exist_ok=True)
+    return Agent(VMEnv("r1", f"file://{tmp_path / 'b'}", bucket_class, LOCAL_STORE, tmp_path / "vm", "local",
+                       environ or {}))
+
+
+def _run_file(tmp_path, name: str) -> Path:
+    return tmp_path / "b" / protocol.run_key("r1", name)
+
+
+def test_the_agent_reports_status_heartbeat_log_and_final_status(tmp_path):
+    import time
+
+    from researchkit_py.vm_agent import main
+
+    agent = _agent(tmp_path)
+    (tmp_path / "vm" / "run.log").write_text("line 1\n")
+    assert main(["status", "RUN", "--", "heartbeat"], agent) == 0  # one Python start for both
+    assert json.loads(_run_file(tmp_path, protocol.STATUS).read_text())["phase"] == "RUN"
+    assert abs(float(_run_file(tmp_path, protocol.HEARTBEAT).read_text()) - time.time()) < 60
+    assert _run_file(tmp_path, protocol.LOG).read_text() == "line 1\n"
+    (tmp_path / "vm" / protocol.GPU_FACTS).write_text('{"model": "T4", "count": 1}')
+    (tmp_path / "vm" / "run.log").write_text("line 1\nline 2\n")
+    assert main(["finish", "DONE", "3", "exit"], agent) == 0
+    final = json.loads(_run_file(tmp_path, protocol.STATUS).read_text())
+    assert {k: final[k] for k in ("run_id", "phase", "cause", "exit_code", "stage", "gpu")} == {
+        "run_id": "r1", "phase": "FAILED", "cause": "exit", "exit_code": 3, "stage": "DONE",
+        "gpu": {"model": "T4", "count": 1}}
+    assert _run_file(tmp_path, protocol.LOG).read_text() == "line 1\nline 2\n"  # the last log goes up first
+    assert main(["finish", "DONE", "0", ""], agent) == 0
+    final = json.loads(_run_file(tmp_path, protocol.STATUS).read_text())
+    assert (final["phase"], final["exit_code"]) == ("DONE", 0)
+    assert main(["finish", "BOOT", "", ""], agent) == 0
+    assert json.loads(_run_file(tmp_path, protocol.STATUS).read_text())["exit_code"] is None
+
+
+def test_a_failing_command_stops_the_chain_and_leaves_its_reason_but_a_heartbeat_does_not(tmp_path, capsys):
+    from researchkit_py.vm_agent import main
+
+    agent = _agent(tmp_path)
+    assert main(["get-bundle", "code/nope.tar.gz", str(tmp_path / "w"), "--", "status", "RUN"], agent) == 1
+    assert not _run_file(tmp_path, protocol.STATUS).exists()  # what came after the failure did not run
+    assert (tmp_path / "vm" / "reason").read_text().startswith("no object code/nope.tar.gz")
+    assert "Traceback" not in capsys.readouterr().err  # one of ours: its line says it all
+    (tmp_path / "vm" / "reason").unlink()
+    broken = _agent(tmp_path, bucket_class="researchkit_py.no_such_module:Bucket")
+    assert main(["heartbeat"], broken) == 1
+    assert not (tmp_path / "vm" / "reason").exists()  # a missed heartbeat is no step's failure
+    err = capsys.readouterr().err
+    assert "researchkit: heartbeat failed: ModuleNotFoundError: No module named 'researchkit_py.no_such_module'" in err
+    assert "Traceback" in err  # not one of ours: the whole story, in the log
+
+
+@pytest.mark.parametrize(("argv", "said"), [([], "usage: vm_agent boot|status"),
+                                            (["fly", "away"], "vm_agent: unknown command fly\n")])
+def test_an_unknown_command_is_refused_with_exit_2(tmp_path, capsys, argv, said):
+    from researchkit_py.vm_agent import main
+
+    assert main(argv, _agent(tmp_path)) == 2
+    assert capsys.readouterr().err.startswith(said)
+
+
+def test_the_agent_needs_its_whole_environment():
+    from researchkit_py.vm_agent import VMEnv
+
+    env = {"RK_RUN_ID": "r1", "RK_STORE": "file:///b", "RK_BUCKET_CLASS": "m:C", "RK_STORE_CLASS": "m:S",
+           "RK_ROOT": "/vm", "RK_PROVIDER": "gce", "OTHER": "x"}
+    assert VMEnv.from_environ(env) == VMEnv("r1", "file:///b", "m:C", "m:S", Path("/vm"), "gce", env)
+    for name in ("RK_STORE", "RK_PROVIDER"):
+        with pytest.raises(SystemExit, match=f"^vm_agent: {name} is not set$"):
+            VMEnv.from_environ({**env, name: ""})
+
+
+def test_the_agent_moves_the_code_data_and_results_and_deletes_its_vm(tmp_path):
+    import io
+    import tarfile
+
+    from researchkit_py.clouds.local.store import LocalStore
+    from researchkit_py.vm_agent import main
+
+    record = tmp_path / "rk-r1.json"
+    record.write_text("{}")
+    agent = _agent(tmp_path, {"RK_LOCAL_INSTANCE": str(record)})
+    store = LocalStore.open_url(f"file://{tmp_path / 'b'}", Settings(environ={}, read_file=False))
+    raw = io.BytesIO()
+    with tarfile.open(fileobj=raw, mode="w:gz") as tar:
+        info = tarfile.TarInfo("train.py")
+        info.size = 3
+        tar.addfile(info, io.BytesIO(b"x=1"))
+    store.put_bytes("code/c.tar.gz", raw.getvalue())
+    store.put_bytes("code/rest.tar.gz", raw.getvalue())
+    store.put_bytes(protocol.run_key("r1", "data/d/in.csv"), b"1,2\n")
+    work, results = tmp_path / "w", tmp_path / "w" / "results"
+    assert main(["get-agent", "code/rest.tar.gz", "--", "get-bundle", "code/c.tar.gz", str(work),
+                 "--", "get-data", str(work)], agent) == 0
+    assert (tmp_path / "vm" / "agent" / "train.py").read_bytes() == b"x=1"
+    assert (work / "train.py").read_bytes() == b"x=1" and (work / "d" / "in.csv").read_bytes() == b"1,2\n"
+    results.mkdir()
+    (results / "metrics.json").write_text('{"acc": 1}')
+    assert main(["push-results", str(results)], agent) == 0
+    manifest = store.read_json(protocol.run_key("r1", protocol.RESULTS_MANIFEST))
+    assert manifest["run_id"] == "r1" and [f["path"] for f in manifest["files"]] == ["metrics.json"]
+    assert main(["self-delete"], agent) == 0 and not record.exists()
+
+
+def test_boot_names_the_image_and_what_it_lacks(tmp_path, monkeypatch, capsys):
+    """The VM's first status: the image's PRETTY_NAME, and pip or venv when they are missing."""
+    import importlib.util
+
+    from researchkit_py.vm_agent import main
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "ensurepip" else real(name, *a))
+    assert main(["boot"], _agent(tmp_path)) == 0
+    text = _run_file(tmp_path, protocol.STATUS).read_text()
+    assert text == json.dumps(json.loads(text), indent=2, sort_keys=True) + "\n"  # readable in the bucket's console
+    image = json.loads(text)["image"]
+    release = Path("/etc/os-release")
+    if release.is_file():
+        pretty = re.search(r'^PRETTY_NAME="?([^"\n]*)', release.read_text(), re.M)
+        assert image["os"] == pretty.group(1)
+    assert image["missing"] == ["venv"]
+    assert capsys.readouterr().out.strip().endswith(f"{image['arch']}; no venv")
+
+
+def test_the_agent_ignores_a_project_env_file_where_it_runs(tmp_path, monkeypatch):
+    """On the VM the settings come from the script's environment only: an env file in the
+    working directory (the user's code) is not read."""
+    from researchkit_py.vm_agent import main
+
+    (tmp_path / "w").mkdir()
+    (tmp_path / "w" / ".orchestration-kit.env").write_text("RK_MAX_HOURS=1\n")  # an error, were it read
+    monkeypatch.chdir(tmp_path / "w")
+    assert main(["status", "RUN"], _agent(tmp_path, {"EXP_PROJECT_ROOT": str(tmp_path / "w")})) == 0
+
+
+@pytest.mark.parametrize(("argv", "first"), [(["boot"], "researchkit: image: "), (["finish", "DONE", "0", "exit"], "researchkit: DONE")])
+def test_the_agents_own_line_comes_before_its_failure_in_the_vms_log(tmp_path, argv, first):
+    """The startup script sends the agent's stdout and stderr to one log: what the agent said
+    must come before the failure that followed it, even when the bucket cannot be reached."""
+    import os
+    import subprocess
+    import sys
+
+    (tmp_path / "vm").mkdir()
+    env = {**os.environ, "RK_RUN_ID": "r1", "RK_STORE": f"file://{tmp_path / 'b'}", "RK_PROVIDER": "local",
+           "RK_BUCKET_CLASS": "researchkit_py.no_such_module:Bucket", "RK_STORE_CLASS": LOCAL_STORE,
+           "RK_ROOT": str(tmp_path / "vm")}
+    env.pop("PYTHONUNBUFFERED", None)  # as on the VM: stdout to a file is block-buffered
+    r = subprocess.run([sys.executable, "-m", "researchkit_py.vm_agent", *argv], env=env, stdout=subprocess.PIPE,
+                       stderr=subprocess.STDOUT, text=True, cwd=Path(__file__).resolve().parents[2])
+    lines = r.stdout.splitlines()
+    assert r.returncode == 1 and lines[0].startswith(first), lines
+    assert lines[1].startswith(f"researchkit: {argv[0]} failed: ModuleNotFoundError"), lines
