@@ -14,6 +14,7 @@ import base64
 import gzip
 import hashlib
 import io
+import re
 import sys
 import tarfile
 from dataclasses import dataclass
@@ -40,7 +41,10 @@ def _compact(source: bytes) -> bytes:
         if isinstance(body, list) and body and isinstance(body[0], ast.Expr) \
                 and isinstance(getattr(body[0], "value", None), ast.Constant) and isinstance(body[0].value.value, str):
             node.body = body[1:] or [ast.Pass()]
-    return ast.unparse(tree).encode()
+    # ast.unparse writes one physical line per logical line (strings as one-line reprs): each
+    # line's four-space indent steps can become one space each, a few hundred bytes of user data
+    lines = (re.sub(r"^(?:    )+", lambda m: " " * (len(m.group()) // 4), line) for line in ast.unparse(tree).splitlines())
+    return "\n".join(lines).encode()
 
 
 @dataclass(frozen=True)
