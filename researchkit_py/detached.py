@@ -135,28 +135,37 @@ def main(argv: list[str]) -> int:
 def launch(args) -> int:
     from . import lifecycle
     from .clouds.registry import deadline_hours
+    from .lifecycle.many import launch_many
     from .machine import choose
 
     ctx = _context(args, launching=True)
     max_hours = deadline_hours(ctx.settings.with_flags(MAX_GPU_HOURS=None if args.max_hours is None else f"{args.max_hours:g}"))
-    launched = []
+    planned = []  # every experiment's command and machine before anything is launched: a bad one stops them all
     for exp in args.exp:
         command, source = command_for(exp, args.quick, args.command, ctx.settings)
         machine = choose("gce", ctx.settings, machine_type=args.machine_type or "", gpu=args.gpu,
                          spec=spec_for(exp, ctx.settings) or "")
         opts = lifecycle.LaunchOptions(command=command, max_hours=max_hours, spot=args.spot, experiment=f"exp{exp}",
                                        label=f"exp{exp}", machine=machine, detached=True)
-        if args.dry_run:
+        planned.append((exp, command, source, opts))
+    if args.dry_run:
+        for exp, command, source, opts in planned:
             plan = lifecycle.plan_launch(ctx, opts, upload=False)
             print(plan.script)
             say(f"dry run, experiment {exp} ({shlex.quote(command)} from {source}): would insert\n"
                 f"{lifecycle.dry_run_report(ctx, plan)}\nnothing was created")
+        return 0
+    launched, failed = [], 0
+    for (exp, command, source, _), outcome in zip(planned, launch_many(ctx, [p[3] for p in planned]), strict=True):
+        if outcome.error is not None:
+            failed += 1
+            say(f"Experiment {exp} was not launched: {outcome.error} (run {outcome.plan.run_id}: its record says so)")
             continue
-        plan = lifecycle.launch(ctx, opts)
-        launched.append((exp, plan))
+        plan = outcome.plan
+        launched.append(exp)
         print(plan.run_id)
         say(f"Experiment {exp} launched: VM {plan.manifest.instance} in {plan.manifest.zone or ctx.provider.zones[0]} "
-                      f"runs {shlex.quote(command)} ({source})")
+            f"runs {shlex.quote(command)} ({source})")
     if launched:
         bucket = ctx.store.url
         many = len(launched) > 1
@@ -165,9 +174,12 @@ def launch(args) -> int:
             f"{bucket}/runs/<run-id>/, and delete itself (deadline: {max_hours:g} h).\nYou can close this terminal.\n\n"
             "To check progress:\n"
             "  python -m researchkit_py.detached list\n"
-            + "".join(f"  python -m researchkit_py.detached logs {e} --follow\n" for e, _ in launched)
+            + "".join(f"  python -m researchkit_py.detached logs {e} --follow\n" for e in launched)
             + "Later:\n"
-            + "".join(f"  python -m researchkit_py.detached download {e}\n" for e, _ in launched))
+            + "".join(f"  python -m researchkit_py.detached download {e}\n" for e in launched))
+    if failed:
+        raise KitError(f"{failed} of {len(planned)} experiments were not launched (above: why); "
+                       f"{len(launched)} run{'s' if len(launched) != 1 else ''} launched")
     return 0
 
 

@@ -55,6 +55,7 @@ DEFAULTS: dict[str, str] = {
     "RK_REAP_INTERVAL": "300",
     "RK_STATE_HOME": "",
     "RK_CACHE_HOME": "",
+    "RK_ENV_CACHE": "",
     "RK_VM_PYTHON": "",
     "RK_PRICE_PER_HOUR": "",
     "RK_GPU_DRIVER_WAIT": "300",

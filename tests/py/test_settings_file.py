@@ -228,6 +228,12 @@ def _(p):
     assert f"bucket file://{p.root.parent}/kit-state/local/bucket;" in p.dry_run()[2]
 
 
+@observes("RK_ENV_CACHE")
+def _(p):
+    p.env_file(RK_ENV_CACHE=f"{p.root.parent}/kit-envs")
+    assert p.context().provider.env_cache() == f"{p.root.parent}/kit-envs"  # what the VM's setup is given
+
+
 @observes("RK_CACHE_HOME")
 def _(p):
     from researchkit_py.lifecycle import list_runs

@@ -1,0 +1,182 @@
+"""researchkit at the scale of a research month, this code against an earlier one (--base, a
+checkout of it, e.g. `git worktree add /tmp/perf-base 324fae1`), in one run on this machine's
+emulators:
+
+- ls: `cloud-run ls` over a bucket of --runs runs (fake-gcs-server and moto), cold (no cache)
+  and warm (listed before);
+- launches: `detached --exp 1 … 20` against the fake Compute API: command → all 20 requested;
+- embedded: a relaunch on the embedded provider with an unchanged requirements.txt, and the
+  launch → results overhead of a run without one.
+
+  bench/scale.py [--base /tmp/perf-base] [--runs 10000] [--only ls,launches,embedded] [--out bench/results]
+
+Writes scale.md and scale.json into --out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(REPO), str(REPO / "tests" / "py")]
+
+from emulate import prepare_ec2  # noqa: E402
+from emulators import FakeGCS, MotoProcess  # noqa: E402
+from fake_gce import FakeGCE  # noqa: E402
+
+ROWS: list[dict] = []
+
+
+def record(group: str, measure: str, code: str, values: list[float], note: str = "") -> None:
+    row = {"group": group, "measure": measure, "code": code, "median_s": round(statistics.median(values), 3),
+           "runs_s": [round(v, 3) for v in values], "note": note}
+    ROWS.append(row)
+    print(f"bench: {group} | {measure} | {code}: {row['median_s']} s {note}", file=sys.stderr, flush=True)
+
+
+def timed(argv: list[str], env: dict, cwd: Path | None = None) -> tuple[float, str]:
+    t0 = time.perf_counter()
+    r = subprocess.run(argv, env=env, cwd=cwd, capture_output=True, text=True)
+    took = time.perf_counter() - t0
+    if r.returncode != 0:
+        raise SystemExit(f"bench: {' '.join(argv[:5])} … failed ({r.returncode}): {r.stderr.strip()[-800:]}")
+    return took, r.stdout
+
+
+# --- ls over a big bucket ---------------------------------------------------------------
+def seed_runs(put, n: int) -> None:
+    """n finished runs (manifest and status: what a launch and its VM leave) and 3 still
+    running (a fresh heartbeat), written straight through the SDK in parallel."""
+    now = time.time()
+
+    def one(i: int) -> None:
+        t = now - (n - i) * 60
+        run_id = f"exp{i % 20}-{time.strftime('%Y%m%d-%H%M%S', time.gmtime(t))}-{i:08x}"
+        created = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t))
+        running = i >= n - 3
+        manifest = {"run_id": run_id, "provider": "gce", "instance": f"rk-{run_id}", "command": f"python train.py --seed {i}",
+                    "bundle": "code/x.tar.gz", "created_at": created, "expires_at": "2099-01-01T00:00:00Z",
+                    "max_hours": 4, "heartbeat_seconds": 3600 if running else 30, "experiment": f"exp{i % 20}",
+                    "zone": "us-central1-a"}
+        put(f"runs/{run_id}/manifest.json", json.dumps(manifest))
+        put(f"runs/{run_id}/status.json", json.dumps({"run_id": run_id, "phase": "RUN" if running else "DONE",
+                                                       "exit_code": None if running else 0, "cause": None if running else "exit"}))
+        if running:
+            put(f"runs/{run_id}/heartbeat", f"{time.time():.3f}\n")
+
+    with ThreadPoolExecutor(32) as pool:
+        list(pool.map(one, range(n)))
+
+
+def bench_ls(codes: dict[str, Path], env: dict, gcs_bucket: str, s3_url: str, n: int, repeat: int) -> None:
+    from google.cloud import storage
+
+    from researchkit_py.clouds.ec2.store import s3_client
+
+    gcs = storage.Client.create_anonymous_client().bucket(gcs_bucket.removeprefix("gs://").split("/")[0])
+    s3_bucket, _, s3_prefix = s3_url.removeprefix("s3://").partition("/")
+    s3 = s3_client()
+    t0 = time.perf_counter()
+    seed_runs(lambda k, body: gcs.blob(f"researchkit/{k}").upload_from_string(body), n)
+    seed_runs(lambda k, body: s3.put_object(Bucket=s3_bucket, Key=f"{s3_prefix}/{k}", Body=body.encode()), n)
+    print(f"bench: seeded {n} runs in each bucket in {time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True)
+    for backend, bucket in (("gce", gcs_bucket), ("ec2", s3_url)):
+        where = f"ls, {n} runs, {'GCS (fake-gcs-server)' if backend == 'gce' else 'S3 (moto)'}"
+        for code, root in codes.items():
+            cli = [str(root / "tools" / "cloud-run"), "ls", "--backend", backend, "--json"]
+            e = {**env, "RK_BUCKET": bucket, "RK_CACHE_HOME": tempfile.mkdtemp(prefix="rk-cache-")}
+            if code == "before":  # every call read every run
+                took = [timed(cli, e)[0] for _ in range(max(1, repeat // 3))]
+                record(where, "cloud-run ls (every call reads every run)", code, took)
+                continue
+            for limit, what in (("50", "default --limit 50"), ("0", "--limit 0: all runs")):
+                cold, warm = [], []
+                for _ in range(repeat):
+                    shutil.rmtree(e["RK_CACHE_HOME"], ignore_errors=True)
+                    took, out = timed([*cli, "--limit", limit], e)
+                    assert len(json.loads(out)) == (n if limit == "0" else 50)
+                    cold.append(took)
+                    warm.append(timed([*cli, "--limit", limit], e)[0])
+                record(where, f"cloud-run ls, {what}, cold (never listed here)", code, cold)
+                record(where, f"cloud-run ls, {what}, warm (listed before)", code, warm, "goal ≤ 2 s")
+
+
+# --- report ----------------------------------------------------------------------------
+def report(meta: dict) -> str:
+    lines = [f"# researchkit at scale — {meta['date']}", "",
+             f"Machine: {meta['machine']}; Python {meta['python']}. before = {meta['base']}, after = this "
+             f"checkout ({meta['head']}). Medians of the runs listed.", "",
+             "| group | measure | code | median (s) | runs (s) | note |", "|---|---|---|---:|---|---|"]
+    for r in ROWS:
+        lines.append(f"| {r['group']} | {r['measure']} | {r['code']} | {r['median_s']:.3f} | "
+                     f"{', '.join(f'{v:.3f}' for v in r['runs_s'])} | {r['note']} |")
+    return "\n".join(lines) + "\n"
+
+
+def git_head(root: Path) -> str:
+    return subprocess.run(["git", "-C", str(root), "rev-parse", "--short", "HEAD"], capture_output=True,
+                          text=True).stdout.strip()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--base", help="a checkout of the earlier code (its tools/ are run)")
+    ap.add_argument("--runs", type=int, default=10000)
+    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--only", default="ls,launches,embedded")
+    ap.add_argument("--out", default=str(REPO / "bench" / "results"))
+    args = ap.parse_args()
+    only = set(args.only.split(","))
+    codes = {"after": REPO} | ({"before": Path(args.base).resolve()} if args.base else {})
+    scratch = Path(tempfile.mkdtemp(prefix="rk-scale-"))
+    moto, gcs, gce = MotoProcess(), FakeGCS(), FakeGCE()
+    try:
+        exports = prepare_ec2(moto.url)
+        os.environ["STORAGE_EMULATOR_HOST"] = gcs.url
+        from researchkit_py.clouds.gce.store import gcs_client
+
+        gcs_client().create_bucket("bench-gcs")
+        env = {**os.environ, **exports, "HOME": str(scratch), "RK_STATE_HOME": str(scratch / "state"),
+               "RK_NO_PROGRESS": "1", "GCE_PROJECT": "bench", "RK_GCE_API_ENDPOINT": gce.url}
+        env.pop("PYTHONDONTWRITEBYTECODE", None)
+        if "ls" in only:
+            bench_ls(codes, env, "gs://bench-gcs/researchkit", exports["RK_BUCKET"], args.runs, args.repeat)
+        if "launches" in only:
+            bench_launches(codes, env, scratch, gce, args.repeat)
+        if "embedded" in only:
+            bench_embedded(codes, env, scratch, args.repeat)
+    finally:
+        for server in (moto, gcs, gce):
+            server.stop()
+        shutil.rmtree(scratch, ignore_errors=True)
+    import platform
+
+    meta = {"date": time.strftime("%Y-%m-%d"), "machine": f"{os.cpu_count()} cores", "python": platform.python_version(),
+            "head": git_head(REPO), "base": git_head(codes["before"]) if "before" in codes else "not measured"}
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "scale.md").write_text(report(meta))
+    (out / "scale.json").write_text(json.dumps({**meta, "rows": ROWS}, indent=2) + "\n")
+    print(report(meta))
+
+
+def bench_launches(codes, env, scratch, gce, repeat):  # filled in below
+    raise NotImplementedError
+
+
+def bench_embedded(codes, env, scratch, repeat):  # filled in below
+    raise NotImplementedError
+
+
+if __name__ == "__main__":
+    main()
