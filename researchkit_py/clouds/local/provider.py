@@ -41,7 +41,8 @@ class LocalProvider(Provider):
         return f"# deadline: the local supervisor ends this session after {int(max_seconds)} s"
 
     def self_delete_lines(self) -> str:
-        return 'rk self-delete || rm -f "${RK_LOCAL_INSTANCE:-}"'
+        # what `rk self-delete` does here, without a Python start on the way to the client's pull
+        return 'rm -f "${RK_LOCAL_INSTANCE:-}"'
 
     def _record(self, name: str) -> Path:
         return self.records / f"{name}.json"
