@@ -221,6 +221,7 @@ def bench_embedded(codes: dict[str, Path], env: dict, scratch: Path, repeat: int
     whose requirements.txt is scikit-learn, from this machine's package index (/opt/pypi-more)."""
     proj = scratch / "embedded-proj"
     proj.mkdir()
+    (scratch / "emb").mkdir()
     (proj / "train.py").write_text("import sklearn; print(sklearn.__version__)\n")
     subprocess.run(["git", "init", "-q", str(proj)], check=True)
     base = {**env, "COMPUTE_TARGET": "local", "RK_BUCKET": "", "EXP_PROJECT_ROOT": str(proj)}

@@ -156,7 +156,10 @@ def launch(args) -> int:
                 f"{lifecycle.dry_run_report(ctx, plan)}\nnothing was created")
         return 0
     launched, failed = [], 0
-    for (exp, command, source, _), outcome in zip(planned, launch_many(ctx, [p[3] for p in planned]), strict=True):
+    outcomes = launch_many(ctx, [p[3] for p in planned])
+    if len(outcomes) == 1 and outcomes[0].error is not None:
+        raise outcomes[0].error  # one experiment: its error is the one line
+    for (exp, command, source, _), outcome in zip(planned, outcomes, strict=True):
         if outcome.error is not None:
             failed += 1
             say(f"Experiment {exp} was not launched: {outcome.error} (run {outcome.plan.run_id}: its record says so)")
