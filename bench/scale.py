@@ -297,6 +297,14 @@ def bench_embedded(codes: dict[str, Path], env: dict, scratch: Path, repeat: int
         record("embedded provider, requirements.txt = scikit-learn", "first launch → results", code, runs[:1])
         record("embedded provider, requirements.txt = scikit-learn", "relaunch, requirements unchanged → results",
                code, runs[1:], "goal: ≤ 2 s of overhead")
+    # the command alone, in an environment like the run's: what a relaunch cannot go below
+    venv, uv = scratch / "sklearn-venv", str(Path(sys.executable).parent / "uv")
+    subprocess.run([uv, "venv", "-q", "--system-site-packages", "--python", "python3", str(venv)], check=True, env=e)
+    subprocess.run([uv, "pip", "install", "-q", "--python", str(venv / "bin" / "python"), "-r",
+                    str(proj / "requirements.txt")], check=True, env=e)
+    alone = [timed([str(venv / "bin" / "python"), "train.py"], e, cwd=proj)[0] for _ in range(1 + repeat)]
+    record("embedded provider, requirements.txt = scikit-learn", "the command alone (python train.py, "
+           "scikit-learn installed): subtract it from the launches above", "-", alone[1:])
 
 
 if __name__ == "__main__":
