@@ -25,6 +25,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -87,7 +88,7 @@ def bench_ls(codes: dict[str, Path], env: dict, scratch: Path, n: int, repeat: i
     take half an hour on a busy 2-core machine): fake-gcs-server reads them from a directory at
     its start (-data), moto (in this process) takes them through its S3 backend's put_object."""
     import boto3
-    from emulators import Moto, free_port, wait_http
+    from emulators import Moto, free_port
     from moto.core import DEFAULT_ACCOUNT_ID
     from moto.s3.models import s3_backends
 
@@ -109,7 +110,15 @@ def bench_ls(codes: dict[str, Path], env: dict, scratch: Path, n: int, repeat: i
                            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     moto = Moto()
     try:
-        wait_http(f"{gcs_url}/storage/v1/b?project=test", timeout=300)
+        end = time.time() + 600  # it loads the directory before it answers
+        while True:
+            try:
+                urllib.request.urlopen(f"{gcs_url}/storage/v1/b?project=test", timeout=30).read()
+                break
+            except OSError:
+                if time.time() > end:
+                    raise
+                time.sleep(0.5)
         boto3.client("s3", endpoint_url=moto.url, region_name="us-east-1", aws_access_key_id="emulator",
                      aws_secret_access_key="emulator").create_bucket(Bucket="bench-ls")
         backend = s3_backends[DEFAULT_ACCOUNT_ID]["global"]
