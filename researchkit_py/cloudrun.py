@@ -13,6 +13,8 @@ from .cloudrun_run import cmd_run, emit_json
 from .errors import KitError, ProviderError, run_cli, say
 from .settings import Settings
 
+DEFAULT_LIMIT = 50  # runs `ls` shows: a screenful; --limit 0 for all
+
 
 def _parser() -> argparse.ArgumentParser:
     p = ArgumentParser(prog="cloud-run", description=__doc__.split("\n")[0].split(": ", 1)[1],
@@ -55,9 +57,13 @@ def _parser() -> argparse.ArgumentParser:
     st = sub.add_parser("status", parents=[common], help="one run's state, or all runs'")
     st.add_argument("run_id", nargs="?")
     st.add_argument("--json", action="store_true")
+    st.add_argument("--limit", type=_limit, default=DEFAULT_LIMIT, metavar="N",
+                    help=f"without RUN_ID: the newest N runs (default {DEFAULT_LIMIT}; 0: all)")
 
-    ls = sub.add_parser("ls", parents=[common], help="list runs in the bucket")
+    ls = sub.add_parser("ls", parents=[common], help="list runs in the bucket, newest first")
     ls.add_argument("--json", action="store_true")
+    ls.add_argument("--limit", type=_limit, default=DEFAULT_LIMIT, metavar="N",
+                    help=f"the newest N runs (default {DEFAULT_LIMIT}; 0: all)")
 
     lg = sub.add_parser("logs", parents=[common], help="print a run's log")
     lg.add_argument("run_id")
@@ -71,6 +77,16 @@ def _parser() -> argparse.ArgumentParser:
     rp.add_argument("--dry-run", action="store_true")
     rp.add_argument("--json", action="store_true")
     return p
+
+
+def _limit(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        n = -1
+    if n < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of runs (0 lists them all)")
+    return n
 
 
 def _table(rows: list[dict], cols: list[str]) -> None:
@@ -146,11 +162,14 @@ def cmd_status(ctx, args) -> int:
 def cmd_ls(ctx, args) -> int:
     from .lifecycle import list_runs
 
-    rows = list_runs(ctx)
+    limit = args.limit or None
+    rows = list_runs(ctx, limit=limit)
     if args.json:
         emit_json(rows)
     else:
         _table(rows, ["run_id", "provider", "phase", "exit_code", "cause", "created_at", "command"])
+        if limit and len(rows) == limit:
+            say(f"(the newest {limit} runs; --limit 0 lists them all)")
     return 0
 
 

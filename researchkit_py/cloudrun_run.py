@@ -142,13 +142,16 @@ def _after_launch(ctx, args, plan, output_dir: Path | None) -> int:
     if not args.json:
         print(run_id, flush=True)
     state = wait(ctx, run_id, stream_log=not args.quiet)
-    ensure_gone(ctx, plan.manifest.instance)
     code = protocol.client_exit_code(state)
     summary = {"run_id": run_id, "phase": state.get("phase"), "cause": state.get("cause"),
                "exit_code": state.get("exit_code"), "cloud_run_exit": code}
+    try:  # the pull first: a final status means the results are in, while the VM deletes itself
+        if output_dir is not None:
+            stats, complete = pull(ctx, run_id, output_dir)
+            summary.update(output_dir=str(output_dir), files=stats.files, bytes=stats.bytes, complete=complete)
+    finally:
+        ensure_gone(ctx, plan.manifest.instance)
     if output_dir is not None:
-        stats, complete = pull(ctx, run_id, output_dir)
-        summary.update(output_dir=str(output_dir), files=stats.files, bytes=stats.bytes, complete=complete)
         say(f"cloud-run: pulled {stats.files} files ({stats.bytes} bytes) into {output_dir}"
             + ("" if complete else " — the run uploaded no results manifest: results are incomplete"))
     say(f"cloud-run: {run_id} {_outcome(state)}")

@@ -22,6 +22,7 @@ from .settings import Settings
 DEFAULT_SCRIPT = "scripts/run_experiment.py"
 DEFAULT_COMMAND = f"python {DEFAULT_SCRIPT} --exp {{exp}} {{quick}} --parallel"
 LATER = ("list", "status", "download", "logs", "kill")
+DEFAULT_LIMIT = 50  # runs `list` shows: a screenful; --limit 0 for all
 
 
 def spec_for(exp: int, settings: Settings) -> Path | None:
@@ -70,6 +71,12 @@ def _context(args, *, launching: bool = False):
     return ctx
 
 
+def _limit(text: str) -> int:
+    if not text.isdigit():
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of runs (0 lists them all)")
+    return int(text)
+
+
 def launch_parser() -> argparse.ArgumentParser:
     later = later_parser()._subparsers._group_actions[0]  # type: ignore[union-attr]
     commands = "\n".join(f"  {a.dest:<10} {a.help}" for a in later._choices_actions)
@@ -97,9 +104,11 @@ def later_parser() -> argparse.ArgumentParser:
     p.add_argument("--zone")
     sub = p.add_subparsers(dest="cmd", required=True)
     for name in ("list", "status"):
-        s = sub.add_parser(name, help="runs per experiment, with their state (from the bucket)")
+        s = sub.add_parser(name, help="runs per experiment, newest first, with their state (from the bucket)")
         s.add_argument("--exp", type=int)
         s.add_argument("--json", action="store_true")
+        s.add_argument("--limit", type=_limit, default=DEFAULT_LIMIT, metavar="N",
+                       help=f"the newest N runs (default {DEFAULT_LIMIT}; 0: all)")
     d = sub.add_parser("download", help="download a run's results (latest of EXP by default)")
     d.add_argument("exp", type=int)
     d.add_argument("run", nargs="?")
@@ -126,28 +135,40 @@ def main(argv: list[str]) -> int:
 def launch(args) -> int:
     from . import lifecycle
     from .clouds.registry import deadline_hours
+    from .lifecycle.many import launch_many
     from .machine import choose
 
     ctx = _context(args, launching=True)
     max_hours = deadline_hours(ctx.settings.with_flags(MAX_GPU_HOURS=None if args.max_hours is None else f"{args.max_hours:g}"))
-    launched = []
+    planned = []  # every experiment's command and machine before anything is launched: a bad one stops them all
     for exp in args.exp:
         command, source = command_for(exp, args.quick, args.command, ctx.settings)
         machine = choose("gce", ctx.settings, machine_type=args.machine_type or "", gpu=args.gpu,
                          spec=spec_for(exp, ctx.settings) or "")
         opts = lifecycle.LaunchOptions(command=command, max_hours=max_hours, spot=args.spot, experiment=f"exp{exp}",
                                        label=f"exp{exp}", machine=machine, detached=True)
-        if args.dry_run:
+        planned.append((exp, command, source, opts))
+    if args.dry_run:
+        for exp, command, source, opts in planned:
             plan = lifecycle.plan_launch(ctx, opts, upload=False)
             print(plan.script)
             say(f"dry run, experiment {exp} ({shlex.quote(command)} from {source}): would insert\n"
                 f"{lifecycle.dry_run_report(ctx, plan)}\nnothing was created")
+        return 0
+    launched, failed = [], 0
+    outcomes = launch_many(ctx, [p[3] for p in planned])
+    if len(outcomes) == 1 and outcomes[0].error is not None:
+        raise outcomes[0].error  # one experiment: its error is the one line
+    for (exp, command, source, _), outcome in zip(planned, outcomes, strict=True):
+        if outcome.error is not None:
+            failed += 1
+            say(f"Experiment {exp} was not launched: {outcome.error} (run {outcome.plan.run_id}: its record says so)")
             continue
-        plan = lifecycle.launch(ctx, opts)
-        launched.append((exp, plan))
+        plan = outcome.plan
+        launched.append(exp)
         print(plan.run_id)
         say(f"Experiment {exp} launched: VM {plan.manifest.instance} in {plan.manifest.zone or ctx.provider.zones[0]} "
-                      f"runs {shlex.quote(command)} ({source})")
+            f"runs {shlex.quote(command)} ({source})")
     if launched:
         bucket = ctx.store.url
         many = len(launched) > 1
@@ -156,32 +177,40 @@ def launch(args) -> int:
             f"{bucket}/runs/<run-id>/, and delete itself (deadline: {max_hours:g} h).\nYou can close this terminal.\n\n"
             "To check progress:\n"
             "  python -m researchkit_py.detached list\n"
-            + "".join(f"  python -m researchkit_py.detached logs {e} --follow\n" for e, _ in launched)
+            + "".join(f"  python -m researchkit_py.detached logs {e} --follow\n" for e in launched)
             + "Later:\n"
-            + "".join(f"  python -m researchkit_py.detached download {e}\n" for e, _ in launched))
+            + "".join(f"  python -m researchkit_py.detached download {e}\n" for e in launched))
+    if failed:
+        raise KitError(f"{failed} of {len(planned)} experiments were not launched (above: why); "
+                       f"{len(launched)} run{'s' if len(launched) != 1 else ''} launched")
     return 0
 
 
-def _runs(ctx, exp: int | None) -> list[dict]:
+def _runs(ctx, exp: int | None, limit: int | None = None) -> list[dict]:
+    """Runs of experiment `exp` (of all when None), newest first."""
     from .lifecycle import list_runs
 
-    return list_runs(ctx, experiment=f"exp{exp}" if exp is not None else None)
+    return list_runs(ctx, experiment=f"exp{exp}" if exp is not None else None, limit=limit)
 
 
 def _pick(ctx, exp: int, run: str | None) -> str:
-    rows = _runs(ctx, exp)
     if run:
-        if run not in {r["run_id"] for r in rows}:
+        from . import protocol
+
+        manifest = ctx.store.read_json_or_none(protocol.run_key(protocol.check_run_id(run), protocol.MANIFEST))
+        if not isinstance(manifest, dict) or manifest.get("experiment") != f"exp{exp}":
             raise KitError(f"no run {run} of experiment {exp}; `list --exp {exp}` shows its runs")
         return run
+    rows = _runs(ctx, exp, limit=1)
     if not rows:
         raise KitError(f"no runs of experiment {exp} in {ctx.store.url}; launch one with --exp {exp}")
-    return rows[-1]["run_id"]
+    return rows[0]["run_id"]
 
 
 def cmd_list(args) -> int:
     ctx = _context(args)
-    rows = _runs(ctx, args.exp)
+    limit = args.limit or None
+    rows = _runs(ctx, args.exp, limit)
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
@@ -193,6 +222,8 @@ def cmd_list(args) -> int:
         exit_code = "-" if r["exit_code"] is None else r["exit_code"]
         print(f"{r['experiment']:<6}{r['run_id']:<34}{r['phase']:<8}{exit_code!s:<6}{r['cause'] or '-':<12}"
               f"{r['zone'] or '-':<16}{r['created_at']}")
+    if limit and len(rows) == limit:
+        say(f"(the newest {limit} runs; --limit 0 lists them all)")
     return 0
 
 

@@ -55,6 +55,8 @@ DEFAULTS: dict[str, str] = {
     "RK_CANCEL_WAIT": "",
     "RK_REAP_INTERVAL": "300",
     "RK_STATE_HOME": "",
+    "RK_CACHE_HOME": "",
+    "RK_ENV_CACHE": "",
     "RK_VM_PYTHON": "",
     "RK_PRICE_PER_HOUR": "",
     "RK_GPU_DRIVER_WAIT": "300",
@@ -184,4 +186,12 @@ class Settings(Mapping[str, str]):
         if self.get("RK_STATE_HOME"):
             return Path(self["RK_STATE_HOME"]).expanduser()
         base = self.get("XDG_STATE_HOME") or str(Path(self.get("HOME") or "~").expanduser() / ".local" / "state")
+        return Path(base) / "researchkit"
+
+    def cache_home(self) -> Path:
+        """What the tool may rebuild at any time (the runs a bucket listed, the embedded
+        provider's environments): deleting it loses nothing."""
+        if self.get("RK_CACHE_HOME"):
+            return Path(self["RK_CACHE_HOME"]).expanduser()
+        base = self.get("XDG_CACHE_HOME") or str(Path(self.get("HOME") or "~").expanduser() / ".cache")
         return Path(base) / "researchkit"

@@ -8,14 +8,18 @@ and say so through it; nothing else differs from a real VM.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import importlib.util
 import io
+import json
+import os
 import platform
 import re
 import shutil
 import socket
 import subprocess
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -99,13 +103,24 @@ def find_uv(root: Path, environ: dict[str, str]) -> str:
 
 def install_requirements(requirements: Path, venv: Path, root: Path, environ: dict[str, str]) -> None:
     """A venv over the image's python3 (its packages stay visible), requirements.txt into it; one
-    line in the log says what was installed, and how long each part took."""
+    line in the log says what was installed, and how long each part took. With RK_ENV_CACHE (the
+    embedded provider's, on this machine), `venv` links to an environment built once for the
+    same inputs and reused after (reuse_env)."""
+    cache = environ.get("RK_ENV_CACHE", "")
+    if cache and cache != "off" and not _local_refs(requirements):
+        return reuse_env(requirements, venv, Path(cache), environ)
+    _build(requirements, venv, root, environ, {"UV_CACHE_DIR": str(root / "uv-cache")})
+
+
+def _build(requirements: Path, venv: Path, root: Path, environ: dict[str, str], extra: dict[str, str],
+           relocatable: bool = False) -> None:
     t0 = time.monotonic()
     uv = find_uv(root, environ)
     took = {"uv": time.monotonic() - t0}
-    env = {"UV_CACHE_DIR": str(root / "uv-cache"), **environ}  # beside the venv: uv links from its cache
+    env = {**extra, **environ}  # the uv cache beside the venv: uv links from its cache
     out = ""
-    for part, argv in (("venv", [uv, "venv", "--quiet", "--system-site-packages", "--python", "python3", str(venv)]),
+    for part, argv in (("venv", [uv, "venv", "--quiet", "--system-site-packages", "--python", "python3",
+                                 *(["--relocatable"] if relocatable else []), str(venv)]),
                        ("install", [uv, "pip", "install", "--python", str(venv / "bin" / "python"),
                                     "-r", str(requirements)])):
         t1 = time.monotonic()
@@ -117,6 +132,61 @@ def install_requirements(requirements: Path, venv: Path, root: Path, environ: di
     installed = re.findall(r"^ \+ (\S+)", out, re.M)
     print(f"researchkit: {requirements.name} installed ({', '.join(f'{k} {v:.2f} s' for k, v in took.items())}): "
           f"{', '.join(installed) or 'nothing new'}", flush=True)
+
+
+# --- environments reused by what they were built from (the embedded provider) ------------
+BUILT = ".researchkit-built"  # written last into a finished environment: without it, never used
+
+
+def _local_refs(requirements: Path) -> bool:
+    """A requirements file that names local paths or other files (-e ., ./pkg, -r more.txt):
+    its content does not say what gets installed, so its environment is not reused."""
+    for line in requirements.read_text(errors="replace").splitlines():
+        line = line.split(" #")[0].strip()
+        if re.match(r"(-e|--editable|-r|--requirement|-c|--constraint|-f|--find-links)\b|[./~]|file:", line):
+            return True
+    return False
+
+
+def env_key(requirements: Path, environ: dict[str, str]) -> str:
+    """What an environment is built from: requirements.txt's bytes, the python3 it is made over,
+    uv's version, and the index settings (UV_* and PIP_* but the cache's place)."""
+    python = subprocess.run(["python3", "-c", "import sys; print(sys.version, sys.executable, sys.prefix)"],
+                            capture_output=True, text=True).stdout
+    settings = sorted((k, v) for k, v in environ.items() if k.startswith(("UV_", "PIP_")) and k != "UV_CACHE_DIR")
+    h = hashlib.sha256(requirements.read_bytes())
+    h.update(json.dumps([python, UV_VERSION, settings]).encode())
+    return h.hexdigest()[:32]
+
+
+def reuse_env(requirements: Path, venv: Path, cache: Path, environ: dict[str, str]) -> None:
+    """`venv` as a link to cache/<env_key>, built there first if needed: into a temporary
+    directory, renamed into place once complete, under a lock per key, so that runs starting
+    together build it once and none ever sees half of one. A directory without BUILT (a build
+    that died) is removed and built again."""
+    t0 = time.monotonic()
+    key = env_key(requirements, environ)
+    final = cache / key
+    if not (final / BUILT).is_file():
+        cache.mkdir(parents=True, exist_ok=True)
+        with open(cache / f"{key}.lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes, or the process dies
+            if not (final / BUILT).is_file():
+                shutil.rmtree(final, ignore_errors=True)
+                tmp = Path(tempfile.mkdtemp(dir=cache, prefix=f".build-{key}-"))
+                try:
+                    _build(requirements, tmp / "env", tmp, environ, {"UV_CACHE_DIR": str(cache / "uv-cache")},
+                           relocatable=True)
+                    (tmp / "env" / BUILT).write_text(requirements.read_text(errors="replace"))
+                    os.rename(tmp / "env", final)
+                finally:
+                    shutil.rmtree(tmp, ignore_errors=True)
+                print(f"researchkit: environment {key} kept in {cache} for the next run", flush=True)
+                venv.symlink_to(final, target_is_directory=True)
+                return
+    venv.symlink_to(final, target_is_directory=True)
+    print(f"researchkit: {requirements.name} unchanged: environment {key} reused from {cache} "
+          f"({time.monotonic() - t0:.2f} s)", flush=True)
 
 
 def _why(output: str, requirements: Path, environ: dict[str, str]) -> str:

@@ -7,6 +7,7 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .. import protocol
 from ..clouds.base import TOOL_LABEL, InstanceRequest, Machine
@@ -14,6 +15,9 @@ from ..clouds.registry import price_per_hour
 from ..errors import KitError
 from ..storage.transfer import put_tree
 from .context import Context
+
+if TYPE_CHECKING:
+    from ..bundle import Bundle
 
 
 @dataclass
@@ -58,8 +62,10 @@ def worst_case_cost(ctx: Context, opts: LaunchOptions) -> float | None:
     return round(price * opts.max_hours, 2)
 
 
-def plan_launch(ctx: Context, opts: LaunchOptions, *, upload: bool = True) -> Launch:
-    """Everything up to the instance request: run id, bundle, data, script, manifest."""
+def plan_launch(ctx: Context, opts: LaunchOptions, *, upload: bool = True, shipped: Bundle | None = None) -> Launch:
+    """Everything up to the instance request: run id, bundle, data, script, manifest. With
+    `shipped`, the bundle (and the rest of the agent) another launch of this command made and
+    sent: nothing is packed or sent again."""
     root = opts.project_root or ctx.settings.root
     machine = launch_machine(ctx, opts)
     worst = worst_case_cost(ctx, opts)
@@ -73,11 +79,9 @@ def plan_launch(ctx: Context, opts: LaunchOptions, *, upload: bool = True) -> La
     run_id = protocol.new_run_id(label)
     hard, soft = protocol.deadlines(opts.max_hours)
     heartbeat = ctx.settings.integer("RK_HEARTBEAT_SECONDS", 2 if ctx.embedded else 30)
-    from ..bundle import make_bundle, upload_bundle  # launch-only: kept off the path of pull and status
-    from ..startup import ScriptPlan, agent_rest, render_startup_script
+    from ..startup import ScriptPlan, render_startup_script  # launch-only: kept off the path of pull and status
 
-    bundle = make_bundle(root, ctx.settings.number("RK_MAX_BUNDLE_MB"),
-                         extra_exclude=tuple(f"{d.strip('/')}/*" for d in opts.data_dirs))
+    bundle = shipped or bundle_for(ctx, opts)
     try:  # the bundle is a temporary file: gone whatever fails below
         results_subdir = ctx.settings["RK_RESULTS_SUBDIR"]
         script = render_startup_script(ScriptPlan(
@@ -107,15 +111,34 @@ def plan_launch(ctx: Context, opts: LaunchOptions, *, upload: bool = True) -> La
                                   machine.gpu_count, machine.accelerator, machine.attach)
         plan = Launch(run_id, manifest, script, request, machine)
         if upload:
-            plan.code_uploaded_bytes = upload_bundle(ctx.store, bundle)
-            agent_key, agent = agent_rest(ctx.provider.name, ctx.store.url)
-            if not ctx.store.exists(agent_key):  # the rest of the VM agent: named by its content, sent once
-                ctx.store.put_bytes(agent_key, agent)
+            if shipped is None:
+                plan.code_uploaded_bytes = ship(ctx, bundle)
             for d in opts.data_dirs:
                 put_tree(ctx.store, root / d, protocol.run_key(run_id, f"{protocol.DATA}/{d.strip('/')}"), label=f"data {d}")
     finally:
-        os.unlink(bundle.path)
+        if shipped is None:
+            os.unlink(bundle.path)
     return plan
+
+
+def bundle_for(ctx: Context, opts: LaunchOptions) -> Bundle:
+    from ..bundle import make_bundle
+
+    return make_bundle(opts.project_root or ctx.settings.root, ctx.settings.number("RK_MAX_BUNDLE_MB"),
+                       extra_exclude=tuple(f"{d.strip('/')}/*" for d in opts.data_dirs))
+
+
+def ship(ctx: Context, bundle: Bundle) -> int:
+    """The code bundle and the rest of the VM agent into the bucket, each named by its content
+    and sent only when not there yet; the bytes of code sent."""
+    from ..bundle import upload_bundle
+    from ..startup import agent_rest
+
+    sent = upload_bundle(ctx.store, bundle)
+    agent_key, agent = agent_rest(ctx.provider.name, ctx.store.url)
+    if not ctx.store.exists(agent_key):
+        ctx.store.put_bytes(agent_key, agent)
+    return sent
 
 
 def dry_run_report(ctx: Context, plan: Launch) -> str:
@@ -134,7 +157,12 @@ def launch(ctx: Context, opts: LaunchOptions, on_run_id: Callable[[str], None] |
     `on_run_id` hears the run id once the run is recorded (before the instance is asked for)."""
     if ctx.default_bucket:  # a bucket the user named is never created: a typo must not make a new one
         ctx.provider.prepare(ctx.store)
-    plan = plan_launch(ctx, opts)
+    return create(ctx, plan_launch(ctx, opts), on_run_id)
+
+
+def create(ctx: Context, plan: Launch, on_run_id: Callable[[str], None] | None = None) -> Launch:
+    """The manifest, then the instance; if that fails, no instance and a FAILED status that says why
+    (an interrupt: CANCELLED, and nothing left)."""
     manifest_key = protocol.run_key(plan.run_id, protocol.MANIFEST)
     try:
         ctx.store.write_json(manifest_key, plan.manifest.to_dict())

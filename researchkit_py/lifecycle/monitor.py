@@ -6,7 +6,6 @@ from __future__ import annotations
 import codecs
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
 
 from .. import protocol
 from ..errors import KitError, NotFound, ProviderError, StorageError, say
@@ -37,24 +36,6 @@ def run_state(ctx: Context, run_id: str, manifest: dict | None = None, alive: bo
         alive = bool(inst and inst.alive)
     state = protocol.effective_status(manifest, status, read_heartbeat(ctx, run_id), alive)
     return {**state, "run_id": run_id}
-
-
-def list_runs(ctx: Context, experiment: str | None = None) -> list[dict]:
-    ids = ctx.store.list_dirs(protocol.RUNS)
-    live = {i.name for i in ctx.provider.list() if i.alive}
-
-    def one(run_id: str) -> dict | None:
-        manifest = ctx.store.read_json_or_none(protocol.run_key(run_id, protocol.MANIFEST))
-        if manifest is None or (experiment and manifest.get("experiment") != experiment):
-            return None
-        state = run_state(ctx, run_id, manifest, alive=manifest["instance"] in live)
-        return {"run_id": run_id, "provider": manifest["provider"], "experiment": manifest.get("experiment", ""),
-                "phase": state.get("phase"), "exit_code": state.get("exit_code"), "cause": state.get("cause"),
-                "created_at": manifest["created_at"], "command": manifest["command"], "zone": manifest.get("zone", "")}
-
-    with ThreadPoolExecutor(max_workers=16) as pool:
-        rows = [r for r in pool.map(one, ids) if r]
-    return sorted(rows, key=lambda r: (r["created_at"], r["run_id"]))
 
 
 def read_log(ctx: Context, run_id: str) -> bytes:

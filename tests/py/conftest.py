@@ -34,6 +34,7 @@ def isolated(tmp_path, monkeypatch):
     home.mkdir()
     monkeypatch.setenv("HOME", str(home))
     monkeypatch.setenv("RK_STATE_HOME", str(tmp_path / "state"))
+    monkeypatch.setenv("RK_CACHE_HOME", str(tmp_path / "cache"))
     monkeypatch.setenv("RK_NO_PROGRESS", "1")
     monkeypatch.setenv("RK_STORAGE_BACKOFF", "0.01")
     monkeypatch.setenv("RK_HEARTBEAT_SECONDS", "1")

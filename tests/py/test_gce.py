@@ -1,4 +1,5 @@
-"""GCE: the real google-cloud-compute client against our fake Compute API, real
+"""GCE: our Compute REST calls (held against google-cloud-compute's types in
+test_many_launches.py) against our fake Compute API, real
 google-cloud-storage against fake-gcs-server, and fake VMs that boot from the rendered
 startup script and delete themselves through the API with their metadata token."""
 

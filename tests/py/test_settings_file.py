@@ -228,6 +228,27 @@ def _(p):
     assert f"bucket file://{p.root.parent}/kit-state/local/bucket;" in p.dry_run()[2]
 
 
+@observes("RK_ENV_CACHE")
+def _(p):
+    p.env_file(RK_ENV_CACHE=f"{p.root.parent}/kit-envs")
+    assert p.context().provider.env_cache() == f"{p.root.parent}/kit-envs"  # what the VM's setup is given
+
+
+@observes("RK_CACHE_HOME")
+def _(p):
+    from researchkit_py.lifecycle import list_runs
+    from researchkit_py.lifecycle.runlist import cache_path
+
+    p.env_file(RK_CACHE_HOME=f"{p.root.parent}/kit-cache")
+    ctx = p.context()
+    run_id = "x-20260101-000000-00000001"
+    ctx.store.write_json(f"runs/{run_id}/manifest.json", {"provider": "local", "instance": "rk-x", "command": "true",
+                                                         "created_at": "2026-01-01T00:00:00Z"})
+    ctx.store.write_json(f"runs/{run_id}/status.json", {"phase": "DONE", "exit_code": 0})
+    assert [r["run_id"] for r in list_runs(ctx)] == [run_id]
+    assert cache_path(ctx).is_relative_to(p.root.parent / "kit-cache") and cache_path(ctx).is_file()
+
+
 @observes("RK_RESULTS_SUBDIR", "RK_HEARTBEAT_SECONDS", "RK_VM_PYTHON")
 def _(p):
     p.env_file(RK_RESULTS_SUBDIR="outputs", RK_HEARTBEAT_SECONDS="13", RK_VM_PYTHON="/opt/py/bin/python3")

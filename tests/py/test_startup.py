@@ -24,7 +24,7 @@ NASTY = [
 ]
 
 PROVIDER_SNIPPETS = {
-    "local": ("# deadline kept by the supervisor", 'rk self-delete || rm -f "${RK_LOCAL_INSTANCE:-}"'),
+    "local": ("# deadline kept by the supervisor", 'rm -f "${RK_LOCAL_INSTANCE:-}"'),
     "gce": (":", "rk self-delete || shutdown -h now"),
     "ec2": ("shutdown -h +240", "shutdown -h now"),
 }

@@ -1,18 +1,17 @@
-"""Google Compute Engine provider (google-cloud-compute, REST transport, imported on first use).
+"""Google Compute Engine provider: the Compute REST API through one google-auth session.
 
 The VM boots our startup script from metadata, is labelled for the reaper, carries the
 cloud-enforced deadline (scheduling.maxRunDuration with instanceTerminationAction=DELETE)
 and a service account limited to storage and compute scopes.
 
-Reads (the aggregated list behind `get`, `ls`, `status` and the reaper) are one REST call
-through google-auth's session: google-cloud-compute takes over 2 s to import (it loads every
-Compute service's types), which `cloud-run status` must not pay. Writes use the SDK.
+Reads (the aggregated list behind `get`, `ls`, `status` and the reaper) and writes (insert,
+delete: compute.py) are REST calls: google-cloud-compute takes over 2 s to import (it loads
+every Compute service's types), which no command should pay.
 """
 
 from __future__ import annotations
 
 import configparser
-import json
 import os
 import sys
 from dataclasses import dataclass, field, replace
@@ -130,19 +129,16 @@ class GCEProvider(Provider):
         extra = [z.strip() for z in settings.text("GCE_ZONES").split(",") if z.strip()]
         self.zones = [self.config.zone] + [z for z in extra if z != self.config.zone]
         self.endpoint = settings.text("RK_GCE_API_ENDPOINT")
-        self._client = None
         self._session = None
 
     @property
     def client(self):
-        if self._client is None:
-            from google.api_core.client_options import ClientOptions
-            from google.cloud import compute_v1
+        """The one session of this command's API calls (made before threads share it)."""
+        if self._session is None:
+            from .compute import session
 
-            options = ClientOptions(api_endpoint=self.endpoint) if self.endpoint else None
-            self._client = compute_v1.InstancesClient(client_options=options, credentials=_credentials(self.endpoint),
-                                                      transport="rest")
-        return self._client
+            self._session = session(_credentials(self.endpoint))
+        return self._session
 
     def default_store_url(self) -> str:
         return f"gs://{self.project}-researchkit"
@@ -186,17 +182,15 @@ class GCEProvider(Provider):
         return {"project": self.project, "zone": self.zones[0], "instanceResource": body}
 
     def create(self, req: InstanceRequest) -> Instance:
-        from google.cloud import compute_v1
+        from . import compute
 
         cfg = self.vm_config(req)
         plan = ZonePlan(self.zones, req.accelerator, self.zones_offering(req.accelerator) if req.accelerator else None)
         for n, zone in enumerate(plan):
-            request = compute_v1.InsertInstanceRequest(
-                project=self.project, zone=zone, request_id=request_id(req.run_id, n),
-                instance_resource=compute_v1.Instance.from_json(json.dumps(cfg.instance_body(zone))))
             try:
                 with translate(f"create {req.name} in {zone}"):
-                    self.client.insert(request=request).result(timeout=300)
+                    compute.insert(self.client, self._api(), self.project, zone, cfg.instance_body(zone),
+                                   request_id(req.run_id, n))
                 return Instance(req.name, "PROVISIONING", req.labels, zone)
             except CapacityError as e:
                 plan.refused(refusal(e.__cause__ or e, zone))
@@ -243,12 +237,8 @@ class GCEProvider(Provider):
     def _get_json(self, url: str, params: dict, what: str) -> dict:
         import requests
 
-        if self._session is None:
-            from google.auth.transport.requests import AuthorizedSession
-
-            self._session = AuthorizedSession(_credentials(self.endpoint))
         try:
-            r = self._session.get(url, params=params, timeout=60)
+            r = self.client.get(url, params=params, timeout=60)
         except requests.RequestException as e:
             raise ProviderError(f"cannot {what}: {e.__class__.__name__} reaching {url.split('/compute/')[0]}; "
                                 "check your network") from e
@@ -269,9 +259,11 @@ class GCEProvider(Provider):
     def _delete_in_zone(self, name: str, zone: str) -> None:
         from google.api_core import exceptions
 
+        from . import compute
+
         try:
             with translate(f"delete {name}"):
-                self.client.delete(project=self.project, zone=zone, instance=name).result(timeout=300)
+                compute.delete(self.client, self._api(), self.project, zone, name)
         except ProviderError as e:
             if not isinstance(e.__cause__, exceptions.NotFound):
                 raise

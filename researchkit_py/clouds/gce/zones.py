@@ -139,7 +139,8 @@ def translate(what: str) -> Iterator[None]:
     try:
         yield
     except exceptions.GoogleAPICallError as e:
-        codes = {getattr(x, "code", None) or (x.get("reason") if isinstance(x, dict) else None) for x in e.errors or []}
+        codes = {(x.get("code") or x.get("reason")) if isinstance(x, dict) else getattr(x, "code", None)
+                 for x in e.errors or []}
         text = " ".join(str(getattr(e, "message", None) or e).split())
         capacity = sorted(codes & set(CAPACITY_CODES)) or [c for c in CAPACITY_CODES if c in text]
         if capacity:

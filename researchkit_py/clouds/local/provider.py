@@ -33,11 +33,16 @@ class LocalProvider(Provider):
     def default_store_url(self) -> str:
         return f"file://{self.root / 'bucket'}"
 
+    def env_cache(self) -> str:
+        """Where the VM's requirements.txt environments are kept and reused (vm_setup.reuse_env)."""
+        return self.settings.text("RK_ENV_CACHE") or str(self.settings.cache_home() / "envs")
+
     def deadline_lines(self, max_seconds: int) -> str:
         return f"# deadline: the local supervisor ends this session after {int(max_seconds)} s"
 
     def self_delete_lines(self) -> str:
-        return 'rk self-delete || rm -f "${RK_LOCAL_INSTANCE:-}"'
+        # what `rk self-delete` does here, without a Python start on the way to the client's pull
+        return 'rm -f "${RK_LOCAL_INSTANCE:-}"'
 
     def _record(self, name: str) -> Path:
         return self.records / f"{name}.json"
@@ -61,7 +66,8 @@ class LocalProvider(Provider):
                 # cwd: never a project's own copy. The supervisor reads no env file (it runs in its VM
                 # directory): the one setting it needs travels resolved, in its environment.
                 env={**self.settings.environ, "PYTHONPATH": _package_parent(),
-                     "RK_KEEP_VM_DIR": "1" if self.settings.flag("RK_KEEP_VM_DIR") else ""},
+                     "RK_KEEP_VM_DIR": "1" if self.settings.flag("RK_KEEP_VM_DIR") else "",
+                     "RK_ENV_CACHE": self.env_cache()},
             )
         # the supervisor leads a new session that the script shares: killing that session is power-off
         record.update(supervisor_pid=proc.pid, supervisor_start=start_time(proc.pid), session=proc.pid,
