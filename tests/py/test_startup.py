@@ -185,8 +185,8 @@ def _provider_snippet(provider: str) -> str:
 
 
 @pytest.mark.parametrize(("provider", "store_url", "agent_ok", "expect"), [
-    ("local", "file:///tmp/b", True, "rk self-delete"),
-    ("local", "file:///tmp/b", False, "rk self-delete|instance record removed"),
+    ("local", "file:///tmp/b", True, "instance record removed"),  # a file removal: no Python start
+    ("local", "file:///tmp/b", False, "instance record removed"),
     ("gce", "gs://b/p", True, "rk self-delete"),
     ("gce", "gs://b/p", False, "rk self-delete|shutdown -h now"),  # a stopped VM: the reaper deletes it
     ("ec2", "s3://b/p", True, "shutdown -h now"),  # instance-initiated shutdown behaviour: terminate
