@@ -410,7 +410,7 @@ class GCEVMs(FakeVMs):
         self.booter.join(timeout=30)
         super().stop()
 
-    def wait_all_gone(self, timeout: float = 60) -> None:
+    def wait_all_gone(self, timeout: float = 180) -> None:  # VMs boot one at a time; a loaded machine is slow
         end = time.time() + timeout
         while time.time() < end:
             if not self.gce.names() and self.queue.empty() and not any(self.running(n) for n in self.vms):
@@ -473,7 +473,7 @@ class EC2VMs(FakeVMs):
         pages = self.ec2.describe_instances(Filters=[{"Name": "instance-state-name", "Values": ["pending", "running"]}])
         return [i["InstanceId"] for r in pages["Reservations"] for i in r["Instances"]]
 
-    def wait_all_gone(self, timeout: float = 60) -> None:
+    def wait_all_gone(self, timeout: float = 180) -> None:  # VMs boot one at a time; a loaded machine is slow
         end = time.time() + timeout
         while time.time() < end:
             if not self.live() and not any(self.running(n) for n in self.vms):
