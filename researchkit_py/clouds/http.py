@@ -9,8 +9,11 @@ import errno
 import http.client
 import threading
 from dataclasses import dataclass
+from pathlib import Path
 from typing import BinaryIO
 from urllib.parse import urlsplit
+
+from ..errors import retry
 
 TIMEOUT = 60  # seconds without a byte before a request fails (and is retried)
 _local = threading.local()
@@ -119,3 +122,24 @@ class FileSlice:
         self.f.seek(self.offset + pos)
         self.left = self.length - pos
         return pos
+
+
+class RetriedTransfers:
+    """A VM's bucket's whole-object calls, each retried on what `transient` says may pass: the
+    bucket class (clouds/*/vm.py) gives put(key, bytes | Path), get(key, local), url, retries
+    and backoff."""
+
+    url: str
+    retries: int
+    backoff: float
+
+    def put_bytes(self, key: str, data: bytes) -> None:
+        retry(lambda: self.put(key, data), f"write {key} at {self.url}", self.retries, self.backoff, transient)
+
+    def put_file(self, local: Path, key: str) -> None:
+        retry(lambda: self.put(key, Path(local)), f"upload {key} at {self.url}", self.retries, self.backoff,
+              transient)
+
+    def get_file(self, key: str, local: Path) -> None:
+        retry(lambda: self.get(key, Path(local)), f"download {key} at {self.url}", self.retries, self.backoff,
+              transient)

@@ -15,7 +15,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from urllib.parse import quote, urlencode, urlparse, urlsplit
 
-from ...errors import KitError, NotFound, retry
+from ...errors import KitError, NotFound
 from ...settings import Settings
 from .. import http
 
@@ -79,7 +79,7 @@ class InstanceRole:
         return self._get("meta-data/placement/region", headers=self._session())
 
 
-class VMBucket:
+class VMBucket(http.RetriedTransfers):
     """The run's bucket as the VM reaches it: signed requests (call), objects put and got whole,
     and — for the reports (status, heartbeat, log) — put_bytes, put_file and get_file retried
     as every store's requests are (RK_STORAGE_RETRIES, RK_STORAGE_BACKOFF)."""
@@ -155,17 +155,6 @@ class VMBucket:
         with open(local, "wb") as f:
             self.call("GET", key, sink=f)
         return b""
-
-    def put_bytes(self, key: str, data: bytes) -> None:
-        retry(lambda: self.put(key, data), f"write {key} at {self.url}", self.retries, self.backoff, http.transient)
-
-    def put_file(self, local: Path, key: str) -> None:
-        retry(lambda: self.put(key, Path(local)), f"upload {key} at {self.url}", self.retries, self.backoff,
-              http.transient)
-
-    def get_file(self, key: str, local: Path) -> None:
-        retry(lambda: self.get(key, Path(local)), f"download {key} at {self.url}", self.retries, self.backoff,
-              http.transient)
 
 
 def error_code(data: bytes) -> str:

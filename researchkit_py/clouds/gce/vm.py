@@ -14,7 +14,7 @@ import urllib.request
 from pathlib import Path
 from urllib.parse import quote, urlencode, urlparse
 
-from ...errors import KitError, NotFound, retry
+from ...errors import KitError, NotFound
 from ...settings import Settings
 from .. import http
 
@@ -36,7 +36,7 @@ def access_token(env: dict[str, str]) -> tuple[str, float]:
     return reply["access_token"], time.time() + int(reply.get("expires_in", 300)) - 60
 
 
-class VMBucket:
+class VMBucket(http.RetriedTransfers):
     """The run's bucket as the VM reaches it: authorized JSON API requests (call), objects put
     and got whole, and — for the reports (status, heartbeat, log) — put_bytes, put_file and
     get_file retried as every store's requests are (RK_STORAGE_RETRIES, RK_STORAGE_BACKOFF)."""
@@ -103,17 +103,6 @@ class VMBucket:
         with open(local, "wb") as f:
             self.call("GET", self.objects(key), {"alt": "media"}, key=key, sink=f)
         return b""
-
-    def put_bytes(self, key: str, data: bytes) -> None:
-        retry(lambda: self.put(key, data), f"write {key} at {self.url}", self.retries, self.backoff, http.transient)
-
-    def put_file(self, local: Path, key: str) -> None:
-        retry(lambda: self.put(key, Path(local)), f"upload {key} at {self.url}", self.retries, self.backoff,
-              http.transient)
-
-    def get_file(self, key: str, local: Path) -> None:
-        retry(lambda: self.get(key, Path(local)), f"download {key} at {self.url}", self.retries, self.backoff,
-              http.transient)
 
 
 def self_delete(env: dict[str, str]) -> None:
