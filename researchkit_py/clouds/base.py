@@ -141,6 +141,9 @@ class Provider(ABC):
     def prepare(self, store) -> None:  # noqa: B027 - optional hook, a no-op by default
         """Called once before a launch: e.g. create the bucket if the provider owns its default."""
 
+    def check(self, req: InstanceRequest) -> None:  # noqa: B027 - optional hook, a no-op by default
+        """Raise a KitError for a request the cloud would refuse, before the run is recorded."""
+
     def image(self, req: InstanceRequest) -> str:
         """The image the instance would boot, and where that choice comes from (shown by --dry-run)."""
         return ""

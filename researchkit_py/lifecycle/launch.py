@@ -164,6 +164,7 @@ def create(ctx: Context, plan: Launch, on_run_id: Callable[[str], None] | None =
     """The manifest, then the instance; if that fails, no instance and a FAILED status that says why
     (an interrupt: CANCELLED, and nothing left)."""
     manifest_key = protocol.run_key(plan.run_id, protocol.MANIFEST)
+    ctx.provider.check(plan.request)  # a request the cloud would refuse leaves no run behind
     try:
         ctx.store.write_json(manifest_key, plan.manifest.to_dict())
         if on_run_id is not None:

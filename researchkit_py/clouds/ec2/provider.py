@@ -66,6 +66,9 @@ class EC2Provider(Provider):
                            "shorten the command or move --env values into a file in the project")
         return data
 
+    def check(self, req: InstanceRequest) -> None:
+        self.user_data(req.startup_script)
+
     def resolve_ami(self, gpu: bool = False) -> str:
         ami, param = (self.gpu_ami, self.gpu_ami_param) if gpu else (self.ami, self.ami_param)
         if ami:
