@@ -473,7 +473,11 @@ def stopped(cloud: Cloud, p: subprocess.Popen, sig: int, out: Path) -> tuple[str
     """An attached run interrupted by `sig`: the CLI exits 128 + sig with no traceback; if the
     run was recorded, its id was printed at once and left in .cloud-run-id, its final status
     is CANCELLED; no instance is left. (run id or None, the CLI's stderr)."""
-    _, err = p.communicate(timeout=120)
+    try:
+        _, err = p.communicate(timeout=120)
+    except subprocess.TimeoutExpired:
+        p.kill()  # the signal did not stop it: nothing of it may outlive the test
+        raise
     runs = cloud.store().list_dirs("runs")
     if not runs:  # before the run was recorded; before Python's own handler exists, killed by it
         assert not cloud.live() and "Traceback" not in err and "Fatal" not in err, err
