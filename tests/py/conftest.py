@@ -281,7 +281,7 @@ def pytest_sessionfinish(session):
              f"{time.strftime('%Y-%m-%d')}, {os.cpu_count()} cores, Python {platform.python_version()}. "
              "Each cell: the run's own checks plus no instance left after a reaper pass, log and status.json "
              "in the bucket, the true exit code and cause, nothing written outside the output directory, and "
-             "no credential in any rendered script or instance metadata. Seconds are the cell's wall time.", "",
+             "no credential in any rendered script or instance metadata. Seconds are the cell's wall time (under scripts/test's parallel workers, shared with the rest of the suite).", "",
              "| fault | " + " | ".join(PROVIDERS) + " |", "|---|" + "---|" * len(PROVIDERS)]
     for fault, what in FAULTS.items():
         cells = []
