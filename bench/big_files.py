@@ -93,7 +93,7 @@ def main() -> None:
     from emulate import prepare_ec2
     from emulators import FakeGCS, MotoProcess
     from fake_gce import FakeGCE
-    from suite import check_tree, versions
+    from suite import check_tree, rclone_environment, versions
 
     from researchkit_py import protocol
     from researchkit_py.storage.transfer import tree_manifest
@@ -119,13 +119,7 @@ def main() -> None:
         make_files(src, args.files, args.gib)
         manifest = tree_manifest(src)
         total = sum(e["size"] for e in manifest)
-        rclone_env = {k: v for k, v in env.items() if k != "AWS_CA_BUNDLE"}
-        rclone_env.update(RCLONE_CONFIG_BS3_TYPE="s3", RCLONE_CONFIG_BS3_PROVIDER="Other",
-                          RCLONE_CONFIG_BS3_ENDPOINT=moto.url, RCLONE_CONFIG_BS3_REGION="us-east-1",
-                          RCLONE_CONFIG_BS3_ACCESS_KEY_ID=env["AWS_ACCESS_KEY_ID"],
-                          RCLONE_CONFIG_BS3_SECRET_ACCESS_KEY=env["AWS_SECRET_ACCESS_KEY"],
-                          RCLONE_CONFIG_BGCS_TYPE="google cloud storage", RCLONE_CONFIG_BGCS_ANONYMOUS="true",
-                          RCLONE_CONFIG_BGCS_ENDPOINT=f"{gcs.url}/storage/v1/")
+        rclone_env = rclone_environment(env, moto.url, gcs.url)
 
         def record(group: str, tool: str, took: float, rss: int) -> None:
             row = next((r for r in rows if r["group"] == group and r["tool"] == tool), None)

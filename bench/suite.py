@@ -79,6 +79,17 @@ class Bench:
 
 
 # --- data ------------------------------------------------------------------------------
+def rclone_environment(env: dict[str, str], s3_url: str, gcs_url: str) -> dict[str, str]:
+    """`env` with rclone's remotes bs3: (the S3 emulator) and bgcs: (the GCS emulator)."""
+    out = {k: v for k, v in env.items() if k != "AWS_CA_BUNDLE"}  # rclone cannot load one over plain http
+    out.update(RCLONE_CONFIG_BS3_TYPE="s3", RCLONE_CONFIG_BS3_PROVIDER="Other", RCLONE_CONFIG_BS3_ENDPOINT=s3_url,
+               RCLONE_CONFIG_BS3_REGION="us-east-1", RCLONE_CONFIG_BS3_ACCESS_KEY_ID=env["AWS_ACCESS_KEY_ID"],
+               RCLONE_CONFIG_BS3_SECRET_ACCESS_KEY=env["AWS_SECRET_ACCESS_KEY"],
+               RCLONE_CONFIG_BGCS_TYPE="google cloud storage", RCLONE_CONFIG_BGCS_ANONYMOUS="true",
+               RCLONE_CONFIG_BGCS_ENDPOINT=f"{gcs_url}/storage/v1/")
+    return out
+
+
 def make_results(root: Path, small: int, big: int, seed: int) -> tuple[int, int]:
     """`small` files of 1–64 KB in directories of 100, plus `big` files of 20 MB."""
     rnd = random.Random(seed)
@@ -316,13 +327,7 @@ def main() -> None:
         gs_run = seed_run(gs, "gce", src, scratch / "packs")
 
         rclone = shutil.which("rclone")
-        rclone_env = {k: v for k, v in env.items() if k != "AWS_CA_BUNDLE"}  # rclone cannot load one over plain http
-        rclone_env.update(RCLONE_CONFIG_BS3_TYPE="s3", RCLONE_CONFIG_BS3_PROVIDER="Other",
-                          RCLONE_CONFIG_BS3_ENDPOINT=moto.url, RCLONE_CONFIG_BS3_REGION="us-east-1",
-                          RCLONE_CONFIG_BS3_ACCESS_KEY_ID=env["AWS_ACCESS_KEY_ID"],
-                          RCLONE_CONFIG_BS3_SECRET_ACCESS_KEY=env["AWS_SECRET_ACCESS_KEY"],
-                          RCLONE_CONFIG_BGCS_TYPE="google cloud storage", RCLONE_CONFIG_BGCS_ANONYMOUS="true",
-                          RCLONE_CONFIG_BGCS_ENDPOINT=f"{gcs.url}/storage/v1/")
+        rclone_env = rclone_environment(env, moto.url, gcs.url)
 
         def rclone_peers(remote: str) -> dict[str, list[str]]:
             if not rclone:

@@ -248,6 +248,14 @@ def wait_phase(cloud: Cloud, run_id: str, phases: tuple[str, ...], timeout: floa
 def launch_with(cloud: Cloud, monkeypatch, command: str, max_hours: float, mutate: Callable[[str], str]) -> str:
     """Launch in-process with the startup script altered on its way to the provider."""
     from researchkit_py import lifecycle
+
+    ctx = altered_context(cloud, monkeypatch, mutate)
+    return lifecycle.launch(ctx, lifecycle.LaunchOptions(command=command, max_hours=max_hours, detached=True)).run_id
+
+
+def altered_context(cloud: Cloud, monkeypatch, mutate: Callable[[str], str]):
+    """A lifecycle Context whose provider gets every startup script through `mutate`."""
+    from researchkit_py import lifecycle
     from researchkit_py.settings import Settings
 
     ctx = lifecycle.Context.open(Settings(), cloud.name)
@@ -258,7 +266,7 @@ def launch_with(cloud: Cloud, monkeypatch, command: str, max_hours: float, mutat
         return real(req)
 
     monkeypatch.setattr(ctx.provider, "create", create)
-    return lifecycle.launch(ctx, lifecycle.LaunchOptions(command=command, max_hours=max_hours, detached=True)).run_id
+    return ctx
 
 
 def no_trap(script: str) -> str:
@@ -414,19 +422,11 @@ def test_F3e_the_attached_confirmation_alone(cloud, monkeypatch):
 
     from researchkit_py import lifecycle
     from researchkit_py.cloudrun_run import _after_launch
-    from researchkit_py.settings import Settings
 
     monkeypatch.setenv("RK_SELF_DELETE_WAIT", "3")
     if cloud.name != "local":
         cloud.disable_cloud_deadline("")
-    ctx = lifecycle.Context.open(Settings(), cloud.name)
-    real = ctx.provider.create
-
-    def create(req):
-        req.startup_script = no_self_delete(req.startup_script)
-        return real(req)
-
-    monkeypatch.setattr(ctx.provider, "create", create)
+    ctx = altered_context(cloud, monkeypatch, no_self_delete)
     plan = lifecycle.launch(ctx, lifecycle.LaunchOptions(command="echo working; sleep 5", max_hours=1))
     reached(cloud, plan.run_id, ("RUN",))
     if cloud.name == "local":
