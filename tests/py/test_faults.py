@@ -326,7 +326,8 @@ def test_F3a_hang_ends_at_the_deadline(cloud, monkeypatch):
     if cloud.name != "local":
         cloud.disable_cloud_deadline("")
     run_id = launch_with(cloud, monkeypatch, "echo hanging; sleep 600", 0.003, lambda script: script)
-    s = wait_phase(cloud, run_id, ("FAILED", "DONE"))
+    reached(cloud, run_id, ("FAILED", "DONE"))  # no reaper: the script's deadline alone
+    s = state(cloud, run_id)
     assert protocol.client_exit_code(s) == 124  # what `cloud-run run` exits with
     status, log = record(cloud, run_id)
     assert (status["phase"], status["cause"]) == ("FAILED", "timeout") and "hanging" in log
@@ -336,7 +337,7 @@ def test_F3a_hang_ends_at_the_deadline(cloud, monkeypatch):
 
 def test_F3b_hang_with_no_trap_the_cloud_deadline_alone(cloud, monkeypatch):
     run_id = launch_with(cloud, monkeypatch, "echo hanging; sleep 600", 0.0015, no_trap)  # 6 s
-    wait_phase(cloud, run_id, ("RUN",))
+    reached(cloud, run_id, ("RUN",))  # no reaper: the cloud's deadline alone
     end = time.time() + 60
     while cloud.live() and time.time() < end:  # no reaper here: only what the cloud enforces
         time.sleep(0.3)
@@ -353,10 +354,15 @@ def test_F3c_hang_with_no_trap_no_deadline_the_reaper_alone(cloud, monkeypatch):
     if cloud.name != "local":
         cloud.disable_cloud_deadline("")
     run_id = launch_with(cloud, monkeypatch, "echo hanging; sleep 600", 0.0015, no_trap)  # 6 s
-    wait_phase(cloud, run_id, ("RUN",))
-    if cloud.name == "local":
+    # Without the CLI, which reaps on every call: a VM slow to boot would be reaped before RUN.
+    reached(cloud, run_id, ("RUN",))
+    if cloud.name == "local":  # its supervisor starts the VM: it can only be stopped after
         cloud.disable_cloud_deadline(run_id)
-    time.sleep(7)
+    from researchkit_py import lifecycle, protocol
+    from researchkit_py.settings import Settings
+
+    manifest = lifecycle.read_manifest(lifecycle.Context.open(Settings(), cloud.name), run_id)
+    time.sleep(max(0.0, protocol.parse_iso(manifest["expires_at"]) - time.time()) + 1)
     assert cloud.live(), "something other than the reaper ended it"
     r = cloud.cli("reap")
     assert r.returncode == 0 and "deleted" in r.stdout, r.stderr
