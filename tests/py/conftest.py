@@ -16,7 +16,7 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(Path(__file__).parent))
 
 import bare_image  # noqa: E402 - before any test changes HOME: it finds its cache from there
-from emulators import FAKE_SECRET, FakeGCS, Moto  # noqa: E402
+from emulators import FAKE_SECRET, FakeGCS, Moto, ubuntu_amis  # noqa: E402
 from fake_gce import FakeGCE  # noqa: E402
 from fake_vm import EC2VMs, GCEVMs  # noqa: E402
 from model_api import AGENT_BIN, CYCLES, INSTALLER  # noqa: E402
@@ -213,7 +213,7 @@ def ec2(project, vm_network, vm_moto, vm_image, monkeypatch, tmp_path):
     bucket = f"b-{uuid.uuid4().hex[:12]}"
     s3_client().create_bucket(Bucket=bucket)
     client = aws_client("ec2")
-    ami = client.describe_images()["Images"][0]["ImageId"]
+    ami = ubuntu_amis(client)[0]
     aws_client("ssm").put_parameter(Name="/researchkit/test/ubuntu-ami", Value=ami, Type="String")
     monkeypatch.setenv("EC2_AMI_PARAM", "/researchkit/test/ubuntu-ami")
     aws_client("iam").create_instance_profile(InstanceProfileName="researchkit-vm")

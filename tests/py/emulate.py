@@ -23,7 +23,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from emulators import FakeGCS, Moto  # noqa: E402
+from emulators import FakeGCS, Moto, ubuntu_amis  # noqa: E402
 from fake_gce import FakeGCE  # noqa: E402
 from fake_vm import EC2VMs, GCEVMs, VMNetwork  # noqa: E402
 
@@ -52,7 +52,7 @@ def prepare_ec2(moto_url: str) -> dict[str, str]:
 
     bucket = f"emu-{uuid.uuid4().hex[:8]}"
     s3_client().create_bucket(Bucket=bucket)
-    ami = aws_client("ec2").describe_images()["Images"][0]["ImageId"]
+    ami = ubuntu_amis(aws_client("ec2"))[0]
     aws_client("ssm").put_parameter(Name="/researchkit/emulator/ami", Value=ami, Type="String")
     aws_client("iam").create_instance_profile(InstanceProfileName="researchkit-vm")
     return {**aws, "COMPUTE_TARGET": "ec2", "RK_BUCKET": f"s3://{bucket}/researchkit", "EC2_INSTANCE_PROFILE": "researchkit-vm",

@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from emulators import ubuntu_amis
 from fake_gce import pool_exhausted, quota_exceeded
 from fake_gpu import add_fake_torch, nvidia_smi
 
@@ -91,8 +92,7 @@ def test_an_ec2_gpu_vm_boots_the_deep_learning_ami_and_runs(ec2, project, monkey
     from researchkit_py.clouds.ec2.aws import aws_client
 
     spec = gpu_project(project)
-    images = [i["ImageId"] for i in ec2.ec2.describe_images()["Images"]]
-    gpu_ami = next(i for i in images if i != ec2.ami)
+    gpu_ami = next(i for i in ubuntu_amis(ec2.ec2) if i != ec2.ami)
     aws_client("ssm").put_parameter(Name="/researchkit/test/gpu-ami", Value=gpu_ami, Type="String")
     monkeypatch.setenv("EC2_GPU_AMI_PARAM", "/researchkit/test/gpu-ami")
     ec2.extra_bin["nvidia-smi"] = nvidia_smi("ok")
