@@ -16,7 +16,7 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(Path(__file__).parent))
 
 import bare_image  # noqa: E402 - before any test changes HOME: it finds its cache from there
-from emulators import FAKE_SECRET, FakeGCS, Moto, ubuntu_amis  # noqa: E402
+from emulators import FAKE_SECRET, FakeGCS, Moto, MotoProcess, ubuntu_amis  # noqa: E402
 from fake_gce import FakeGCE  # noqa: E402
 from fake_vm import EC2VMs, GCEVMs  # noqa: E402
 from model_api import AGENT_BIN, CYCLES, INSTALLER  # noqa: E402
@@ -198,7 +198,7 @@ def gce(project, vm_network, vm_gcs, vm_image, monkeypatch, tmp_path):
 
 @pytest.fixture(scope="session")
 def vm_moto(vm_network, moto_server):
-    yield from _on_vm_bridge(vm_network, moto_server, Moto)
+    yield from _on_vm_bridge(vm_network, moto_server, MotoProcess)
 
 
 @pytest.fixture
