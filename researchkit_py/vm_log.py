@@ -62,14 +62,15 @@ class _Pusher:
         if self.state["pending"]:  # cut short after (perhaps) putting it: the same chunk again
             self.chunk(*self.state["pending"])
         start, chunks = self.state["pushed"], self.state["chunks"]
-        if (limit and (chunks or start < 0) and (final or end >= limit or len(chunks) >= MAX_CHUNKS)) \
-                or (final and start < 0):
+        would_chunk = bool(limit) and max(start, 0) < end < limit
+        if (limit and (chunks or start < 0) and (end >= limit or len(chunks) >= MAX_CHUNKS)) \
+                or (final and (chunks or start < 0 or would_chunk)):
             self.store.append_file(log, self.key, 0, end)  # the log whole, once
             self.state.update(pushed=end, chunks=[], stale=self.state["stale"] + chunks)
             self.save()
         elif end <= max(start, 0):
             pass
-        elif limit and end < limit:
+        elif would_chunk:
             self.chunk(max(start, 0), end)
         else:
             self.store.append_file(log, self.key, max(start, 0), end)

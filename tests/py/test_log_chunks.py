@@ -145,14 +145,32 @@ def test_a_log_short_for_long_is_written_whole_every_few_chunks(run, monkeypatch
     they stay few; readers from anywhere get the log, once."""
     monkeypatch.setattr(vm_log, "MAX_CHUNKS", 3)
     shown = b""
-    for _ in range(8):
+    for _ in range(7):  # 3 chunks, whole, 3 chunks
         run.grow(100)
         run.agent.heartbeat()
         assert len(run.chunks()) <= 3
         assert monitor.read_log(run.ctx, "r1") == run.log()
         shown += monitor.read_log_from(run.ctx, "r1", len(shown))
         assert shown == run.log()
-    assert LOG in run.keys()
+    assert run.keys() == [LOG, *run.chunks()] and run.chunks()  # the log written whole, and chunks after it
+    run.grow(100)
+    run.agent.push_log(final=True)
+    assert run.keys() == [LOG]
+    assert run.aws_cat() == run.log()
+
+
+def test_the_last_push_after_a_whole_write_leaves_one_object(run, monkeypatch):
+    """The log written whole at MAX_CHUNKS, then a few bytes more at the end: they do not become
+    a chunk of their own; the finished log is one object."""
+    monkeypatch.setattr(vm_log, "MAX_CHUNKS", 2)
+    for _ in range(3):
+        run.grow(100)
+        run.agent.heartbeat()
+    assert run.keys() == [LOG]
+    run.grow(100)
+    run.agent.push_log(final=True)
+    assert run.keys() == [LOG]
+    assert run.aws_cat() == run.log()
 
 
 def test_a_chunk_that_will_not_go_goes_at_the_next_push(run, monkeypatch):
