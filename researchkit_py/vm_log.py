@@ -4,8 +4,9 @@ Only what the log gained goes up: Store.append_file (GCS composes, a directory a
 copies the log server-side and adds the new bytes as a second part). S3 can copy only a part of
 at least 5 MiB (store.log_chunk_limit), so below that each push's new bytes go up as a chunk of
 their own beside the log (protocol.log_chunk_key, named by the offset they start at), which
-followers read after the log. The first push past the limit, the last push, and every
-MAX_CHUNKS-th write the log whole once and remove the chunks: the final log is one object.
+followers read after the log. The first push past the limit, the last push of a short log and
+every MAX_CHUNKS-th chunk write the log whole once and remove the chunks: the final log is one
+object.
 
 What the bucket holds is kept in RK_ROOT/log.json (each heartbeat is a process of its own),
 written before a chunk goes up (`pending`) and after: a push cut short between the two puts
