@@ -60,7 +60,7 @@ def read_log_from(ctx: Context, run_id: str, start: int) -> bytes:
             chunk = ctx.store.get_bytes(protocol.log_chunk_key(run_id, at))
         except NotFound:  # none yet; or the VM wrote the log whole and removed them: the next read has it
             return b"".join(parts)
-        if not chunk:
+        if not chunk:  # the VM writes none empty; one that is would hold the reader here forever
             return b"".join(parts)
         parts.append(chunk)
         at += len(chunk)

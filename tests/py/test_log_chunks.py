@@ -87,6 +87,7 @@ def test_a_short_log_grows_as_chunks_and_ends_as_one_object(run):
         run.agent.heartbeat()
         assert monitor.read_log(run.ctx, "r1") == run.log()
     assert run.keys() == [protocol.log_chunk_key("r1", s) for s in (0, 1000, 2001)]
+    assert monitor.has_log(run.ctx, "r1")  # what `cloud-run run` says it kept of a stopped run
     run.agent.push_log(final=True)
     assert run.keys() == [LOG]
     assert run.aws_cat() == run.log()
