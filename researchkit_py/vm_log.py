@@ -97,8 +97,11 @@ class _Pusher:
             try:
                 self.store.delete(protocol.log_chunk_key(self.agent.env.run_id, start))
             except Exception as e:  # noqa: BLE001 - the log is whole already; this is tidying
-                print(f"researchkit: could not remove a chunk of the log ({e}); the next push tries again",
-                      file=sys.stderr, flush=True)
+                if not self.state.get("warned"):  # once: it may go to the log itself at every heartbeat
+                    print(f"researchkit: could not remove a chunk of the log ({e}); later pushes try again",
+                          file=sys.stderr, flush=True)
+                    self.state["warned"] = True
+                    self.save()
                 return
             self.state["stale"].pop(0)
             self.save()

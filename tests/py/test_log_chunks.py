@@ -174,13 +174,18 @@ def test_the_last_push_after_a_whole_write_leaves_one_object(run, monkeypatch):
     assert run.aws_cat() == run.log()
 
 
-def test_a_chunk_that_will_not_go_goes_at_the_next_push(run, monkeypatch):
+def test_a_chunk_that_will_not_go_goes_at_the_next_push(run, monkeypatch, capsys):
+    """A removal refused (a role without s3:DeleteObject, an outage): the log is whole, the chunk
+    waits for a later push, and the VM says so once, not at every heartbeat."""
     run.grow(100)
     run.agent.heartbeat()
     store = run.agent.store
     real = store.delete
     monkeypatch.setattr(store, "delete", lambda key: (_ for _ in ()).throw(ConnectionError("refused")))
     run.agent.push_log(final=True)
+    run.grow(100)
+    run.agent.push_log(final=True)
+    assert capsys.readouterr().err.count("could not remove a chunk") == 1
     assert run.keys() == [LOG, protocol.log_chunk_key("r1", 0)]
     assert monitor.read_log(run.ctx, "r1") == run.log()  # the chunk is before the log's end: not read
     monkeypatch.setattr(store, "delete", real)
