@@ -91,7 +91,7 @@ def main() -> None:
                 else:
                     transfer.PIECE = 1 << 50 if plan == "whole" else int(plan) * MIB
                     transfer.pull_tree(store, "r", out, expected=manifest)
-                    name = "cloud-run pull, one GET a file" if plan == "whole" else f"cloud-run pull, {plan} MiB pieces"
+                    name = "pull_tree, one GET a file" if plan == "whole" else f"pull_tree, {plan} MiB pieces"
                     pieces = -(-args.mib * MIB // transfer.PIECE) if plan != "whole" else 1
                     said, client = [f"{pieces} range(s) a file, up to {store.threads} side by side"], own_cpu() - c0
                 took, emulator = time.perf_counter() - t0, proc_cpu(moto.proc.pid) - m0
