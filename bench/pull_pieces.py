@@ -107,7 +107,8 @@ def main() -> None:
     finally:
         moto.stop()
         shutil.rmtree(scratch, ignore_errors=True)
-    lines = ["| tool | plan | median (s) | client CPU (s) | moto CPU (s) | runs (s) |", "|---|---|---:|---:|---:|---|"]
+    lines = ["| tool (pull_tree: what `cloud-run pull` runs, in process) | plan | median (s) | client CPU (s) | moto CPU (s) "
+             "| runs (s) |", "|---|---|---:|---:|---:|---|"]
     for r in rows.values():
         r["median_s"] = statistics.median(r["seconds"])
         cpu = f"{statistics.median(r['client_cpu_s']):.2f}" if r["client_cpu_s"] else "—"
