@@ -117,7 +117,9 @@ def _stop(ctx, args, run_id: str, output_dir: Path | None, signal) -> int:
 
 def _kept(ctx, run_id: str) -> str:
     """What the bucket holds of a stopped run: its log, its results."""
-    log = ctx.store.exists(protocol.run_key(run_id, protocol.LOG))
+    from .lifecycle import has_log
+
+    log = has_log(ctx, run_id)
     manifest = ctx.store.read_json_or_none(protocol.run_key(run_id, protocol.RESULTS_MANIFEST))
     files = len(manifest.get("files", [])) if manifest else len(ctx.store.list(protocol.run_key(run_id, protocol.RESULTS) + "/"))
     parts = (["the log"] if log else []) + ([f"{files} result files"] if files else [])

@@ -56,6 +56,10 @@ MANIFEST, STATUS, HEARTBEAT = "manifest.json", "status.json", "heartbeat"
 # looks for it; its presence also turns a signal's `terminated` into `cancelled`.
 CANCEL = "cancel.json"
 LOG = "logs/run.log"
+# A log shorter than its bucket can append to (S3: its smallest part, Store.log_chunk_limit)
+# grows as chunks beside it, each named by the offset in the log it starts at: the log is LOG's
+# bytes, then the chunks from where they end (vm_log.py writes them, lifecycle/monitor.py reads).
+LOG_CHUNKS = LOG + ".chunks"
 RESULTS, RESULTS_MANIFEST, PACKS, DATA = "results", "results.manifest.json", "packs", "data"
 # On the VM, what its GPU check (gpu_check.py) found, for every status after it.
 GPU_FACTS = "gpu.json"
@@ -69,6 +73,11 @@ def run_prefix(run_id: str) -> str:
 def run_key(run_id: str, name: str) -> str:
     """The key of one of a run's objects: run_key(id, STATUS), run_key(id, LOG), …"""
     return f"{RUNS}/{run_id}/{name}"
+
+
+def log_chunk_key(run_id: str, start: int) -> str:
+    """The chunk of a run's log that starts `start` bytes into it (zero-padded: they list in order)."""
+    return run_key(run_id, f"{LOG_CHUNKS}/{start:012d}")
 
 
 def bundle_key(sha256: str) -> str:

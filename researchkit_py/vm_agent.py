@@ -97,22 +97,16 @@ class Agent:
         record = protocol.status_record(self.env.run_id, phase, host=socket.gethostname(), **fields)
         self.bucket.put_bytes(self.key(protocol.STATUS), (json.dumps(record, indent=2, sort_keys=True) + "\n").encode())
 
-    def push_log(self) -> None:
-        """Only what the log gained since the last push goes up: RK_ROOT/log.pushed says how much
-        the bucket's copy holds (each heartbeat is a process of its own). The first push, small
-        and perhaps before the rest of the agent is here, goes up whole."""
-        if not self.log_path.exists():
+    def push_log(self, final: bool = False) -> None:
+        """What the log gained since the last push (vm_log.py, in the rest of the agent; heartbeats
+        start once it is here). A VM whose setup failed before it came sends its log whole."""
+        try:
+            from .vm_log import push_log
+        except ImportError:
+            if self.log_path.exists():
+                self.bucket.put_bytes(self.key(protocol.LOG), self.log_path.read_bytes())
             return
-        mark, end = self.env.root / "log.pushed", self.log_path.stat().st_size
-        start = int(mark.read_text()) if mark.is_file() else -1
-        if start == end:
-            return
-        if start > 0:
-            self.store.append_file(self.log_path, self.key(protocol.LOG), start, end)
-        else:
-            with open(self.log_path, "rb") as f:
-                self.bucket.put_bytes(self.key(protocol.LOG), f.read(end))
-        mark.write_text(str(end))
+        push_log(self, final)
 
     def heartbeat(self) -> int:
         """Beat, ship the log, and look for the client's request to stop: exit status CANCEL_RC
@@ -191,7 +185,7 @@ class Agent:
         fields = protocol.final_status(stage, rc, cause, ": ".join(filter(None, (step, reason))))
         print(f"researchkit: {fields['phase']} ({fields['message']})", flush=True)
         try:
-            self.push_log()
+            self.push_log(final=True)
         finally:
             self.write_status(fields.pop("phase"), **fields)
 

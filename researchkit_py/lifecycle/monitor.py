@@ -39,18 +39,36 @@ def run_state(ctx: Context, run_id: str, manifest: dict | None = None, alive: bo
 
 
 def read_log(ctx: Context, run_id: str) -> bytes:
-    try:
-        return ctx.store.get_bytes(protocol.run_key(run_id, protocol.LOG))
-    except NotFound:
-        return b""
+    """The log as the bucket holds it: the whole of it, or what a VM that crashed had shipped."""
+    return read_log_from(ctx, run_id, 0)
 
 
 def read_log_from(ctx: Context, run_id: str, start: int) -> bytes:
-    """The log's bytes from `start` on: a follower downloads only what it has not shown."""
+    """The log's bytes from `start` on: a follower downloads only what it has not shown. After
+    the log object's bytes come its chunks (on S3, while the log is short: protocol.LOG_CHUNKS),
+    from where they end; a follower always stops where an object ends, where the next chunk
+    starts."""
     try:
-        return ctx.store.get_tail(protocol.run_key(run_id, protocol.LOG), start)
+        data = ctx.store.get_tail(protocol.run_key(run_id, protocol.LOG), start)
     except NotFound:
-        return b""
+        data = b""
+    if not ctx.store.log_chunk_limit:
+        return data
+    parts, at = [data], start + len(data)
+    while True:
+        try:
+            chunk = ctx.store.get_bytes(protocol.log_chunk_key(run_id, at))
+        except NotFound:  # none yet; or the VM wrote the log whole and removed them: the next read has it
+            return b"".join(parts)
+        if not chunk:  # the VM writes none empty; one that is would hold the reader here forever
+            return b"".join(parts)
+        parts.append(chunk)
+        at += len(chunk)
+
+
+def has_log(ctx: Context, run_id: str) -> bool:
+    """Whether the bucket holds any of the log (the object, or its chunks)."""
+    return bool(ctx.store.list(protocol.run_key(run_id, protocol.LOG)))
 
 
 def wait(ctx: Context, run_id: str, stream_log: bool = True) -> dict:

@@ -35,6 +35,9 @@ class Store(ABC):
     (RK_TRANSFER_THREADS) and whether a progress bar may show (RK_NO_PROGRESS)."""
 
     url: str
+    # A run's log shorter than this grows as chunks beside it (protocol.LOG_CHUNKS): S3 appends
+    # by copying the log as a part, and a part but the last is at least 5 MiB. 0: never.
+    log_chunk_limit = 0
 
     @classmethod
     def open_url(cls, url: str, settings: Settings) -> Store:

@@ -15,6 +15,8 @@ from pathlib import Path
 from emulators import FAKE_SECRET
 from toy import assert_cycle_synced_and_confirmed, run_toy_cycle
 
+from researchkit_py import protocol
+
 REPO = Path(__file__).resolve().parents[2]
 
 
@@ -116,6 +118,10 @@ def test_run_on_a_fake_vm_terminates_itself_and_results_come_back(ec2, tmp_path)
     status = json.loads(cloud_run("status", run_id, "--json").stdout)
     assert (status["phase"], status["exit_code"], status["cause"]) == ("FAILED", 3, "exit")
     assert "researchkit: FAILED" in cloud_run("logs", run_id).stdout
+    from researchkit_py.clouds.registry import open_store
+
+    logs = [o.key for o in open_store(os.environ["RK_BUCKET"]).list(protocol.run_key(run_id, "logs/"))]
+    assert logs == [protocol.run_key(run_id, protocol.LOG)]  # one object: its chunks (S3, under 5 MiB) are gone
 
 
 def test_terminate_and_reap_on_ec2(ec2):

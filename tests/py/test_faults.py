@@ -21,6 +21,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from emulators import FAKE_SECRET
@@ -202,11 +203,17 @@ def settle(cloud: Cloud, timeout: float = 60) -> None:
 
 
 def record(cloud: Cloud, run_id: str, *, log: bool = True) -> tuple[dict, str]:
-    """The run's status.json and log from the bucket (both must be there)."""
+    """The run's status.json and log from the bucket (both must be there): the log as `cloud-run
+    logs` reads it (on S3, a short log of a VM that died is still in chunks)."""
+    from researchkit_py.lifecycle import has_log, read_log
+
     store = cloud.store()
     status = store.read_json(f"runs/{run_id}/status.json")
-    text = store.get_bytes(f"runs/{run_id}/logs/run.log").decode() if log else ""
-    return status, text
+    if not log:
+        return status, ""
+    ctx = SimpleNamespace(store=store)
+    assert has_log(ctx, run_id), f"{cloud.name}: no log of {run_id}"
+    return status, read_log(ctx, run_id).decode()
 
 
 def state(cloud: Cloud, run_id: str) -> dict:

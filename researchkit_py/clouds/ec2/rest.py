@@ -22,6 +22,8 @@ MIN_PART = 5 << 20  # S3's smallest part but the last: a log shorter than this c
 
 
 class S3RestStore(Store):
+    log_chunk_limit = MIN_PART
+
     def __init__(self, bucket: str, prefix: str, settings: Settings):
         super().__init__(settings)
         self.vm = VMBucket(bucket, prefix, settings)

@@ -21,6 +21,10 @@ def s3_client(settings: Settings | None = None, pool_size: int = 32):
 
 
 class S3Store(Store):
+    # S3's smallest part but the last, below which the VM's store (rest.py) writes a log in
+    # chunks; not imported from there: the embedded provider's VMs carry this module alone
+    log_chunk_limit = 5 << 20
+
     def __init__(self, bucket: str, prefix: str, settings: Settings):
         super().__init__(settings)
         self.bucket, self.prefix = bucket, prefix.strip("/")

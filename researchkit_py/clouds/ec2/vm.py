@@ -136,7 +136,7 @@ class VMBucket(http.RetriedTransfers):
             raise NotFound(f"no object {key} in {self.url}")
         if resp.status == 403:
             raise KitError(f"access to {self.url} denied ({code or 'HTTP 403'}); the instance profile's role needs "
-                           "s3:GetObject, s3:PutObject and s3:ListBucket on the bucket")
+                           "s3:GetObject, s3:PutObject, s3:DeleteObject and s3:ListBucket on the bucket")
         raise http.HTTPStatusError(resp.status, f"{method} {self.url}/{key}", resp.data)
 
     def put(self, key: str, data: bytes | Path) -> None:
