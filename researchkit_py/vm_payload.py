@@ -58,6 +58,8 @@ class VMAgent:
     core: tuple[str, ...]
     rest: tuple[str, ...]
     python: str = "python3"
+    python_args: tuple[str, ...] = ()  # before `-m researchkit_py.vm_agent`
+    serve: bool = False  # one agent process answers the script's calls (vm_serve.py)
 
 
 def vm_agent(provider: str, store_url: str) -> VMAgent:
@@ -67,8 +69,12 @@ def vm_agent(provider: str, store_url: str) -> VMAgent:
     vm, bucket = CLOUDS[provider], store_cloud(store_url)
     packages = tuple(sorted({f"clouds/{vm.name}/__init__.py", f"clouds/{bucket.name}/__init__.py"}))
     if vm.vm_here:
-        core = (*AGENT_CORE, *packages, *vm.vm_modules, *AGENT_REST, *bucket.store_modules)
-        return VMAgent(bucket.store, bucket.store, core, AGENT_REST, sys.executable)
+        core = (*AGENT_CORE, *packages, *vm.vm_modules, *AGENT_REST, *bucket.store_modules, "vm_serve.py")
+        # Where the bucket is a directory its store is the standard library's: no site import
+        # (the venv's .pth files), and one agent process for the script's calls (vm_serve.py).
+        # A cloud's bucket keeps its SDK's client per process, as on a cloud VM.
+        here = bucket.name == vm.name
+        return VMAgent(bucket.store, bucket.store, core, AGENT_REST, sys.executable, ("-S",) if here else (), here)
     if bucket.name != vm.name:
         raise KitError(f"{vm.title} VMs cannot use the bucket {store_url}: their credentials reach "
                        f"{vm.scheme}:// buckets only; set RK_BUCKET to one")
