@@ -328,3 +328,28 @@ def test_unreadable_config_is_one_line(project, tmp_path):
 def test_usage_without_command():
     r = cloud_run()
     assert r.exit_code == 2 and "usage: cloud-run" in r.stderr.decode()
+
+
+def test_a_wait_on_the_local_bucket_wakes_when_a_watched_object_changes(tmp_path):
+    """An attached run's pause between two reads ends when its status or log changes (the 60 s
+    pause, were it slept, would fail the test's timeout), and lasts its time when nothing does."""
+    import threading
+
+    from researchkit_py.clouds.local.store import LocalStore
+    from researchkit_py.settings import Settings
+
+    store = LocalStore(tmp_path / "b", Settings(read_file=False))
+    store.put_bytes("runs/r/status.json", b"{}")
+    pause = store.watch(["runs/r/status.json", "runs/r/logs/run.log"])
+    t0 = time.monotonic()
+    pause(0.05)  # nothing changed: the pause is its own length
+    assert time.monotonic() - t0 >= 0.05
+    for change in (lambda: store.put_bytes("runs/r/logs/run.log", b"x"),  # appears
+                   lambda: store.put_bytes("runs/r/status.json", b'{"phase": "DONE"}'),  # replaced
+                   lambda: store.delete("runs/r/status.json")):  # goes
+        timer = threading.Timer(0.1, change)
+        timer.start()
+        t0 = time.monotonic()
+        pause(60)
+        assert time.monotonic() - t0 < 30
+        timer.join()
