@@ -101,7 +101,7 @@ def render_startup_script(plan: ScriptPlan) -> str:
 def agent_lines(agent) -> dict[str, str]:
     """How the script calls its agent: a Python start per call, or (vm_serve.py) one process
     that answers them all."""
-    python = " ".join(['"$RK_AGENT_PY"', *map(shlex.quote, agent.python_args), "-m researchkit_py.vm_agent"])
+    python = '"$RK_AGENT_PY" -m researchkit_py.vm_agent'
     direct = f'(cd "$RK_ROOT/agent" && {python} "$@")'
     if not agent.serve:
         return {"rk_body": f"  {direct}", "rk_ask": "", "serve_lines": ""}

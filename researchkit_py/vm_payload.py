@@ -58,7 +58,6 @@ class VMAgent:
     core: tuple[str, ...]
     rest: tuple[str, ...]
     python: str = "python3"
-    python_args: tuple[str, ...] = ()  # before `-m researchkit_py.vm_agent`
     serve: bool = False  # one agent process answers the script's calls (vm_serve.py)
 
 
@@ -70,11 +69,10 @@ def vm_agent(provider: str, store_url: str) -> VMAgent:
     packages = tuple(sorted({f"clouds/{vm.name}/__init__.py", f"clouds/{bucket.name}/__init__.py"}))
     if vm.vm_here:
         core = (*AGENT_CORE, *packages, *vm.vm_modules, *AGENT_REST, *bucket.store_modules, "vm_serve.py")
-        # Where the bucket is a directory its store is the standard library's: no site import
-        # (the venv's .pth files), and one agent process for the script's calls (vm_serve.py).
-        # A cloud's bucket keeps its SDK's client per process, as on a cloud VM.
-        here = bucket.name == vm.name
-        return VMAgent(bucket.store, bucket.store, core, AGENT_REST, sys.executable, ("-S",) if here else (), here)
+        # Where the bucket is a directory, one agent process answers the script's calls
+        # (vm_serve.py); a cloud's bucket keeps its SDK's client per process, as on a cloud VM.
+        # Site stays: the setup finds this Python's uv there.
+        return VMAgent(bucket.store, bucket.store, core, AGENT_REST, sys.executable, bucket.name == vm.name)
     if bucket.name != vm.name:
         raise KitError(f"{vm.title} VMs cannot use the bucket {store_url}: their credentials reach "
                        f"{vm.scheme}:// buckets only; set RK_BUCKET to one")

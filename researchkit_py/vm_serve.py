@@ -66,7 +66,10 @@ def serve(answer: Callable[[list[str], dict[str, str]], int], reply: int) -> int
             rc = e.code if isinstance(e.code, int) else 1
         sys.stdout.flush()
         sys.stderr.flush()
-        os.write(reply, f"{number} {rc}\n".encode())
+        try:
+            os.write(reply, f"{number} {rc}\n".encode())
+        except BrokenPipeError:  # the script has gone: no one is left to ask
+            return 0
     return 0
 
 
