@@ -104,11 +104,11 @@ def agent_lines(agent) -> dict[str, str]:
     python = '"$RK_AGENT_PY" -m researchkit_py.vm_agent'
     direct = f'(cd "$RK_ROOT/agent" && {python} "$@")'
     if not agent.serve:
-        return {"rk_body": f"  {direct}", "rk_ask": "", "serve_lines": ""}
+        return {"rk_body": f"  {direct}", "rk_ask": "", "serve_lines": "", "agent_done": ""}
     from . import vm_serve
 
     return {"rk_body": vm_serve.RK_BODY.format(direct=direct), "rk_ask": vm_serve.RK_ASK,
-            "serve_lines": vm_serve.SERVE_LINES.format(python=python)}
+            "serve_lines": vm_serve.SERVE_LINES.format(python=python), "agent_done": "\n  rk_agent_done"}
 
 
 def _indent(text: str) -> str:
@@ -199,7 +199,7 @@ rk_finish() {{
     echo "researchkit: could not report the final status"
     tail -n 20 "$RK_ROOT/run.log" >&3  # the console keeps what the bucket could not
   fi
-  rk_self_delete
+  rk_self_delete{agent_done}
 }}
 # A signal ends the run with its cause, which wins over the stage's (protocol.STOPPED).
 rk_stop() {{

@@ -106,6 +106,13 @@ rk_ask() {
   done
   return 1
 }
+# The end of the agent's process, the script's last act: its input closed, it exits, as each
+# call's own process did; the supervisor's power-off then finds nothing of it half done.
+rk_agent_done() {
+  local to=${RK_AGENT[1]:-} pid=${RK_AGENT_PID:-}
+  if [[ -n "$to" ]]; then exec {to}>&-; fi
+  if [[ -n "$pid" ]]; then wait "$pid" 2>/dev/null; fi
+}
 """
 
 SERVE_LINES = """\

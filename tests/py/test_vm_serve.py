@@ -30,14 +30,16 @@ SERVER = textwrap.dedent("""
             raise SystemExit("the agent said why")
         return int(args[0])
 
-    sys.exit(serve(answer, 4))
+    code = serve(answer, 4)
+    print("agent process done", flush=True)
+    sys.exit(code)
 """)
 
 
 def test_the_scripts_calls_reach_one_process_and_come_back_as_their_own(tmp_path):
     """Arguments arrive as given (spaces, newlines, empty ones), with the shell's environment of
-    the moment; the exit status comes back; output goes where the script's goes; once the
-    process has gone, rk starts the agent itself."""
+    the moment; the exit status comes back; output goes where the script's goes; the script's
+    last act ends the process (it exits 0, not killed); after that rk starts the agent itself."""
     (tmp_path / "server.py").write_text(SERVER)
     body = vm_serve.RK_BODY.format(direct='echo "direct $*"')  # the agent started directly: a stand-in
     script = "\n".join([
@@ -50,17 +52,17 @@ def test_the_scripts_calls_reach_one_process_and_come_back_as_their_own(tmp_path
         "export LATE=yes",
         'rk 3 || echo "rc=$?"',
         'rk exit || echo "rc=$?"',
-        'kill "$RK_AGENT_PID"; wait "$RK_AGENT_PID" || true',
+        'rk_agent_done; echo "agent done $?"',
         "rk 0 after",
     ])
     r = subprocess.run(["bash", "-c", script], capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stderr
-    assert r.stdout == "rc=3\nrc=1\ndirect 0 after\n"
+    assert r.stdout == "rc=3\nrc=1\nagent done 0\ndirect 0 after\n"
     asked = [json.loads(line) for line in r.stderr.splitlines() if line.startswith("{")]
     assert [a["args"] for a in asked] == [["0", "a b", "", "x\ny"], ["3"], ["exit"]]
     assert [a["late"] for a in asked] == [None, "yes", "yes"] and {a["run"] for a in asked} == {"run-1"}
     assert len({a["pid"] for a in asked}) == 1
-    assert "the agent said why" in r.stderr
+    assert "the agent said why" in r.stderr and "agent process done" in r.stderr
 
 
 @pytest.mark.parametrize("chunk", [1, 7, 1 << 16])
