@@ -90,11 +90,25 @@ def render_startup_script(plan: ScriptPlan) -> str:
         has_data=1 if plan.has_data else 0,
         q_vm_python=q(plan.vm_python),
         q_agent_python=q(agent.python),
+        **agent_lines(agent),
         payload=agent_payload(plan.provider, plan.store_url),
         gpu_check=(f'rk_step "checking the GPU"; RK_CAUSE={protocol.GPU_UNAVAILABLE}; '
                    f'rk gpu-check "$PWD" {q(plan.gpu)} {int(plan.gpu_wait_seconds)}; RK_CAUSE=""') if plan.gpu else ":",
         exports=exports,
     )
+
+
+def agent_lines(agent) -> dict[str, str]:
+    """How the script calls its agent: a Python start per call, or (vm_serve.py) one process
+    that answers them all."""
+    python = '"$RK_AGENT_PY" -m researchkit_py.vm_agent'
+    direct = f'(cd "$RK_ROOT/agent" && {python} "$@")'
+    if not agent.serve:
+        return {"rk_body": f"  {direct}", "rk_ask": "", "serve_lines": "", "agent_done": ""}
+    from . import vm_serve
+
+    return {"rk_body": vm_serve.RK_BODY.format(direct=direct), "rk_ask": vm_serve.RK_ASK,
+            "serve_lines": vm_serve.SERVE_LINES.format(python=python), "agent_done": "\n  rk_agent_done"}
 
 
 def _indent(text: str) -> str:
@@ -143,9 +157,9 @@ rk_self_delete() {{
 
 # From the agent's own directory: the project may hold another copy of researchkit_py.
 rk() {{
-  (cd "$RK_ROOT/agent" && "$RK_AGENT_PY" -m researchkit_py.vm_agent "$@")
+{rk_body}
 }}
-
+{rk_ask}
 # A step of the setup: a line in the log; if it fails, the final status names it, with the
 # reason its failing command left.
 rk_step() {{
@@ -185,7 +199,7 @@ rk_finish() {{
     echo "researchkit: could not report the final status"
     tail -n 20 "$RK_ROOT/run.log" >&3  # the console keeps what the bucket could not
   fi
-  rk_self_delete
+  rk_self_delete{agent_done}
 }}
 # A signal ends the run with its cause, which wins over the stage's (protocol.STOPPED).
 rk_stop() {{
@@ -222,7 +236,7 @@ fi
 base64 -d <<'RK_AGENT_EOF' | tar -xz -C "$RK_ROOT/agent"
 {payload}
 RK_AGENT_EOF
-rk_step "reporting to the bucket"
+{serve_lines}rk_step "reporting to the bucket"
 rk boot
 
 # 2. The rest of the agent, the code, the data, the environment.

@@ -242,5 +242,17 @@ def main(argv: list[str], agent: Agent) -> int:
     return rc if isinstance(rc, int) else 0
 
 
+def answer(argv: list[str], environ: dict[str, str]) -> int:
+    """One `rk` call answered by the embedded VM's agent process (vm_serve.py), in the environment
+    the script had when it made it: what a process of its own would see and do."""
+    os.environ.clear()
+    os.environ.update(environ)
+    return main(argv, Agent(VMEnv.from_environ(environ)))
+
+
 if __name__ == "__main__":
+    if sys.argv[1:2] == ["serve"]:  # `serve REPLY_FD`: the embedded VM's one agent process
+        from .vm_serve import serve
+
+        sys.exit(serve(answer, int(sys.argv[2])))
     sys.exit(main(sys.argv[1:], Agent(VMEnv.from_environ(dict(os.environ)))))

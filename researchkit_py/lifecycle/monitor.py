@@ -77,6 +77,8 @@ def wait(ctx: Context, run_id: str, stream_log: bool = True) -> dict:
     shown, poll, warned = 0, ctx.poll_seconds(), ""
     text = codecs.getincrementaldecoder("utf-8")("replace")
     give_up = protocol.parse_iso(manifest["expires_at"]) + 600
+    # between two reads: a poll's pause, cut short where the store sees the status or the log change
+    pause = ctx.store.watch([protocol.run_key(run_id, protocol.STATUS), protocol.run_key(run_id, protocol.LOG)])
     while True:
         try:
             state = run_state(ctx, run_id, manifest)
@@ -97,7 +99,7 @@ def wait(ctx: Context, run_id: str, stream_log: bool = True) -> dict:
             shown += len(log)
         if state.get("phase") in protocol.FINAL:
             return state
-        time.sleep(poll)
+        pause(poll)
 
 
 def wait_quietly(ctx: Context, run_id: str, every: float = 60.0) -> dict:
@@ -130,6 +132,8 @@ def ensure_gone(ctx: Context, instance: str, timeout: float | None = None) -> bo
     nothing more comes from it, and a stopped VM's disk bills."""
     if timeout is None:
         timeout = ctx.settings.number("RK_SELF_DELETE_WAIT", 10 if ctx.embedded else 180)
+    # an embedded VM's record is a file read: it goes within milliseconds of the final status
+    poll = min(ctx.poll_seconds(), 0.02) if ctx.embedded else ctx.poll_seconds()
     end = time.time() + timeout
     while time.time() < end:
         inst = ctx.provider.get(instance)
@@ -138,7 +142,7 @@ def ensure_gone(ctx: Context, instance: str, timeout: float | None = None) -> bo
         if not inst.alive:
             ctx.provider.delete(instance)
             return False
-        time.sleep(ctx.poll_seconds())
+        time.sleep(poll)
     say(f"cloud-run: {instance} did not delete itself within {timeout:g} s; deleting it")
     ctx.provider.delete(instance)
     return False

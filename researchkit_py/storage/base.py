@@ -166,6 +166,13 @@ class Store(ABC):
     def write_json(self, key: str, value: Any) -> None:
         self.put_bytes(key, (json.dumps(value, indent=2, sort_keys=True) + "\n").encode())
 
+    def watch(self, keys: list[str]) -> Callable[[float], None]:
+        """A pause of up to `seconds` between two reads of `keys`, ended early by a store that can
+        see them change (a directory: the embedded provider's); a cloud bucket just sleeps."""
+        import time
+
+        return time.sleep
+
     def _retry(self, op: Callable[[], T], what: str) -> T:
         return retry(op, f"{what} at {self.url}", self.retries, self.backoff, self._is_transient)
 

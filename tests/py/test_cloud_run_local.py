@@ -115,6 +115,29 @@ def test_hard_deadline_alone_ends_a_vm_whose_trap_cannot(project, tmp_path):
     assert s["cause"] == "timeout"
 
 
+def test_a_supervisor_forked_from_its_client_powers_off_at_the_deadline(project, tmp_path):
+    """A single-threaded client forks the supervisor (no Python start on the way to the run): it
+    leads a session of its own, outlives the client, and ends a VM whose trap cannot."""
+    import sys
+
+    marker = f"rk-forked-{os.getpid()}"
+    code = ("from researchkit_py import lifecycle; from researchkit_py.settings import Settings; "
+            "ctx = lifecycle.Context.open(Settings(), 'local'); "
+            "import os; print(lifecycle.launch(ctx, lifecycle.LaunchOptions(command=os.environ['CMD'], "
+            "max_hours=0.001, detached=True)).run_id)")
+    # the command through the environment: the forked supervisor's command line is its client's
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                       env={**os.environ, "PYTHONPATH": str(REPO), "CMD": f"trap '' TERM; exec -a {marker} sleep 300"})
+    (rec_path,) = (tmp_path / "state" / "local" / "instances").glob("*.json")
+    rec = json.loads(rec_path.read_text())
+    assert rec_path.stem == f"rk-{r.stdout.strip()}"
+    pid = rec["supervisor_pid"]
+    assert b"researchkit_py.clouds.local.supervisor" not in Path(f"/proc/{pid}/cmdline").read_bytes()
+    assert os.getsid(pid) == pid == rec["session"]
+    wait_for(lambda: instances(tmp_path) == [], timeout=15)
+    assert subprocess.run(["pgrep", "-f", marker]).returncode == 1
+
+
 def test_detached_run_then_status_logs_pull(project, tmp_path):
     r = cloud_run("run", 'sleep 1; mkdir -p "$RESULTS_DIR"; seq 1 3 > "$RESULTS_DIR/seq.txt"; echo finished', "--detach")
     assert r.exit_code == 0
@@ -328,3 +351,28 @@ def test_unreadable_config_is_one_line(project, tmp_path):
 def test_usage_without_command():
     r = cloud_run()
     assert r.exit_code == 2 and "usage: cloud-run" in r.stderr.decode()
+
+
+def test_a_wait_on_the_local_bucket_wakes_when_a_watched_object_changes(tmp_path):
+    """An attached run's pause between two reads ends when its status or log changes (the 60 s
+    pause, were it slept, would fail the test's timeout), and lasts its time when nothing does."""
+    import threading
+
+    from researchkit_py.clouds.local.store import LocalStore
+    from researchkit_py.settings import Settings
+
+    store = LocalStore(tmp_path / "b", Settings(read_file=False))
+    store.put_bytes("runs/r/status.json", b"{}")
+    pause = store.watch(["runs/r/status.json", "runs/r/logs/run.log"])
+    t0 = time.monotonic()
+    pause(0.05)  # nothing changed: the pause is its own length
+    assert time.monotonic() - t0 >= 0.05
+    for change in (lambda: store.put_bytes("runs/r/logs/run.log", b"x"),  # appears
+                   lambda: store.put_bytes("runs/r/status.json", b'{"phase": "DONE"}'),  # replaced
+                   lambda: store.delete("runs/r/status.json")):  # goes
+        timer = threading.Timer(0.1, change)
+        timer.start()
+        t0 = time.monotonic()
+        pause(60)
+        assert time.monotonic() - t0 < 30
+        timer.join()

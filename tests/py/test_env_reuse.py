@@ -74,6 +74,7 @@ def test_a_relaunch_with_unchanged_requirements_reuses_the_environment(project, 
     (project / "requirements.txt").write_text("rk-tiny==1.0\n")
     first = run_log(tmp_path, CHECK)
     assert "tiny says hi\n1.0\n" in first and "kept in" in first
+    assert "fetched uv" not in first  # this machine's: the agent runs on the client's Python, site and all
     second = run_log(tmp_path, CHECK)
     assert "tiny says hi\n1.0\n" in second and "unchanged: environment" in second and "installed" not in second
     assert len(envs(tmp_path)) == 1

@@ -219,3 +219,28 @@ def test_a_provider_with_no_deadline_or_self_delete_lines_still_renders_valid_ba
     script = render_startup_script(plan(deadline_lines=" ", self_delete_lines="\n"))
     assert "rk_self_delete() {\n  :\n}" in script
     shellcheck(script, tmp_path)
+
+
+def test_the_embedded_agent_imports_the_bytecode_this_python_compiled(tmp_path):
+    """On this machine the payload carries each module's .pyc as this interpreter cached it (and
+    the module's own mtime, which the .pyc names): the agent's process imports them instead of
+    compiling its modules every run. A .pyc of another version of the module stays out."""
+    import py_compile
+
+    from researchkit_py.vm_payload import PACKAGE_DIR, _archive, _compiled, vm_agent
+
+    core = vm_agent("local", "file:///tmp/b").core
+    for rel in core:  # what importing them did (unless PYTHONDONTWRITEBYTECODE)
+        py_compile.compile(str(PACKAGE_DIR / rel), doraise=True, invalidation_mode=py_compile.PycInvalidationMode.TIMESTAMP)
+    (tmp_path / "agent").mkdir()
+    subprocess.run(["tar", "-xz", "-C", str(tmp_path / "agent")], input=_archive(core, compact=False), check=True)
+    r = subprocess.run([sys.executable, "-v", "-c", "import researchkit_py.vm_agent, researchkit_py.vm_serve"],
+                       cwd=tmp_path / "agent", capture_output=True, text=True, env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"})
+    tag = sys.implementation.cache_tag
+    for module in ("vm_agent", "vm_serve", "protocol"):
+        assert f"researchkit_py/__pycache__/{module}.{tag}.pyc matches" in r.stderr, r.stderr[-2000:]
+    path = PACKAGE_DIR / "vm_agent.py"
+    data = path.read_bytes()
+    assert _compiled(path, data, int(path.stat().st_mtime)) is not None
+    assert _compiled(path, data + b"\n", int(path.stat().st_mtime)) is None  # not this source's
+    assert _compiled(path, data, int(path.stat().st_mtime) + 1) is None

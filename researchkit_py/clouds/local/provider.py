@@ -18,6 +18,7 @@ from pathlib import Path
 from ...protocol import iso
 from ...storage.paths import write_json_atomic
 from ..base import Instance, InstanceRequest, Provider
+from . import supervisor
 from .processes import alive, kill_session, read_json, remove_vm_dir, session_pids, start_time, wait_session_gone
 
 
@@ -59,19 +60,19 @@ class LocalProvider(Provider):
         record = {"name": req.name, "labels": req.labels, "created_at": iso(time.time()),
                   "deadline": time.time() + req.max_seconds, "vm_dir": str(vm_dir), "state": "PROVISIONING"}
         write_json_atomic(self._record(req.name), record)
-        with open(vm_dir / "supervisor.log", "ab") as log:
-            proc = subprocess.Popen(
-                [sys.executable, "-m", "researchkit_py.clouds.local.supervisor", str(self._record(req.name))],
-                stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True, cwd=vm_dir,
-                # cwd: never a project's own copy. The supervisor reads no env file (it runs in its VM
-                # directory): the one setting it needs travels resolved, in its environment.
-                env={**self.settings.environ, "PYTHONPATH": _package_parent(),
-                     "RK_KEEP_VM_DIR": "1" if self.settings.flag("RK_KEEP_VM_DIR") else "",
-                     "RK_ENV_CACHE": self.env_cache()},
-            )
+        # The supervisor reads no env file (it runs in its VM directory): the one setting it needs
+        # travels resolved, in its environment.
+        env = {**self.settings.environ, "PYTHONPATH": _package_parent(),
+               "RK_KEEP_VM_DIR": "1" if self.settings.flag("RK_KEEP_VM_DIR") else "", "RK_ENV_CACHE": self.env_cache()}
+        pid = supervisor.fork(self._record(req.name), vm_dir, env)
+        if pid is None:
+            with open(vm_dir / "supervisor.log", "ab") as log:
+                pid = subprocess.Popen(  # cwd: never a project's own copy of the package
+                    [sys.executable, "-m", "researchkit_py.clouds.local.supervisor", str(self._record(req.name))],
+                    stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True, cwd=vm_dir, env=env,
+                ).pid
         # the supervisor leads a new session that the script shares: killing that session is power-off
-        record.update(supervisor_pid=proc.pid, supervisor_start=start_time(proc.pid), session=proc.pid,
-                      state="RUNNING")
+        record.update(supervisor_pid=pid, supervisor_start=start_time(pid), session=pid, state="RUNNING")
         write_json_atomic(self._record(req.name), record)
         return Instance(req.name, "RUNNING", req.labels)
 
