@@ -70,17 +70,6 @@ def make_files(root: Path, n: int, gib: float) -> None:
                 left -= len(chunk)
 
 
-def code_tree(rev: str, scratch: Path) -> Path:
-    """The package and tools at `rev`, with this checkout's .venv."""
-    dest = scratch / f"code-{rev}"
-    dest.mkdir()
-    archive = subprocess.run(["git", "-C", str(REPO), "archive", rev, "researchkit_py", "tools"],
-                             capture_output=True, check=True).stdout
-    subprocess.run(["tar", "-x", "-C", str(dest)], input=archive, check=True)
-    (dest / ".venv").symlink_to(REPO / ".venv")
-    return dest
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--before", default="324fae1")
@@ -93,7 +82,7 @@ def main() -> None:
     from emulate import prepare_ec2
     from emulators import FakeGCS, MotoProcess
     from fake_gce import FakeGCE
-    from suite import check_tree, rclone_environment, versions
+    from suite import check_tree, code_tree, rclone_environment, versions
 
     from researchkit_py import protocol
     from researchkit_py.storage.transfer import tree_manifest

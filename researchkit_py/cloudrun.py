@@ -113,9 +113,12 @@ def main(argv: list[str]) -> int:
     if not args.cmd:
         _parser().print_help(sys.stderr)
         return 2
+    settings = Settings()
+    if args.cmd == "pull" and (done := _unchanged_pull(settings, args)):
+        return _pulled(args, done[0], 0, 0, len(done[1]["files"]), True)
     from .lifecycle import Context, reap_if_due
 
-    ctx = Context.open(Settings(), args.backend)
+    ctx = Context.open(settings, args.backend)
     if args.cmd != "reap" and not getattr(args, "dry_run", False):
         try:
             for name in reap_if_due(ctx, force=args.cmd == "run"):
@@ -125,6 +128,30 @@ def main(argv: list[str]) -> int:
     return COMMANDS[args.cmd](ctx, args)
 
 
+def _unchanged_pull(settings: Settings, args) -> tuple[Path, dict] | None:
+    """A re-pull with nothing to do, answered before the provider, the bucket and the lifecycle
+    are opened (repull.py says when that is safe): (the output directory, the pull's record)."""
+    if args.verify:
+        return None
+    from .repull import unchanged
+
+    try:
+        out = Path(args.output_dir or f"results/{protocol.check_run_id(args.run_id)}")
+    except KitError:  # the whole way says it, in its order
+        return None
+    state = unchanged(settings, args.run_id, out, args.backend)
+    return (out, state) if state else None
+
+
+def _pulled(args, out: Path, files: int, size: int, unchanged: int, complete: bool) -> int:
+    if args.json:
+        emit_json({"run_id": args.run_id, "output_dir": str(out), "files": files, "bytes": size,
+                   "unchanged": unchanged, "complete": complete})
+    else:
+        say(f"cloud-run: pulled {files} files ({size} bytes), {unchanged} unchanged, into {out}")
+    return 0
+
+
 def cmd_pull(ctx, args) -> int:
     from .lifecycle import pull, run_state, wait_quietly
 
@@ -132,11 +159,7 @@ def cmd_pull(ctx, args) -> int:
     if args.wait:
         wait_quietly(ctx, args.run_id)
     stats, complete = pull(ctx, args.run_id, out, verify=args.verify, make_parents=not args.output_dir)
-    if args.json:
-        emit_json({"run_id": args.run_id, "output_dir": str(out), "files": stats.files, "bytes": stats.bytes,
-                    "unchanged": stats.skipped, "complete": complete})
-    else:
-        say(f"cloud-run: pulled {stats.files} files ({stats.bytes} bytes), {stats.skipped} unchanged, into {out}")
+    _pulled(args, out, stats.files, stats.bytes, stats.skipped, complete)
     if not complete:
         state = run_state(ctx, args.run_id)
         raise KitError(f"run {args.run_id} has no results manifest (it is {state.get('phase')}); "

@@ -198,10 +198,14 @@ def pull_tree(store: Store, prefix: str, local_dir: Path, *, expected: list[dict
         bar.update(entry["size"])
 
     def verify(entry: dict, tmp: Path, data: bytes | None = None) -> None:
-        if "sha256" in entry:
-            size, sha = file_digest(tmp) if data is None else (len(data), hashlib.sha256(data).hexdigest())
-            if sha != entry["sha256"] or size != entry["size"]:
-                raise KitError(f"{entry['path']}: downloaded content does not match its manifest checksum; pull again")
+        """Against the manifest's sha256; without a manifest, against the listing's MD5 (the
+        stores read objects without checking them themselves)."""
+        algo = "sha256" if "sha256" in entry else "md5" if entry.get("md5") else None
+        if algo:
+            size, digest = file_digest(tmp, algo) if data is None else (len(data), hashlib.new(algo, data, usedforsecurity=False).hexdigest())
+            if digest != entry[algo] or size != entry["size"]:
+                where = "its manifest checksum" if algo == "sha256" else "the bucket's MD5 of it"
+                raise KitError(f"{entry['path']}: downloaded content does not match {where}; pull again")
 
     def single(entry: dict) -> Callable[[], None]:
         def go() -> None:
