@@ -2,7 +2,7 @@
 an earlier one and against `aws s3 sync` and rclone, on the emulators (moto in its own process,
 fake-gcs-server). Wall time and peak RSS (GNU time) of each.
 
-  bench/big_files.py [--before REV] [--gib 1] [--files 2] [--repeat 1] [--out bench/results]
+  bench/big_files.py [--before REV] [--gib 1] [--files 2] [--repeat 1] [--clouds s3,gcs] [--out bench/results]
 
 The VM's upload runs the VM's own store (standard library, credentials from a fake metadata
 server) in a process of its own; each pull goes into a fresh directory and is checked file by
@@ -76,6 +76,7 @@ def main() -> None:
     ap.add_argument("--gib", type=float, default=1.0)
     ap.add_argument("--files", type=int, default=2)
     ap.add_argument("--repeat", type=int, default=1)
+    ap.add_argument("--clouds", default="s3,gcs", help="the buckets to measure: s3, gcs or both")
     ap.add_argument("--out", default=str(REPO / "bench" / "results"))
     args = ap.parse_args()
 
@@ -120,6 +121,8 @@ def main() -> None:
 
         for cloud, url, backend in (("s3", f"s3://{s3_bucket}/researchkit", "ec2"),
                                     ("gcs", "gs://bench-big/researchkit", "gce")):
+            if cloud not in args.clouds.split(","):
+                continue
             store = open_store(url)
             run_id = protocol.new_run_id("big")
             prefix = protocol.run_prefix(run_id)
