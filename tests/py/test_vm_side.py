@@ -337,6 +337,31 @@ def test_the_clients_gcs_requests_carry_google_auths_token(tmp_path, monkeypatch
         gcs.stop()
 
 
+def test_a_missing_object_in_a_bucket_named_bucket_is_a_missing_object(monkeypatch):
+    """GCS's 404 bodies, as it sends them: a missing object names its bucket and key ("No such
+    object: ml-bucket/…"), a missing bucket says "The specified bucket does not exist."
+    fake-gcs-server answers "Not Found" to both, so only these bodies show that the word
+    "bucket" in a name must not make a missing status.json a missing bucket (a pull then said
+    the bucket was gone)."""
+    from researchkit_py.clouds.gce.store import ClientBucket
+    from researchkit_py.errors import NotFound
+
+    gcs = Scripted([(404, {"Content-Type": "text/html; charset=UTF-8"},
+                     b"No such object: ml-bucket/runs/r/bucket-stats.json"),
+                    (404, {"Content-Type": "application/json"},
+                     b'{"error": {"code": 404, "message": "The specified bucket does not exist.", "errors": '
+                     b'[{"message": "The specified bucket does not exist.", "domain": "global", "reason": "notFound"}]}}')])
+    try:
+        monkeypatch.setenv("STORAGE_EMULATOR_HOST", gcs.url)
+        b = ClientBucket("ml-bucket", "", Settings(read_file=False))
+        with pytest.raises(NotFound, match="no object runs/r/bucket-stats.json in gs://ml-bucket"):
+            b.get("runs/r/bucket-stats.json")
+        with pytest.raises(KitError, match="bucket gs://ml-bucket does not exist; create it or set RK_BUCKET"):
+            b.get("runs/r/status.json")
+    finally:
+        gcs.stop()
+
+
 def test_a_signal_wins_over_the_stage_and_a_step_says_why():
     setup = protocol.final_status("SETUP", None, "", "installing requirements.txt: x==1 cannot be installed: …")
     assert (setup["phase"], setup["cause"], setup["step"]) == ("FAILED", "boot_error",

@@ -75,7 +75,9 @@ class VMBucket(http.RetriedTransfers):
         resp = http.request(method, url, {**self._token[0], **(headers or {})}, body, sink=sink)
         if resp.status < 300 or resp.status in ok:
             return resp
-        if resp.status == 404 and (not key or b"bucket" in resp.data.lower()):
+        # GCS: "The specified bucket does not exist." / "No such object: <bucket>/<key>" (whose
+        # names may well hold the word "bucket"); fake-gcs-server says "Not Found" to both
+        if resp.status == 404 and (not key or b"bucket does not exist" in resp.data.lower()):
             raise KitError(f"bucket {self.url} does not exist; create it or set RK_BUCKET")
         if resp.status == 404:
             raise NotFound(f"no object {key} in {self.url}")
