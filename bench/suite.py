@@ -19,6 +19,7 @@ import json
 import os
 import platform
 import random
+import resource
 import shutil
 import statistics
 import subprocess
@@ -56,6 +57,7 @@ class Bench:
     def __init__(self, scratch: Path, env: dict[str, str]):
         self.scratch, self.env = scratch, env
         self.rows: dict[tuple[str, str], Row] = {}
+        self.cpu = 0.0
 
     def record(self, group: str, measure: str, seconds: float, note: str = "") -> None:
         row = self.rows.setdefault((group, measure), Row(group, measure))
@@ -66,9 +68,14 @@ class Bench:
         return self.rows[(group, measure)].median
 
     def timed(self, argv: list[str], env: dict | None = None, cwd: Path | None = None) -> tuple[float, str]:
+        """(wall seconds, stdout); `self.cpu`, the CPU seconds (user + system) it and its children
+        used: on a machine shared with other work, wall time measures the others too."""
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
         t0 = time.perf_counter()
         r = subprocess.run(argv, env=env or self.env, cwd=cwd, capture_output=True, text=True)
         took = time.perf_counter() - t0
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        self.cpu = after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
         if r.returncode != 0:
             raise SystemExit(f"bench: {' '.join(argv[:4])} … failed ({r.returncode}): {r.stderr.strip()[-500:]}")
         return took, r.stdout
@@ -165,10 +172,13 @@ def pulls(b: Bench, *, group: str, peers: dict[str, list[str]], ours: list[str],
             out = b.fresh(f"{group}-{name}-{i}".replace(" ", "_"))
             argv = [str(out) if a == OUT else a for a in argv]
             first, _ = b.timed(argv, rclone_env if argv[0] == "rclone" else env)
+            first_cpu = b.cpu
             check_tree(out, src)
             again, stdout2 = b.timed(argv, rclone_env if argv[0] == "rclone" else env)
             b.record(group, f"{name}, first", first)
             b.record(group, f"{name}, unchanged re-pull", again)
+            b.record(f"{group}, CPU seconds", f"{name}, first", first_cpu, "user + system, the emulator's not counted")
+            b.record(f"{group}, CPU seconds", f"{name}, unchanged re-pull", b.cpu)
             if argv[0] == CLOUD_RUN and json.loads(stdout2)["bytes"] != 0:
                 raise SystemExit(f"bench: the re-pull by {name} downloaded bytes; it should download none")
 
@@ -261,6 +271,13 @@ def ratios(b: Bench) -> list[str]:
                 lines.append(f"{group}: cloud-run pull {ours:.2f} s vs {peer} {theirs:.2f} s → {verdict}")
         again = b.median(group, "cloud-run pull, unchanged re-pull")
         lines.append(f"{group}: unchanged re-pull {again:.3f} s = {100 * again / ours:.1f}% of the first pull, 0 bytes")
+        cpu = f"{group}, CPU seconds"
+        if (cpu, "cloud-run pull, first") in b.rows:
+            mine = b.median(cpu, "cloud-run pull, first")
+            others = [(p, b.median(cpu, f"{p}, first")) for p in peers if (cpu, f"{p}, first") in b.rows]
+            lines.append(f"{group}, CPU: cloud-run pull {mine:.2f} s" + "".join(
+                f"; {p} {t:.2f} s ({t / mine:.1f}×)" for p, t in others)
+                + f"; unchanged re-pull {100 * b.median(cpu, 'cloud-run pull, unchanged re-pull') / mine:.1f}% of the first")
     if ("relaunch", "first launch (new code): command → instance requested") not in b.rows:
         return lines
     first = b.median("relaunch", "first launch (new code): command → instance requested")
