@@ -7,7 +7,7 @@ fake-gcs-server). Wall time and peak RSS (GNU time) of each.
 
 The VM's upload runs the VM's own store (standard library, credentials from a fake metadata
 server) in a process of its own; each pull goes into a fresh directory and is checked file by
-file before its time counts. Writes big-files.md and big-files.json into --out.
+file before its time counts. Writes big-files.md and big-files.json (--name) into --out.
 """
 
 from __future__ import annotations
