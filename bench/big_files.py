@@ -198,8 +198,9 @@ def main() -> None:
                           f"{best['median_s']:.2f} s → {best['median_s'] / ours['median_s']:.2f}×; CPU "
                           f"{ours['median_cpu_s']:.2f} s vs {best['median_cpu_s']:.2f} s")
     text = (f"# Big files: {args.files} × {args.gib:g} GiB\n\n{time.strftime('%Y-%m-%d')}, {platform.node()}, "
-            f"{os.cpu_count()} cores. Peers: {meta['awscli']}; {meta['rclone']}. Emulators: moto {meta['moto']} "
-            f"(its own process), fake-gcs-server (in memory). Medians of {args.repeat}.\n\n" + "\n".join(lines)
+            f"{os.cpu_count()} cores. Peers: {'' if args.clouds == 'gcs' else meta['awscli'] + '; '}{meta['rclone']}. "
+            f"Emulators: {'' if args.clouds == 'gcs' else 'moto ' + meta['moto'] + ' (its own process), '}"
+            f"fake-gcs-server (in memory). Medians of {args.repeat}.\n\n" + "\n".join(lines)
             + "\n\n" + "\n".join(ratios) + "\n")
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)

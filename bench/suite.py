@@ -289,9 +289,11 @@ def ratios(b: Bench) -> list[str]:
 def report(b: Bench, args, meta: dict, points: list[dict], date: str) -> str:
     lines = [f"# researchkit benchmark — {date}", "",
              f"Machine: {meta['machine']}; {meta['os']}; Python {meta['python']}.  ",
-             f"Peers: {meta['awscli']}; {meta['rclone']}. Emulators: moto {meta['moto']} (its own process), "
-             "fake-gcs-server.  ",
-             f"Medians of {args.repeat} runs (CLI latency: of {max(5, args.repeat)}). Pull data: "
+             (f"Peer: {meta['rclone']}. Emulator: fake-gcs-server.  " if args.only else
+              f"Peers: {meta['awscli']}; {meta['rclone']}. Emulators: moto {meta['moto']} (its own process), "
+              "fake-gcs-server.  "),
+             f"Medians of {args.repeat} runs" + ("" if args.only else f" (CLI latency: of {max(5, args.repeat)})")
+             + ". Pull data: "
              f"{args.small} files of 1–64 KB + {args.big} files of 20 MB from one run prefix."
              + (f" Only {args.only}." if args.only else ""), "",
              "| group | measure | median (s) | runs (s) | note |", "|---|---|---:|---|---|"]
@@ -413,6 +415,8 @@ def main() -> None:
 
         date = time.strftime("%Y-%m-%d")
         meta = versions()
+        if args.only:
+            meta["awscli"] = "not used"
         text = report(b, args, meta, points, date)
         name = args.only or "latest"
         if points:
