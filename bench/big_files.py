@@ -2,11 +2,12 @@
 an earlier one and against `aws s3 sync` and rclone, on the emulators (moto in its own process,
 fake-gcs-server). Wall time and peak RSS (GNU time) of each.
 
-  bench/big_files.py [--before REV] [--gib 1] [--files 2] [--repeat 1] [--out bench/results]
+  bench/big_files.py [--before REV] [--gib 1] [--files 2] [--repeat 1] [--clouds s3,gcs] [--pulls-only]
+                     [--out bench/results]
 
 The VM's upload runs the VM's own store (standard library, credentials from a fake metadata
 server) in a process of its own; each pull goes into a fresh directory and is checked file by
-file before its time counts. Writes big-files.md and big-files.json into --out.
+file before its time counts. Writes big-files.md and big-files.json (--name) into --out.
 """
 
 from __future__ import annotations
@@ -47,16 +48,18 @@ print(json.dumps({"files": stats.files, "bytes": stats.bytes}))
 """
 
 
-def timed(argv: list[str], env: dict, cwd: Path | None = None) -> tuple[float, int, str]:
-    """(wall seconds, peak RSS in MB, stdout) of one command under GNU time."""
+def timed(argv: list[str], env: dict, cwd: Path | None = None) -> tuple[float, int, str, float]:
+    """(wall seconds, peak RSS in MB, stdout, CPU seconds: user + system) of one command under GNU
+    time. On a machine shared with other work, wall time measures the others too."""
     with tempfile.NamedTemporaryFile("r") as out:
         t0 = time.perf_counter()
-        r = subprocess.run(["/usr/bin/time", "-f", "%M", "-o", out.name, *argv], env=env, cwd=cwd,
+        r = subprocess.run(["/usr/bin/time", "-f", "%M %U %S", "-o", out.name, *argv], env=env, cwd=cwd,
                            capture_output=True, text=True)
         took = time.perf_counter() - t0
         if r.returncode != 0:
             raise SystemExit(f"bench: {' '.join(argv[:4])} … failed ({r.returncode}): {r.stderr.strip()[-600:]}")
-        return took, int(out.read().split()[-1]) // 1024, r.stdout
+        rss, user, system = out.read().split()[-3:]
+        return took, int(rss) // 1024, r.stdout, float(user) + float(system)
 
 
 def make_files(root: Path, n: int, gib: float) -> None:
@@ -70,30 +73,22 @@ def make_files(root: Path, n: int, gib: float) -> None:
                 left -= len(chunk)
 
 
-def code_tree(rev: str, scratch: Path) -> Path:
-    """The package and tools at `rev`, with this checkout's .venv."""
-    dest = scratch / f"code-{rev}"
-    dest.mkdir()
-    archive = subprocess.run(["git", "-C", str(REPO), "archive", rev, "researchkit_py", "tools"],
-                             capture_output=True, check=True).stdout
-    subprocess.run(["tar", "-x", "-C", str(dest)], input=archive, check=True)
-    (dest / ".venv").symlink_to(REPO / ".venv")
-    return dest
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--before", default="324fae1")
     ap.add_argument("--gib", type=float, default=1.0)
     ap.add_argument("--files", type=int, default=2)
     ap.add_argument("--repeat", type=int, default=1)
+    ap.add_argument("--clouds", default="s3,gcs", help="the buckets to measure: s3, gcs or both")
+    ap.add_argument("--pulls-only", action="store_true", help="upload once (this tree, not timed); time the pulls")
     ap.add_argument("--out", default=str(REPO / "bench" / "results"))
+    ap.add_argument("--name", default="big-files", help="the report's name in --out (NAME.md, NAME.json)")
     args = ap.parse_args()
 
     from emulate import prepare_ec2
     from emulators import FakeGCS, MotoProcess
     from fake_gce import FakeGCE
-    from suite import check_tree, rclone_environment, versions
+    from suite import check_tree, code_tree, rclone_environment, versions
 
     from researchkit_py import protocol
     from researchkit_py.storage.transfer import tree_manifest
@@ -121,28 +116,33 @@ def main() -> None:
         total = sum(e["size"] for e in manifest)
         rclone_env = rclone_environment(env, moto.url, gcs.url)
 
-        def record(group: str, tool: str, took: float, rss: int) -> None:
+        def record(group: str, tool: str, took: float, rss: int, cpu: float) -> None:
             row = next((r for r in rows if r["group"] == group and r["tool"] == tool), None)
             if row is None:
-                row = {"group": group, "tool": tool, "seconds": [], "rss_mb": []}
+                row = {"group": group, "tool": tool, "seconds": [], "rss_mb": [], "cpu_s": []}
                 rows.append(row)
             row["seconds"].append(round(took, 2))
             row["rss_mb"].append(rss)
+            row["cpu_s"].append(round(cpu, 2))
 
         for cloud, url, backend in (("s3", f"s3://{s3_bucket}/researchkit", "ec2"),
                                     ("gcs", "gs://bench-big/researchkit", "gce")):
+            if cloud not in args.clouds.split(","):
+                continue
             store = open_store(url)
             run_id = protocol.new_run_id("big")
             prefix = protocol.run_prefix(run_id)
             group_up, group_pull = f"VM upload, {cloud}", f"pull, {cloud}"
-            for i in range(args.repeat):
-                for name, code in codes.items():
+            uploads = {"this tree": REPO} if args.pulls_only else codes
+            for i in range(1 if args.pulls_only else args.repeat):
+                for name, code in uploads.items():
                     print(f"bench: {group_up}: {name}", file=sys.stderr, flush=True)
                     up_env = {**env, "PYTHONPATH": os.pathsep.join([str(code), str(REPO / "tests" / "py")])}
-                    took, rss, _ = timed([sys.executable, "-c", UPLOAD, cloud, url, str(src), f"{prefix}/results"],
-                                         up_env, cwd=scratch)
-                    record(group_up, f"VM store, {name}", took, rss)
-                    if i + 1 < args.repeat or name != list(codes)[-1]:
+                    took, rss, _, cpu = timed([sys.executable, "-c", UPLOAD, cloud, url, str(src), f"{prefix}/results"],
+                                              up_env, cwd=scratch)
+                    if not args.pulls_only:
+                        record(group_up, f"VM store, {name}", took, rss, cpu)
+                    if i + 1 < args.repeat and not args.pulls_only or name != list(uploads)[-1]:
                         for e in manifest:
                             store.delete(f"{prefix}/results/{e['path']}")
             at = time.time()
@@ -171,9 +171,9 @@ def main() -> None:
                     out.mkdir()
                     pull_env = rclone_env if argv[0] == "rclone" else {
                         **env, "RK_BUCKET": url if cloud == "gcs" else env["RK_BUCKET"]}
-                    took, rss, _ = timed([str(out) if a == "{out}" else a for a in argv], pull_env, cwd=scratch)
+                    took, rss, _, cpu = timed([str(out) if a == "{out}" else a for a in argv], pull_env, cwd=scratch)
                     check_tree(out, src)
-                    record(group_pull, tool, took, rss)
+                    record(group_pull, tool, took, rss, cpu)
             for e in manifest:
                 store.delete(f"{prefix}/results/{e['path']}")
         meta = versions()
@@ -181,12 +181,13 @@ def main() -> None:
         for server in (moto, gcs, gce):
             server.stop()
         shutil.rmtree(scratch, ignore_errors=True)
-    lines = ["| group | tool | median (s) | MB/s | peak RSS (MB) | runs (s) |", "|---|---|---:|---:|---:|---|"]
+    lines = ["| group | tool | median (s) | MB/s | peak RSS (MB) | CPU, median (s) | runs (s) |",
+             "|---|---|---:|---:|---:|---:|---|"]
     for r in rows:
         med = statistics.median(r["seconds"])
-        r["median_s"] = med
+        r["median_s"], r["median_cpu_s"] = med, statistics.median(r["cpu_s"])
         lines.append(f"| {r['group']} | {r['tool']} | {med:.2f} | {total / 1e6 / med:.0f} | {max(r['rss_mb'])} | "
-                     f"{', '.join(map(str, r['seconds']))} |")
+                     f"{r['median_cpu_s']:.2f} | {', '.join(map(str, r['seconds']))} |")
     ratios = []
     for cloud in ("s3", "gcs"):
         ours = next((r for r in rows if r["group"] == f"pull, {cloud}" and r["tool"] == "cloud-run pull, this tree"), None)
@@ -194,15 +195,17 @@ def main() -> None:
         if ours and peers:
             best = min(peers, key=lambda r: r["median_s"])
             ratios.append(f"- pull, {cloud}: cloud-run pull {ours['median_s']:.2f} s vs the faster peer ({best['tool']}) "
-                          f"{best['median_s']:.2f} s → {best['median_s'] / ours['median_s']:.2f}×")
+                          f"{best['median_s']:.2f} s → {best['median_s'] / ours['median_s']:.2f}×; CPU "
+                          f"{ours['median_cpu_s']:.2f} s vs {best['median_cpu_s']:.2f} s")
     text = (f"# Big files: {args.files} × {args.gib:g} GiB\n\n{time.strftime('%Y-%m-%d')}, {platform.node()}, "
-            f"{os.cpu_count()} cores. Peers: {meta['awscli']}; {meta['rclone']}. Emulators: moto {meta['moto']} "
-            f"(its own process), fake-gcs-server (in memory). Medians of {args.repeat}.\n\n" + "\n".join(lines)
+            f"{os.cpu_count()} cores. Peers: {'' if args.clouds == 'gcs' else meta['awscli'] + '; '}{meta['rclone']}. "
+            f"Emulators: {'' if args.clouds == 'gcs' else 'moto ' + meta['moto'] + ' (its own process), '}"
+            f"fake-gcs-server (in memory). Medians of {args.repeat}.\n\n" + "\n".join(lines)
             + "\n\n" + "\n".join(ratios) + "\n")
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "big-files.md").write_text(text)
-    (out_dir / "big-files.json").write_text(json.dumps({"rows": rows, "bytes": total}, indent=2) + "\n")
+    (out_dir / f"{args.name}.md").write_text(text)
+    (out_dir / f"{args.name}.json").write_text(json.dumps({"rows": rows, "bytes": total}, indent=2) + "\n")
     print(text)
 
 

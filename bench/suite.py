@@ -3,9 +3,11 @@ side in one run on this machine's emulators (moto for S3 and EC2, fake-gcs-serve
 our fake Compute API for GCE).
 
   bench/run [--repeat 3] [--scale 200,2000,20000] [--out bench/results]
+  bench/suite.py --only gcs-pull [--before REV] [--small 2000] [--big 5]
 
 Prints a markdown table (medians of --repeat runs, and the ratios) and writes latest.md,
-latest.json and scaling.png into --out. Every tool pulls the same run prefix into a fresh
+latest.json and scaling.png into --out; `--only gcs-pull` measures the GCS pulls alone (with
+`--before`, an earlier revision's pull beside this tree's) into gcs-pull.md and gcs-pull.json. Every tool pulls the same run prefix into a fresh
 directory, then again into the same directory (the no-op re-pull); every pulled tree is
 checked file by file before its time counts.
 """
@@ -17,6 +19,7 @@ import json
 import os
 import platform
 import random
+import resource
 import shutil
 import statistics
 import subprocess
@@ -54,6 +57,7 @@ class Bench:
     def __init__(self, scratch: Path, env: dict[str, str]):
         self.scratch, self.env = scratch, env
         self.rows: dict[tuple[str, str], Row] = {}
+        self.cpu = 0.0
 
     def record(self, group: str, measure: str, seconds: float, note: str = "") -> None:
         row = self.rows.setdefault((group, measure), Row(group, measure))
@@ -64,9 +68,14 @@ class Bench:
         return self.rows[(group, measure)].median
 
     def timed(self, argv: list[str], env: dict | None = None, cwd: Path | None = None) -> tuple[float, str]:
+        """(wall seconds, stdout); `self.cpu`, the CPU seconds (user + system) it and its children
+        used: on a machine shared with other work, wall time measures the others too."""
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
         t0 = time.perf_counter()
         r = subprocess.run(argv, env=env or self.env, cwd=cwd, capture_output=True, text=True)
         took = time.perf_counter() - t0
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        self.cpu = after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
         if r.returncode != 0:
             raise SystemExit(f"bench: {' '.join(argv[:4])} … failed ({r.returncode}): {r.stderr.strip()[-500:]}")
         return took, r.stdout
@@ -130,6 +139,17 @@ def seed_run(store, provider: str, src: Path, scratch: Path, packs: bool = True)
     return run_id
 
 
+def code_tree(rev: str, scratch: Path) -> Path:
+    """The package and tools at `rev`, with this checkout's .venv."""
+    dest = scratch / f"code-{rev}"
+    dest.mkdir()
+    archive = subprocess.run(["git", "-C", str(REPO), "archive", rev, "researchkit_py", "tools"],
+                             capture_output=True, check=True).stdout
+    subprocess.run(["tar", "-x", "-C", str(dest)], input=archive, check=True)
+    (dest / ".venv").symlink_to(REPO / ".venv")
+    return dest
+
+
 def check_tree(got: Path, want: Path) -> None:
     """Every file of `want` is in `got` with the same bytes (a pull that misses one does not count)."""
     from researchkit_py.storage.transfer import tree_manifest
@@ -152,10 +172,13 @@ def pulls(b: Bench, *, group: str, peers: dict[str, list[str]], ours: list[str],
             out = b.fresh(f"{group}-{name}-{i}".replace(" ", "_"))
             argv = [str(out) if a == OUT else a for a in argv]
             first, _ = b.timed(argv, rclone_env if argv[0] == "rclone" else env)
+            first_cpu = b.cpu
             check_tree(out, src)
             again, stdout2 = b.timed(argv, rclone_env if argv[0] == "rclone" else env)
             b.record(group, f"{name}, first", first)
             b.record(group, f"{name}, unchanged re-pull", again)
+            b.record(f"{group}, CPU seconds", f"{name}, first", first_cpu, "user + system, the emulator's not counted")
+            b.record(f"{group}, CPU seconds", f"{name}, unchanged re-pull", b.cpu)
             if argv[0] == CLOUD_RUN and json.loads(stdout2)["bytes"] != 0:
                 raise SystemExit(f"bench: the re-pull by {name} downloaded bytes; it should download none")
 
@@ -232,7 +255,15 @@ def ratios(b: Bench) -> list[str]:
     lines = []
     for group, peers in (("pull, S3 (moto)", ("aws s3 sync", "rclone copy", "rclone copy --transfers 16")),
                          ("pull, GCS (fake-gcs-server)", ("rclone copy", "rclone copy --transfers 16"))):
+        if (group, "cloud-run pull, first") not in b.rows:
+            continue
         ours = b.median(group, "cloud-run pull, first")
+        before = next((m.removesuffix(", first") for g, m in b.rows if g == group and m.startswith("cloud-run pull, before")
+                       and m.endswith(", first")), None)
+        if before:  # an earlier revision, measured in the same rounds
+            was, was_again = b.median(group, f"{before}, first"), b.median(group, f"{before}, unchanged re-pull")
+            lines.append(f"{group}: {before.removeprefix('cloud-run pull, ')} {was:.2f} s → this tree {ours:.2f} s "
+                         f"(first pull); unchanged re-pull {was_again:.3f} s ({100 * was_again / was:.1f}% of its first)")
         for peer in peers:
             if (group, f"{peer}, first") in b.rows:
                 theirs = b.median(group, f"{peer}, first")
@@ -240,6 +271,15 @@ def ratios(b: Bench) -> list[str]:
                 lines.append(f"{group}: cloud-run pull {ours:.2f} s vs {peer} {theirs:.2f} s → {verdict}")
         again = b.median(group, "cloud-run pull, unchanged re-pull")
         lines.append(f"{group}: unchanged re-pull {again:.3f} s = {100 * again / ours:.1f}% of the first pull, 0 bytes")
+        cpu = f"{group}, CPU seconds"
+        if (cpu, "cloud-run pull, first") in b.rows:
+            mine = b.median(cpu, "cloud-run pull, first")
+            others = [(p, b.median(cpu, f"{p}, first")) for p in peers if (cpu, f"{p}, first") in b.rows]
+            lines.append(f"{group}, CPU: cloud-run pull {mine:.2f} s" + "".join(
+                f"; {p} {t:.2f} s ({t / mine:.1f}×)" for p, t in others)
+                + f"; unchanged re-pull {100 * b.median(cpu, 'cloud-run pull, unchanged re-pull') / mine:.1f}% of the first")
+    if ("relaunch", "first launch (new code): command → instance requested") not in b.rows:
+        return lines
     first = b.median("relaunch", "first launch (new code): command → instance requested")
     second = b.median("relaunch", "relaunch (unchanged code): command → instance requested")
     lines.append(f"relaunch: {first:.2f} s first vs {second:.2f} s with unchanged code (0 bytes of code sent)")
@@ -249,15 +289,20 @@ def ratios(b: Bench) -> list[str]:
 def report(b: Bench, args, meta: dict, points: list[dict], date: str) -> str:
     lines = [f"# researchkit benchmark — {date}", "",
              f"Machine: {meta['machine']}; {meta['os']}; Python {meta['python']}.  ",
-             f"Peers: {meta['awscli']}; {meta['rclone']}. Emulators: moto {meta['moto']} (its own process), "
-             "fake-gcs-server.  ",
-             f"Medians of {args.repeat} runs (CLI latency: of {max(5, args.repeat)}). Pull data: "
-             f"{args.small} files of 1–64 KB + {args.big} files of 20 MB from one run prefix.", "",
+             (f"Peer: {meta['rclone']}. Emulator: fake-gcs-server.  " if args.only else
+              f"Peers: {meta['awscli']}; {meta['rclone']}. Emulators: moto {meta['moto']} (its own process), "
+              "fake-gcs-server.  "),
+             f"Medians of {args.repeat} runs" + ("" if args.only else f" (CLI latency: of {max(5, args.repeat)})")
+             + ". Pull data: "
+             f"{args.small} files of 1–64 KB + {args.big} files of 20 MB from one run prefix."
+             + (f" Only {args.only}." if args.only else ""), "",
              "| group | measure | median (s) | runs (s) | note |", "|---|---|---:|---|---|"]
     for r in b.rows.values():
         runs_ = ", ".join(f"{v:.3f}" for v in r.values)
         lines.append(f"| {r.group} | {r.measure} | {r.median:.3f} | {runs_} | {r.note} |")
     lines += ["", "## Ratios", ""] + [f"- {x}" for x in ratios(b)]
+    if not points:
+        return "\n".join(lines + [""])
     lines += ["", "## Scaling (pull of N small files, S3)", "", "| files | MB | seconds | ms per file |", "|---:|---:|---:|---:|"]
     for p in points:
         lines.append(f"| {p['files']} | {p['bytes'] / 1e6:.1f} | {p['seconds']:.2f} | {1000 * p['seconds'] / p['files']:.2f} |")
@@ -290,6 +335,8 @@ def main() -> None:
     ap.add_argument("--big", type=int, default=5, help="20 MB files in the pull comparison")
     ap.add_argument("--scale", default="200,2000,20000", help="file counts for the scaling curve")
     ap.add_argument("--out", default=str(REPO / "bench" / "results"))
+    ap.add_argument("--only", choices=["gcs-pull"], help="measure only the GCS pulls (into gcs-pull.md, .json)")
+    ap.add_argument("--before", metavar="REV", help="also pull with the code at this revision (GCS and S3 pulls)")
     args = ap.parse_args()
     started = time.perf_counter()
     scratch = Path(tempfile.mkdtemp(prefix="rk-bench-"))
@@ -313,17 +360,20 @@ def main() -> None:
         shutil.copytree(REPO / "examples" / "toy", proj)
         subprocess.run(["git", "init", "-q", str(proj)], check=True)
 
-        print("bench: CLI latency, embedded provider, relaunch", file=sys.stderr, flush=True)
-        cli_latency(b, args.repeat)
-        embedded(b, proj, args.repeat)
-        relaunch_sent = relaunch(b, proj, args.repeat)
+        relaunch_sent: list[int] = []
+        if not args.only:
+            print("bench: CLI latency, embedded provider, relaunch", file=sys.stderr, flush=True)
+            cli_latency(b, args.repeat)
+            embedded(b, proj, args.repeat)
+            relaunch_sent = relaunch(b, proj, args.repeat)
 
         print("bench: seeding the pull data", file=sys.stderr, flush=True)
         src = scratch / "results"
         count, size = make_results(src, args.small, args.big, seed=1)
         s3, gs = open_store(s3_url), open_store("gs://bench-gcs/researchkit")
-        s3_run = seed_run(s3, "ec2", src, scratch / "packs")
-        s3_objects_run = seed_run(s3, "ec2", src, scratch / "packs", packs=False)
+        if not args.only:
+            s3_run = seed_run(s3, "ec2", src, scratch / "packs")
+            s3_objects_run = seed_run(s3, "ec2", src, scratch / "packs", packs=False)
         gs_run = seed_run(gs, "gce", src, scratch / "packs")
 
         rclone = shutil.which("rclone")
@@ -335,40 +385,51 @@ def main() -> None:
             return {"rclone copy": ["rclone", "copy", remote, OUT],
                     "rclone copy --transfers 16": ["rclone", "copy", "--transfers", "16", "--checkers", "16", remote, OUT]}
 
-        print(f"bench: pulls from S3 ({count} files, {size / 1e6:.0f} MB)", file=sys.stderr, flush=True)
-        aws = [AWS, "s3", "sync", f"s3://{s3_bucket}/researchkit/runs/{s3_run}/results/", OUT,
-               "--endpoint-url", moto.url, "--only-show-errors", "--no-progress"]
+        def ours(run_id: str, backend: str, tool: str = CLOUD_RUN) -> list[str]:
+            return [tool, "pull", run_id, "--backend", backend, "--json", "--output-dir", OUT]
 
-        def ours(run_id: str, backend: str) -> list[str]:
-            return [CLOUD_RUN, "pull", run_id, "--backend", backend, "--json", "--output-dir", OUT]
+        before = str(code_tree(args.before, scratch) / "tools" / "cloud-run") if args.before else ""
 
-        pulls(b, group="pull, S3 (moto)", ours=ours(s3_run, "ec2"),
-              extra={"cloud-run pull, per-object (no packs)": ours(s3_objects_run, "ec2")},
-              peers={"aws s3 sync": aws} | rclone_peers(
-                  f"bs3:{s3_bucket}/researchkit/runs/{s3_run}/results"),
-              src=src, env=env, rclone_env=rclone_env, repeat=args.repeat)
-        print("bench: pulls from GCS", file=sys.stderr, flush=True)
-        pulls(b, group="pull, GCS (fake-gcs-server)", ours=ours(gs_run, "gce"),
+        def earlier(run_id: str, backend: str) -> dict[str, list[str]]:
+            return {f"cloud-run pull, before ({args.before})": ours(run_id, backend, before)} if before else {}
+
+        if not args.only:
+            print(f"bench: pulls from S3 ({count} files, {size / 1e6:.0f} MB)", file=sys.stderr, flush=True)
+            aws = [AWS, "s3", "sync", f"s3://{s3_bucket}/researchkit/runs/{s3_run}/results/", OUT,
+                   "--endpoint-url", moto.url, "--only-show-errors", "--no-progress"]
+            pulls(b, group="pull, S3 (moto)", ours=ours(s3_run, "ec2"),
+                  extra={"cloud-run pull, per-object (no packs)": ours(s3_objects_run, "ec2")} | earlier(s3_run, "ec2"),
+                  peers={"aws s3 sync": aws} | rclone_peers(
+                      f"bs3:{s3_bucket}/researchkit/runs/{s3_run}/results"),
+                  src=src, env=env, rclone_env=rclone_env, repeat=args.repeat)
+        print(f"bench: pulls from GCS ({count} files, {size / 1e6:.0f} MB)", file=sys.stderr, flush=True)
+        pulls(b, group="pull, GCS (fake-gcs-server)", ours=ours(gs_run, "gce"), extra=earlier(gs_run, "gce"),
               peers=rclone_peers(f"bgcs:bench-gcs/researchkit/runs/{gs_run}/results"),
               src=src, env={**env, "RK_BUCKET": "gs://bench-gcs/researchkit"}, rclone_env=rclone_env, repeat=args.repeat)
         shutil.rmtree(scratch / "out", ignore_errors=True)
 
-        print("bench: scaling", file=sys.stderr, flush=True)
-        points = scaling(b, s3, [int(x) for x in args.scale.split(",")], args.repeat)
+        points: list[dict] = []
+        if not args.only:
+            print("bench: scaling", file=sys.stderr, flush=True)
+            points = scaling(b, s3, [int(x) for x in args.scale.split(",")], args.repeat)
 
         date = time.strftime("%Y-%m-%d")
         meta = versions()
+        if args.only:
+            meta["awscli"] = "not used"
         text = report(b, args, meta, points, date)
-        plot(points, out_dir / "scaling.png")
-        (out_dir / "latest.md").write_text(text)
-        (out_dir / "latest.json").write_text(json.dumps({
+        name = args.only or "latest"
+        if points:
+            plot(points, out_dir / "scaling.png")
+        (out_dir / f"{name}.md").write_text(text)
+        (out_dir / f"{name}.json").write_text(json.dumps({
             "date": date, **meta, "repeat": args.repeat, "pull_data": {"files": count, "bytes": size},
             "rows": [{"group": r.group, "measure": r.measure, "median_s": round(r.median, 4),
                       "runs_s": [round(v, 4) for v in r.values], "note": r.note} for r in b.rows.values()],
             "ratios": ratios(b), "scaling": points, "relaunch_code_bytes_sent": relaunch_sent,
             "wall_s": round(time.perf_counter() - started, 1)}, indent=2) + "\n")
         print(text)
-        print(f"bench: done in {time.perf_counter() - started:.0f} s; {out_dir}/latest.md, latest.json, scaling.png",
+        print(f"bench: done in {time.perf_counter() - started:.0f} s; {out_dir}/{name}.md, {name}.json",
               file=sys.stderr)
     finally:
         for server in (moto, gcs, gce):

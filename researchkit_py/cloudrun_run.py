@@ -3,17 +3,12 @@ exit with its exit code (tools/cloud-run, see cloudrun.py for the other commands
 
 from __future__ import annotations
 
-import json
 import shlex
 import sys
 from pathlib import Path
 
 from . import protocol
-from .errors import KitError, say
-
-
-def emit_json(value) -> None:
-    print(json.dumps(value, indent=2, sort_keys=True))
+from .errors import KitError, emit_json, say
 
 
 def _flag(value: float | None) -> str | None:

@@ -63,6 +63,13 @@ def retry(op: Callable[[], T], what: str, retries: int, backoff: float,
     raise AssertionError("unreachable")
 
 
+def emit_json(value) -> None:
+    """A command's --json answer, on stdout."""
+    import json
+
+    print(json.dumps(value, indent=2, sort_keys=True))
+
+
 def say(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 

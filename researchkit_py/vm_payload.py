@@ -30,7 +30,7 @@ PACKAGE_DIR = Path(__file__).resolve().parent
 # vm_store_modules).
 AGENT_CORE = ("__init__.py", "errors.py", "settings.py", "protocol.py", "vm_agent.py", "clouds/__init__.py")
 AGENT_REST = ("vm_setup.py", "gpu_check.py", "vm_log.py", "storage/__init__.py", "storage/base.py", "storage/paths.py",
-              "storage/transfer.py", "storage/parallel.py")
+              "storage/transfer.py", "storage/parallel.py", "storage/digest.py")
 
 
 def _compact(source: bytes) -> bytes:

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import os
-import stat
 from pathlib import Path
 
 from .. import protocol
 from ..errors import KitError, UsageError, say
+from ..repull import PULL_STATE, all_in_place, read_pull_state
+from ..repull import file_stat as _stat
 from ..storage import join_key
 from ..storage.landing import check_landing, local_write_error
 from ..storage.paths import write_json_atomic
@@ -16,7 +16,7 @@ from ..storage.transfer import TransferStats, pull_tree
 from .context import Context
 from .monitor import read_log, read_manifest
 
-PULL_STATE = ".cloud-run-state.json"
+__all__ = ["PULL_STATE", "check_output_dir", "pull", "read_pull_state"]
 
 
 def check_output_dir(output_dir: Path, *, make_parents: bool = False) -> Path:
@@ -54,8 +54,7 @@ def pull(ctx: Context, run_id: str, output_dir: Path, *, verify: bool = False,
     `verify` ignores the state. A pull that cannot complete changes nothing (see pull_tree).
     """
     state = {} if verify else read_pull_state(output_dir, run_id)
-    if state.get("final") and state.get("complete") and all(
-            _stat(output_dir, p) == v[:2] for p, v in state["files"].items()):
+    if all_in_place(output_dir, state):
         return TransferStats(skipped=len(state["files"])), True
     read_manifest(ctx, run_id)  # an unknown run is that, whatever the directory
     output_dir = check_output_dir(output_dir, make_parents=make_parents)
@@ -79,31 +78,12 @@ def pull(ctx: Context, run_id: str, output_dir: Path, *, verify: bool = False,
         files = {p: [*st, sha] for p, sha in stats.installed.items() if (st := _stat(output_dir, p))}
         # what READ reports of the run: its end, and what its GPU check found
         status = {k: status.get(k) for k in ("phase", "cause", "exit_code", "message", "gpu")}
-        write_json_atomic(output_dir / PULL_STATE, {"run_id": run_id, "final": status["phase"] in protocol.FINAL,
-                                                    "complete": results is not None, "status": status, "files": files})
+        write_json_atomic(output_dir / PULL_STATE, {
+            "run_id": run_id, "final": status["phase"] in protocol.FINAL, "complete": results is not None,
+            "status": status, "files": files, "provider": ctx.provider.name, "store": ctx.store.url})
     except OSError as e:
         raise KitError(f"the results of {run_id} are in {output_dir}, but not its log and records: {e.strerror}; "
                        "free some space, then pull again") from None
     for rel in stats.kept:
         say(f"cloud-run: your local {output_dir / rel} differed from the run's; kept it as {rel}.orig")
     return stats, results is not None
-
-
-def _stat(root: Path, rel: str) -> list[int] | None:
-    try:
-        st = os.lstat(os.path.join(root, rel))  # not pathlib: this runs for every file of every pull
-    except OSError:
-        return None
-    return [st.st_size, st.st_mtime_ns] if stat.S_ISREG(st.st_mode) else None
-
-
-def read_pull_state(output_dir: Path, run_id: str) -> dict:
-    """What the last pull of this run into output_dir recorded ({} if none): `status` (the
-    run's phase, cause, exit code when pulled), `complete` (its results manifest was there),
-    `files` ({path: [size, mtime_ns, sha256]} as installed)."""
-    try:
-        state = json.loads((Path(output_dir) / PULL_STATE).read_text())
-    except (OSError, ValueError):
-        return {}
-    ok = isinstance(state, dict) and state.get("run_id") == run_id and isinstance(state.get("files"), dict)
-    return state if ok else {}

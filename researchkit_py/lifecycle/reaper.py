@@ -3,12 +3,12 @@ its deadline or dead (the reaper, the third teardown layer)."""
 
 from __future__ import annotations
 
-import hashlib
 import time
 
 from .. import protocol
 from ..clouds.base import TOOL_LABEL
 from ..errors import UsageError
+from ..repull import reap_stamp
 from .context import Context
 from .monitor import read_manifest
 
@@ -32,8 +32,7 @@ def reap_if_due(ctx: Context, *, force: bool = False) -> list[str]:
     (default 300) per provider and bucket on this machine, and always when `force`d (launches).
     Listing instances costs a cloud SDK client and an API call; a few minutes' delay is
     nothing next to the VM's own deadline, which the cloud enforces."""
-    key = hashlib.sha256(f"{ctx.provider.name} {ctx.store.url}".encode()).hexdigest()[:16]
-    stamp = ctx.settings.state_home() / "reaped" / key
+    stamp = reap_stamp(ctx.settings, ctx.provider.name, ctx.store.url)
     interval = ctx.settings.number("RK_REAP_INTERVAL")
     try:
         if not force and time.time() - stamp.stat().st_mtime < interval:

@@ -10,7 +10,10 @@ import sys
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 
-PIECE = 64 << 20  # a file larger than this comes down in ranged reads of this size
+# A file larger than this comes down in ranged reads of this size. Small enough that the first
+# pieces are in while the last are still coming, so the checksum follows close behind
+# (digest.InOrderDigest); large enough that a request's latency is small beside its transfer.
+PIECE = 32 << 20
 
 
 class Progress:
@@ -64,3 +67,4 @@ class OffsetWriter:
 
     def flush(self) -> None:
         pass
+

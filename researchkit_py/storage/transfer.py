@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+import stat
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -20,6 +21,7 @@ from pathlib import Path
 from ..errors import KitError
 from ..protocol import PACKS, RESULTS
 from .base import Store, join_key
+from .digest import InOrderDigest, algo_of, file_digest, unchanged
 from .parallel import PIECE, Progress, pieces, run_parallel
 from .paths import SafeRoot, free_name
 
@@ -43,17 +45,6 @@ class TransferStats:
             self.files += files
             self.bytes += size
             self.requests += 1
-
-
-def file_digest(path: Path, algo: str = "sha256") -> tuple[int, str]:
-    """(size, hex digest) in one read."""
-    h = hashlib.new(algo, usedforsecurity=False)
-    size = 0
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-            size += len(chunk)
-    return size, h.hexdigest()
 
 
 def walk_files(root: Path) -> list[str]:
@@ -170,8 +161,11 @@ def pull_tree(store: Store, prefix: str, local_dir: Path, *, expected: list[dict
     stats, todo = TransferStats(), []
     known = known or {}
     for entry, dest in plan:
-        exists = dest.is_file() and not dest.is_symlink()
-        if exists and _unchanged(entry, dest, known.get(entry["path"])):
+        try:
+            exists = stat.S_ISREG(os.lstat(dest).st_mode)  # a file, not a link to one
+        except OSError:
+            exists = False
+        if exists and unchanged(entry, dest, known.get(entry["path"])):
             stats.skipped += 1
             if "sha256" in entry:
                 stats.installed[entry["path"]] = entry["sha256"]
@@ -197,11 +191,15 @@ def pull_tree(store: Store, prefix: str, local_dir: Path, *, expected: list[dict
         verify(entry, tmp, data)
         bar.update(entry["size"])
 
-    def verify(entry: dict, tmp: Path, data: bytes | None = None) -> None:
-        if "sha256" in entry:
-            size, sha = file_digest(tmp) if data is None else (len(data), hashlib.sha256(data).hexdigest())
-            if sha != entry["sha256"] or size != entry["size"]:
-                raise KitError(f"{entry['path']}: downloaded content does not match its manifest checksum; pull again")
+    def verify(entry: dict, tmp: Path, data: bytes | None = None, digest: InOrderDigest | None = None) -> None:
+        """Against the manifest's sha256; without a manifest, against the listing's MD5 (the
+        stores read objects without checking them themselves)."""
+        if algo := algo_of(entry):
+            got = (digest.result() if digest else file_digest(tmp, algo) if data is None
+                   else (len(data), hashlib.new(algo, data, usedforsecurity=False).hexdigest()))
+            if got != (entry["size"], entry[algo]):
+                where = "its manifest checksum" if algo == "sha256" else "the bucket's MD5 of it"
+                raise KitError(f"{entry['path']}: downloaded content does not match {where}; pull again")
 
     def single(entry: dict) -> Callable[[], None]:
         def go() -> None:
@@ -219,31 +217,42 @@ def pull_tree(store: Store, prefix: str, local_dir: Path, *, expected: list[dict
         return go
 
     def big(entry: dict, fd: int) -> list[Callable[[], None]]:
-        """A big file in ranged reads side by side, each to its place in the staged file."""
-        def piece(start: int, end: int) -> Callable[[], None]:
+        """A big file in ranged reads side by side, each to its place in the staged file, and
+        hashed in order as they arrive."""
+        ranges = pieces(entry["size"], PIECE)
+        if algo := algo_of(entry):
+            digests[id(entry)] = InOrderDigest(fd, ranges, algo)
+
+        def piece(n: int, start: int, end: int) -> Callable[[], None]:
             def go() -> None:
                 store.get_range_into(join_key(prefix, entry["path"]), start, end, fd)
+                if id(entry) in digests:
+                    digests[id(entry)].written(n)
                 bar.update(end - start)
             return go
-        return [piece(*r) for r in pieces(entry["size"], PIECE)]
+        return [piece(n, *r) for n, r in enumerate(ranges)]
 
     singles, runs = _segments(todo, packs or [])
     large = [t[0] for t in singles if t[0]["size"] > PIECE]
     fds: dict[int, int] = {}
+    digests: dict[int, InOrderDigest] = {}
     try:
         staging.mkdir(parents=True, exist_ok=True)
         for entry in large:
-            fds[id(entry)] = os.open(staged[id(entry)], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            fds[id(entry)] = os.open(staged[id(entry)], os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
             os.ftruncate(fds[id(entry)], entry["size"])
         run_parallel([j for e in large for j in big(e, fds[id(e)])]
                      + [single(t[0]) for t in singles if t[0]["size"] <= PIECE]
                      + [segment(k, items) for k, items in runs], store.threads)
         for entry in large:
+            verify(entry, staged[id(entry)], digest=digests.pop(id(entry), None))
             os.close(fds.pop(id(entry)))
-            verify(entry, staged[id(entry)])
             stats.add(1, entry["size"])
+        made: set[Path] = set()
         for entry, dest, preserve in todo:  # all verified: now into place
-            dest.parent.mkdir(parents=True, exist_ok=True)
+            if dest.parent not in made:
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                made.add(dest.parent)
             if preserve:
                 os.replace(dest, free_name(dest))
             os.replace(staged[id(entry)], dest)
@@ -251,22 +260,12 @@ def pull_tree(store: Store, prefix: str, local_dir: Path, *, expected: list[dict
                 stats.installed[entry["path"]] = entry["sha256"]
     finally:
         bar.close()
+        for digest in digests.values():  # a piece failed: they need not wait for the rest
+            digest.stop()
         for fd in fds.values():
             os.close(fd)
         shutil.rmtree(staging, ignore_errors=True)
     return stats
-
-
-def _unchanged(entry: dict, dest: Path, known: list | None) -> bool:
-    """Is the local file the entry's content? Trust a previous pull's record while the file's
-    size and mtime are what it recorded (as rsync and git do); hash it otherwise."""
-    if known and "sha256" in entry and known[2:] == [entry["sha256"]]:
-        st = dest.lstat()
-        if [st.st_size, st.st_mtime_ns] == known[:2]:
-            return True
-    algo = "sha256" if "sha256" in entry else "md5"
-    size, digest = file_digest(dest, algo)
-    return size == entry["size"] and digest == entry.get(algo)
 
 
 def _segments(todo: list, packs: list[str]) -> tuple[list, list]:

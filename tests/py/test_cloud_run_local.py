@@ -190,6 +190,53 @@ def test_pull_of_a_finished_run_trusts_its_state_until_a_file_changes(project, t
     assert verified["files"] == 1 and target.read_text() == "5\n"
 
 
+def test_an_unchanged_repull_opens_no_provider_while_the_reaper_is_not_due(project, tmp_path, monkeypatch):
+    """A finished run, all its files in place: `pull` answers from its record without opening the
+    provider or the bucket — but not when that would skip a reaper pass that is due, nor for
+    another bucket, backend or a changed file (then it goes the whole way, as before)."""
+    from researchkit_py import cloudrun, lifecycle
+    from researchkit_py.repull import reap_stamp
+    from researchkit_py.settings import Settings
+
+    out = tmp_path / "r"
+    run_id = cloud_run("run", WRITE_METRICS, "--output-dir", str(out), "--quiet").stdout.decode().strip()
+    opened: list[str] = []
+    real = lifecycle.Context.open
+    monkeypatch.setattr(lifecycle.Context, "open", lambda *a, **k: opened.append("opened") or real(*a, **k))
+    monkeypatch.delenv("RK_REAP_INTERVAL")  # the default: 300 s
+
+    def repull(*extra: str) -> list[str]:
+        opened.clear()
+        assert cloudrun.main(["pull", run_id, "--output-dir", str(out), "--json", *extra]) == 0
+        return list(opened)
+
+    assert repull() == []  # the launch has just reaped
+    assert repull("--verify") == ["opened"]
+    monkeypatch.setenv("RK_BUCKET", str(tmp_path / "other-bucket"))
+    assert repull("--backend", "local") == ["opened"]
+    monkeypatch.delenv("RK_BUCKET")
+    os.utime(out / "metrics.json", ns=(0, 0))
+    assert repull() == ["opened"]  # checked against the bucket; the record then notes the new mtime
+    assert repull() == []
+    stamp = reap_stamp(Settings(), "local", json.loads((out / ".cloud-run-state.json").read_text())["store"])
+    os.utime(stamp, (time.time() - 301, time.time() - 301))  # five minutes later: the reaper is due
+    assert repull() == ["opened"] and time.time() - stamp.stat().st_mtime < 60
+    assert repull() == []
+
+
+def test_the_repulls_cloud_is_the_registrys():
+    """repull.named_cloud skips importing the registry; it must resolve as cloud_for does."""
+    from researchkit_py.clouds.registry import CLOUDS, TARGETS, cloud_for
+    from researchkit_py.repull import named_cloud
+    from researchkit_py.settings import Settings
+
+    for target in TARGETS:
+        for rk_backend in ("", *CLOUDS):
+            for backend in (None, *CLOUDS):
+                settings = Settings(environ={"COMPUTE_TARGET": target, "RK_BACKEND": rk_backend}, read_file=False)
+                assert named_cloud(settings, backend) == cloud_for(settings, backend).name, (target, rk_backend, backend)
+
+
 def test_terminate_stops_a_running_vm(project, tmp_path):
     marker = f"rk-term-{os.getpid()}"
     run_id = cloud_run("run", f"exec -a {marker} sleep 300", "--detach").stdout.decode().strip()

@@ -422,10 +422,13 @@ def _(p):
 @observes("GOOGLE_CLOUD_PROJECT", "STORAGE_EMULATOR_HOST")
 def _(p):
     from researchkit_py.clouds.gce.store import gcs_client
+    from researchkit_py.clouds.registry import open_store
 
     p.env_file(GOOGLE_CLOUD_PROJECT="gcp-y", STORAGE_EMULATOR_HOST="http://127.0.0.1:9")
-    client = gcs_client(Settings())
+    client = gcs_client(Settings())  # what creates the default bucket
     assert client.project == "gcp-y" and client._connection.API_BASE_URL == "http://127.0.0.1:9"
+    store = open_store("gs://b/p", Settings())  # what reads and writes it
+    assert store.vm.api == "http://127.0.0.1:9" and store.vm.emulator
 
 
 @observes("EC2_INSTANCE_TYPE", "EC2_AMI", "EC2_AMI_PARAM", "EC2_INSTANCE_PROFILE", "EC2_SUBNETS", "EC2_SECURITY_GROUP",

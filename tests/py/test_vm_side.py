@@ -7,6 +7,7 @@ step and reason)."""
 from __future__ import annotations
 
 import json
+import os
 import re
 import threading
 from datetime import datetime, timezone
@@ -193,12 +194,18 @@ def discovery() -> dict:
     return json.loads(path.read_text())
 
 
-def test_gcs_requests_are_the_json_apis_own(gcs_bucket, tmp_path, monkeypatch):
-    """Every request the VM's GCS code makes, against storage.v1's discovery document: a method
-    of `objects` with that HTTP method and path, its parameters and the API's global ones only."""
+@pytest.mark.parametrize("side", ["vm", "client"])
+def test_gcs_requests_are_the_json_apis_own(gcs_bucket, tmp_path, monkeypatch, side):
+    """Every request the GCS code makes — the VM's store, and the client's (the same requests,
+    with the user's credentials; its reads of a pull included) — against storage.v1's discovery
+    document: a method of `objects` (or `buckets`) with that HTTP method and path, its
+    parameters and the API's global ones only."""
     from urllib.parse import parse_qsl, urlsplit
 
     from conftest import vm_store
+
+    from researchkit_py.clouds.registry import open_store
+    from researchkit_py.storage.parallel import pieces
 
     class Request:  # what vm_store needs of pytest's request
         def __init__(self):
@@ -211,7 +218,8 @@ def test_gcs_requests_are_the_json_apis_own(gcs_bucket, tmp_path, monkeypatch):
             return gcs_bucket
 
     req = Request()
-    store = vm_store(req, monkeypatch, "gcs")
+    store = vm_store(req, monkeypatch, "gcs") if side == "vm" else open_store(f"gs://{gcs_bucket}/pre/fix")
+    assert store.vm.__class__.__name__ == ("VMBucket" if side == "vm" else "ClientBucket")
     store.chunk = 256 << 10
     seen: list[tuple[str, str]] = []
     real = http.request
@@ -225,12 +233,23 @@ def test_gcs_requests_are_the_json_apis_own(gcs_bucket, tmp_path, monkeypatch):
         store.get_file("runs/r/results/a b/big.bin", tmp_path / "back")
         assert store.get_range("runs/r/results/a b/big.bin", 10, 20) == b"x" * 10
         assert store.list_dirs("runs") == ["r"] and len(store.list("runs/r/")) == 3
+        if side == "client":
+            assert store.get_tail("runs/r/logs/run.log", (600 << 10) - 3) == b"xxx"
+            assert store.get_tail("runs/r/logs/run.log", 600 << 10) == b""  # the server's 416
+            fd = os.open(tmp_path / "pieces", os.O_RDWR | os.O_CREAT, 0o600)
+            try:
+                for start, end in pieces(600 << 10, 256 << 10):
+                    store.get_range_into("runs/r/results/a b/big.bin", start, end, fd)
+            finally:
+                os.close(fd)
+            assert (tmp_path / "pieces").read_bytes() == big.read_bytes()
+            assert store.ensure_bucket("us-central1") is False  # there: one buckets.get, no SDK
         store.delete("runs/r/status.json")
     finally:
         for f in req.finalizers:
             f()
     doc = discovery()
-    methods = doc["resources"]["objects"]["methods"]
+    methods = {f"{r}.{n}": m for r in ("objects", "buckets") for n, m in doc["resources"][r]["methods"].items()}
     root = urlsplit(store.vm.api)
     sessions = 0
     for method, url in seen:
@@ -250,16 +269,97 @@ def test_gcs_requests_are_the_json_apis_own(gcs_bucket, tmp_path, monkeypatch):
                 set(query) <= set(m["parameters"]) | set(doc["parameters"])
 
         name = next((n for n, m in methods.items() if matches(m)), None)
-        assert name, f"{method} {url}: no storage.v1 objects method matches"
+        assert name, f"{method} {url}: no storage.v1 objects or buckets method matches"
         if "/o/" in path:  # the object's name is one path segment, its slashes escaped
             assert "/" not in path.split("/o/", 1)[1].removesuffix("/compose"), url
         assert query.get("alt", "media") in doc["parameters"]["alt"]["enum"]
         assert query.get("uploadType", "media") in ("media", "resumable"), url
-        if name == "insert":
+        if name == "objects.insert":
             assert "uploadType" in query and "name" in query
     assert sessions == 0
     assert len([u for m, u in seen if m == "POST" and ".part" in u]) == 3  # 600 KiB in parts of 256 KiB
     assert len([u for m, u in seen if u.endswith("/compose")]) == 1
+    assert side == "vm" or [u for m, u in seen if "/o" not in urlsplit(u).path] == [f"{root.geturl()}/storage/v1/b/"
+                                                                                    f"{gcs_bucket}?fields=name"]
+
+
+def service_account_key(path: Path, token_uri: str) -> Path:
+    """A service account key file as the IAM console writes it, its token endpoint ours."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    pem = rsa.generate_private_key(public_exponent=65537, key_size=2048).private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()).decode()
+    path.write_text(json.dumps({"type": "service_account", "project_id": "p", "private_key_id": "k1",
+                                "private_key": pem, "client_email": "runner@p.iam.gserviceaccount.com",
+                                "client_id": "1", "token_uri": token_uri}))
+    return path
+
+
+def test_the_clients_gcs_requests_carry_google_auths_token(tmp_path, monkeypatch):
+    """fake-gcs-server answers requests with no token at all, real GCS refuses them (401): a
+    client tested only against the emulator could lose its Authorization header unnoticed. Here
+    google-auth itself (Application Default Credentials from a key file, whose token endpoint is
+    a local server) makes the token our requests must carry; and against an emulator, none is
+    asked for or sent, as the SDK's AnonymousCredentials sent none."""
+    from researchkit_py.clouds.gce.store import ClientBucket
+
+    token = Scripted([(200, {"Content-Type": "application/json"},
+                       b'{"access_token": "ya29.from-google-auth", "expires_in": 3600, "token_type": "Bearer"}')])
+    gcs = Scripted([(200, {}, b"one"), (200, {}, b"two"), (401, {}, b'{"error": {"code": 401}}')])
+    try:
+        monkeypatch.delenv("STORAGE_EMULATOR_HOST", raising=False)
+        monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", str(service_account_key(tmp_path / "key.json",
+                                                                                       f"{token.url}/token")))
+        b = ClientBucket("bkt", "pre", Settings(read_file=False))
+        b.api = gcs.url  # STORAGE_API, at a server of ours
+        assert (b.get("runs/r/status.json"), b.get("runs/r/heartbeat")) == (b"one", b"two")
+        assert [(m, p) for m, p, _ in token.seen] == [("POST", "/token")]  # one token for both requests
+        auth = [{k.lower(): v for k, v in h.items()}.get("authorization") for _, _, h in gcs.seen]
+        assert auth == ["Bearer ya29.from-google-auth"] * 2
+        with pytest.raises(KitError, match=r"access to gs://bkt/pre denied \(HTTP 401\); check the bucket's "
+                                           r"permissions for your account"):
+            b.get("runs/r/manifest.json")
+        refused = Scripted([(400, {"Content-Type": "application/json"},
+                             b'{"error": "invalid_grant", "error_description": "Invalid JWT Signature."}')])
+        monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", str(service_account_key(tmp_path / "old.json",
+                                                                                       f"{refused.url}/token")))
+        with pytest.raises(KitError, match=r"credentials were refused .*gcloud auth application-default login"):
+            ClientBucket("bkt", "pre", Settings(read_file=False)).get("k")
+        refused.stop()
+        gcs.seen.clear()
+        monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", str(tmp_path / "no-such-key.json"))
+        monkeypatch.setenv("STORAGE_EMULATOR_HOST", gcs.url)
+        ClientBucket("bkt", "pre", Settings(read_file=False)).call("GET", "storage/v1/b/bkt/o", ok=(401,))
+        assert "authorization" not in {k.lower() for k in gcs.seen[0][2]} and len(token.seen) == 1
+    finally:
+        token.stop()
+        gcs.stop()
+
+
+def test_a_missing_object_in_a_bucket_named_bucket_is_a_missing_object(monkeypatch):
+    """GCS's 404 bodies, as it sends them: a missing object names its bucket and key ("No such
+    object: ml-bucket/…"), a missing bucket says "The specified bucket does not exist."
+    fake-gcs-server answers "Not Found" to both, so only these bodies show that the word
+    "bucket" in a name must not make a missing status.json a missing bucket (a pull then said
+    the bucket was gone)."""
+    from researchkit_py.clouds.gce.store import ClientBucket
+    from researchkit_py.errors import NotFound
+
+    gcs = Scripted([(404, {"Content-Type": "text/html; charset=UTF-8"},
+                     b"No such object: ml-bucket/runs/r/bucket-stats.json"),
+                    (404, {"Content-Type": "application/json"},
+                     b'{"error": {"code": 404, "message": "The specified bucket does not exist.", "errors": '
+                     b'[{"message": "The specified bucket does not exist.", "domain": "global", "reason": "notFound"}]}}')])
+    try:
+        monkeypatch.setenv("STORAGE_EMULATOR_HOST", gcs.url)
+        b = ClientBucket("ml-bucket", "", Settings(read_file=False))
+        with pytest.raises(NotFound, match="no object runs/r/bucket-stats.json in gs://ml-bucket"):
+            b.get("runs/r/bucket-stats.json")
+        with pytest.raises(KitError, match="bucket gs://ml-bucket does not exist; create it or set RK_BUCKET"):
+            b.get("runs/r/status.json")
+    finally:
+        gcs.stop()
 
 
 def test_a_signal_wins_over_the_stage_and_a_step_says_why():

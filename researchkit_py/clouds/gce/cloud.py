@@ -8,7 +8,7 @@ CLOUD = Cloud(
     store="researchkit_py.clouds.gce.store:GCSStore", scheme="gs",
     vm_modules=("clouds/http.py", "clouds/gce/vm.py"), vm_bucket="researchkit_py.clouds.gce.vm:VMBucket",
     vm_store="researchkit_py.clouds.gce.rest:GCSRestStore", vm_store_modules=("clouds/gce/rest.py",),
-    store_modules=("clouds/gce/store.py",),
+    store_modules=("clouds/http.py", "clouds/gce/vm.py", "clouds/gce/rest.py", "clouds/gce/store.py"),
     # On-demand USD per hour in us-central1. CPU types as listed on 2026-11-01; GPU types taken on
     # 2026-11-23 from the list prices of cloud.google.com/compute/gpus-pricing (as public price
     # tables reproduce them), the G2 types with 2-8 L4s computed from the G2 rates ($0.5600 per

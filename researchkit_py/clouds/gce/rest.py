@@ -1,7 +1,7 @@
-"""Cloud Storage as the VM agent's store, standard library only: the JSON API through the VM's
-own authorized requests (vm.py), with resumable uploads, listings and ranged reads. It travels
-with the agent's setup and transfer modules, fetched from the bucket (see startup.py); the
-client uses the SDK (store.py)."""
+"""Cloud Storage as a store, standard library only: the JSON API through authorized requests
+(the VM's: vm.py; the client's, with google-auth's token: store.py), with uploads in parts,
+listings and ranged reads. It travels with the agent's setup and transfer modules, fetched
+from the bucket (see startup.py)."""
 
 from __future__ import annotations
 
@@ -24,9 +24,11 @@ MAX_COMPONENTS = 1000
 
 
 class GCSRestStore(Store):
+    bucket_class = VMBucket  # whose credentials authorize the requests
+
     def __init__(self, bucket: str, prefix: str, settings: Settings):
         super().__init__(settings)
-        self.vm = VMBucket(bucket, prefix, settings)
+        self.vm = self.bucket_class(bucket, prefix, settings)
         self.prefix, self.url = self.vm.prefix, self.vm.url
         self.chunk = CHUNK
 
@@ -97,6 +99,13 @@ class GCSRestStore(Store):
     def _get_range_into(self, key: str, start: int, end: int, sink) -> None:
         self.vm.call("GET", self.vm.objects(key), {"alt": "media"}, key=key,
                      headers={"Range": f"bytes={start}-{end - 1}"}, sink=sink)
+
+    def _get_tail(self, key: str, start: int) -> bytes:
+        resp = self.vm.call("GET", self.vm.objects(key), {"alt": "media"}, key=key,
+                            headers={"Range": f"bytes={start}-"}, ok=(416,))
+        if resp.status == 416:  # nothing from `start` on
+            return b""
+        return resp.data if resp.status == 206 else resp.data[start:]  # 200: the server sent it all
 
     def _pages(self, query: dict) -> Iterator[dict]:
         while True:

@@ -1,19 +1,29 @@
-"""Google Cloud Storage backend (google-cloud-storage, imported on first use)."""
+"""Google Cloud Storage as the client reaches it: the JSON API through the standard library's
+HTTP (the store the VM's transfers use, rest.py), authorized by google-auth with the user's
+Application Default Credentials, or by nothing against an emulator (STORAGE_EMULATOR_HOST).
+Only creating a bucket uses google-cloud-storage, imported then.
+
+Why not the SDK for everything: its import and client were a quarter of a first pull, and its
+per-request CPU (requests, google-resumable-media) the rest of what made a pull CPU-bound
+(bench/results/gcs-pull-profile.md)."""
 
 from __future__ import annotations
 
-import base64
-from collections.abc import Iterator
-from contextlib import contextmanager
-from pathlib import Path
+import math
+import time
+from datetime import timezone
+from urllib.parse import quote
 
-from ...errors import KitError, NotFound
+from ...errors import KitError
 from ...settings import Settings
-from ...storage.base import ObjectInfo, Store, join_key
+from .rest import GCSRestStore
+from .vm import VMBucket
+
+SCOPE = "https://www.googleapis.com/auth/devstorage.read_write"
 
 
-def gcs_client(settings: Settings | None = None, pool_size: int = 32):
-    """A storage client; anonymous against an emulator (STORAGE_EMULATOR_HOST)."""
+def gcs_client(settings: Settings | None = None):
+    """A google-cloud-storage client; anonymous against an emulator (STORAGE_EMULATOR_HOST)."""
     from google.cloud import storage
 
     settings = settings or Settings(read_file=False)
@@ -23,159 +33,79 @@ def gcs_client(settings: Settings | None = None, pool_size: int = 32):
         if emulator:
             from google.auth.credentials import AnonymousCredentials
 
-            client = storage.Client(project=project or "researchkit-local", credentials=AnonymousCredentials(),
-                                    client_options={"api_endpoint": emulator})
-        else:
-            client = storage.Client(project=project)
+            return storage.Client(project=project or "researchkit-local", credentials=AnonymousCredentials(),
+                                  client_options={"api_endpoint": emulator})
+        return storage.Client(project=project)
     except Exception as e:  # google.auth.exceptions.DefaultCredentialsError and friends
         if e.__class__.__name__ == "DefaultCredentialsError":
-            raise KitError(
-                "no Google credentials found; run `gcloud auth application-default login` "
-                "or set GOOGLE_APPLICATION_CREDENTIALS to a key file"
-            ) from None
+            raise _no_credentials() from None
         raise
-    _larger_download_pieces()
-    # One connection per transfer thread, instead of requests' default pool of 10.
-    import requests.adapters
-
-    adapter = requests.adapters.HTTPAdapter(pool_connections=pool_size, pool_maxsize=pool_size)
-    client._http.mount("https://", adapter)
-    client._http.mount("http://", adapter)
-    return client
 
 
-def _larger_download_pieces() -> None:
-    """The SDK reads downloads 8 KB at a time, a Python loop per piece: 20,000 rounds for a
-    160 MB pull, which makes it CPU-bound (bench/ measured 1.7 s → 0.9 s for 2,000 files and
-    100 MB with 1 MB pieces). Its checksums still cover every byte."""
-    try:
-        from google.cloud.storage._media.requests import _request_helpers
-    except ImportError:  # an SDK that moved it: keep its default
-        return
-    if getattr(_request_helpers, "_SINGLE_GET_CHUNK_SIZE", 1 << 20) < 1 << 20:
-        _request_helpers._SINGLE_GET_CHUNK_SIZE = 1 << 20
+def _no_credentials() -> KitError:
+    return KitError("no Google credentials found; run `gcloud auth application-default login` "
+                    "or set GOOGLE_APPLICATION_CREDENTIALS to a key file")
 
 
-class GCSStore(Store):
-    """Every call passes retry=None: the SDK's own retries (up to 120 s per call) would multiply
-    with ours in Store._retry, which alone decides how long a bucket may refuse (RK_STORAGE_RETRIES)."""
+class ClientBucket(VMBucket):
+    """The run's bucket as this machine reaches it: the requests of the VM's bucket, with the
+    user's credentials instead of a service account's."""
+
+    DENIED = ("check the bucket's permissions for your account (`gcloud auth application-default login` "
+              "renews expired credentials)")
 
     def __init__(self, bucket: str, prefix: str, settings: Settings):
-        super().__init__(settings)
-        self.bucket_name, self.prefix = bucket, prefix.strip("/")
-        self.url = f"gs://{bucket}" + (f"/{self.prefix}" if self.prefix else "")
-        self._bucket = None
+        super().__init__(bucket, prefix, settings)
+        self.emulator = bool(settings.get("STORAGE_EMULATOR_HOST"))
+        self._credentials = None
 
-    @property
-    def bucket(self):
-        if self._bucket is None:
-            self._bucket = gcs_client(self.settings).bucket(self.bucket_name)
-        return self._bucket
-
-    def _blob(self, key: str):
-        return self.bucket.blob(join_key(self.prefix, key))
-
-    def _put_file(self, local: Path, key: str) -> None:
-        self._blob(key).upload_from_filename(str(local), retry=None)
-
-    def _get_file(self, key: str, local: Path) -> None:
-        with _not_found(key, self.url):
-            self._blob(key).download_to_filename(str(local), retry=None)
-
-    def _put_bytes(self, key: str, data: bytes) -> None:
-        self._blob(key).upload_from_string(data, retry=None)
-
-    def _get_bytes(self, key: str) -> bytes:
-        with _not_found(key, self.url):
-            return self._blob(key).download_as_bytes(retry=None)
-
-    def _get_range(self, key: str, start: int, end: int) -> bytes:
-        with _not_found(key, self.url):  # the SDK's end is inclusive; ours is not
-            return self._blob(key).download_as_bytes(start=start, end=end - 1, checksum=None, retry=None)
-
-    def _get_range_into(self, key: str, start: int, end: int, sink) -> None:
-        with _not_found(key, self.url):
-            self._blob(key).download_to_file(sink, start=start, end=end - 1, checksum=None, retry=None)
-
-    def _get_tail(self, key: str, start: int) -> bytes:
-        from google.api_core import exceptions
-
-        with _not_found(key, self.url):
-            try:
-                return self._blob(key).download_as_bytes(start=start, checksum=None, retry=None)
-            except exceptions.RequestRangeNotSatisfiable:  # nothing from `start` on
-                return b""
-
-    def _list(self, prefix: str) -> Iterator[ObjectInfo]:
-        full = join_key(self.prefix, prefix) + ("/" if prefix.endswith("/") else "")
-        cut = len(self.prefix) + 1 if self.prefix else 0
-        with _not_found(prefix, self.url, bucket=True):
-            for blob in self.bucket.client.list_blobs(self.bucket_name, prefix=full or None, retry=None):
-                md5 = base64.b64decode(blob.md5_hash).hex() if blob.md5_hash else None
-                yield ObjectInfo(blob.name[cut:], int(blob.size or 0), md5)
-
-    def _list_dirs(self, prefix: str) -> Iterator[str]:
-        full = join_key(self.prefix, prefix) + "/"
-        with _not_found(prefix, self.url, bucket=True):
-            it = self.bucket.client.list_blobs(self.bucket_name, prefix=full, delimiter="/", retry=None)
-            for page in it.pages:
-                for p in page.prefixes:
-                    yield p[len(full):].rstrip("/")
-
-    def _delete(self, key: str) -> None:
-        from google.api_core import exceptions
+    def _authorization(self) -> tuple[dict[str, str], float]:
+        """google-auth's headers (the token and, for a user's credentials, their quota project),
+        renewed a minute before the token expires; none against an emulator, as the SDK's
+        AnonymousCredentials sent none."""
+        if self.emulator:
+            return {}, math.inf
+        import google.auth
+        from google.auth import exceptions
+        from google.auth.transport.requests import Request
 
         try:
-            self._blob(key).delete(retry=None)
-        except exceptions.NotFound:
-            pass
+            if self._credentials is None:
+                self._credentials, _ = google.auth.default(scopes=[SCOPE])
+            self._credentials.refresh(Request())
+        except exceptions.DefaultCredentialsError:
+            raise _no_credentials() from None
+        except exceptions.RefreshError as e:
+            raise KitError(f"your Google credentials were refused ({e}); run "
+                           "`gcloud auth application-default login`") from None
+        except exceptions.TransportError as e:  # the token endpoint unreachable: worth a retry
+            raise ConnectionError(f"fetching a Google access token: {e}") from e
+        headers: dict[str, str] = {}
+        self._credentials.apply(headers)
+        expiry = self._credentials.expiry  # naive, in UTC
+        at = expiry.replace(tzinfo=timezone.utc).timestamp() if expiry else time.time() + 300
+        return headers, at - 60
 
-    def _is_transient(self, exc: BaseException) -> bool:
-        import requests
-        from google.api_core import exceptions
-        from google.auth import exceptions as auth_exceptions
 
-        return isinstance(
-            exc,
-            (
-                exceptions.TooManyRequests,
-                exceptions.ServerError,
-                auth_exceptions.TransportError,
-                requests.ConnectionError,
-                requests.Timeout,
-                ConnectionError,
-                TimeoutError,
-            ),
-        )
+class GCSStore(GCSRestStore):
+    bucket_class = ClientBucket
 
     # --- bucket administration (used by `detached` and `setup`) ----------------------
     def ensure_bucket(self, location: str) -> bool:
-        """Create the bucket with uniform access and public access prevention; True if created."""
+        """Create the bucket with uniform access and public access prevention; True if created.
+        Whether it exists is one request; only creating it needs the SDK."""
+        resp = self.vm.call("GET", f"storage/v1/b/{quote(self.vm.bucket, safe='')}", {"fields": "name"},
+                            ok=(404,))
+        if resp.status != 404:
+            return False
         from google.api_core import exceptions
 
-        client = self.bucket.client
-        try:
-            client.get_bucket(self.bucket_name)
-            return False
-        except exceptions.NotFound:
-            pass
-        bucket = client.bucket(self.bucket_name)
+        client = gcs_client(self.settings)
+        bucket = client.bucket(self.vm.bucket)
         bucket.iam_configuration.uniform_bucket_level_access_enabled = True
         bucket.iam_configuration.public_access_prevention = "enforced"
-        client.create_bucket(bucket, location=location)
+        try:
+            client.create_bucket(bucket, location=location)
+        except exceptions.Conflict:  # made meanwhile (another launch)
+            return False
         return True
-
-
-@contextmanager
-def _not_found(key: str, url: str, bucket: bool = False) -> Iterator[None]:
-    """Translate the SDK's NotFound into ours, naming the object or the bucket."""
-    from google.api_core import exceptions
-
-    try:
-        yield
-    except exceptions.NotFound as e:
-        if bucket or "bucket does not exist" in str(e).lower():
-            raise KitError(f"bucket {url} does not exist; create it or set RK_BUCKET") from None
-        raise NotFound(f"no object {key} in {url}") from None
-    except exceptions.Forbidden:
-        raise KitError(f"access to {url} denied; check the bucket's permissions for your account") from None

@@ -41,13 +41,16 @@ class VMBucket(http.RetriedTransfers):
     and got whole, and — for the reports (status, heartbeat, log) — put_bytes, put_file and
     get_file retried as every store's requests are (RK_STORAGE_RETRIES, RK_STORAGE_BACKOFF)."""
 
+    DENIED = "the VM's service account needs the devstorage.read_write scope and write access to the bucket"
+
     def __init__(self, bucket: str, prefix: str, settings: Settings):
         self.bucket, self.prefix = bucket, prefix.strip("/")
         self.url = f"gs://{bucket}" + (f"/{self.prefix}" if self.prefix else "")
         self.api = (settings.get("STORAGE_EMULATOR_HOST") or STORAGE_API).rstrip("/")
         self.env = settings.environ
         self.retries, self.backoff = settings.integer("RK_STORAGE_RETRIES"), settings.number("RK_STORAGE_BACKOFF")
-        self._token, self._lock = ("", 0.0), threading.Lock()
+        self._token: tuple[dict[str, str], float] = ({}, 0.0)
+        self._lock = threading.Lock()
 
     @classmethod
     def open_url(cls, url: str, settings: Settings) -> VMBucket:
@@ -67,20 +70,25 @@ class VMBucket(http.RetriedTransfers):
         KitError that says what to fix, or HTTPStatusError."""
         with self._lock:
             if time.time() >= self._token[1]:
-                self._token = access_token(self.env)
+                self._token = self._authorization()
         url = f"{self.api}/{path}" + (f"?{urlencode(query, quote_via=quote)}" if query else "")
-        resp = http.request(method, url, {"Authorization": f"Bearer {self._token[0]}", **(headers or {})}, body,
-                            sink=sink)
+        resp = http.request(method, url, {**self._token[0], **(headers or {})}, body, sink=sink)
         if resp.status < 300 or resp.status in ok:
             return resp
-        if resp.status == 404 and (not key or b"bucket" in resp.data.lower()):
+        # GCS: "The specified bucket does not exist." / "No such object: <bucket>/<key>" (whose
+        # names may well hold the word "bucket"); fake-gcs-server says "Not Found" to both
+        if resp.status == 404 and (not key or b"bucket does not exist" in resp.data.lower()):
             raise KitError(f"bucket {self.url} does not exist; create it or set RK_BUCKET")
         if resp.status == 404:
             raise NotFound(f"no object {key} in {self.url}")
         if resp.status in (401, 403):
-            raise KitError(f"access to {self.url} denied (HTTP {resp.status}); the VM's service account needs the "
-                           "devstorage.read_write scope and write access to the bucket")
+            raise KitError(f"access to {self.url} denied (HTTP {resp.status}); {self.DENIED}")
         raise http.HTTPStatusError(resp.status, f"{method} {self.url}/{key}", resp.data)
+
+    def _authorization(self) -> tuple[dict[str, str], float]:
+        """The headers that authorize a request, and when to fetch them anew."""
+        token, refresh_at = access_token(self.env)
+        return {"Authorization": f"Bearer {token}"}, refresh_at
 
     def upload(self, key: str, kind: str, body=b"", headers: dict | None = None) -> http.Response:
         """POST to the upload path: uploadType `media` (the object in one request) or `resumable`."""
