@@ -242,6 +242,32 @@ def agent_bin() -> Path:
 AGENT_OUTCOMES = {"passed": 0, "failed": 0, "skipped": 0}
 
 
+# --- where the suite's CPU goes (RK_TEST_CPU=FILE) --------------------------------------------
+# On two cores the suite waits on CPU, not on its sleeps: a test's cost is its CPU seconds, this
+# process's (the test, its in-thread servers) and its finished children's (CLIs, fake VMs).
+# One JSON line per test is appended to FILE, from every worker.
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_protocol(item, nextitem):
+    out = os.environ.get("RK_TEST_CPU")
+    if not out:
+        yield
+        return
+    import json
+    import resource
+    import time
+
+    def cpu(who: int) -> float:
+        r = resource.getrusage(who)
+        return r.ru_utime + r.ru_stime
+
+    own, children, t0 = cpu(resource.RUSAGE_SELF), cpu(resource.RUSAGE_CHILDREN), time.monotonic()
+    yield
+    line = {"test": item.nodeid, "cpu_own": round(cpu(resource.RUSAGE_SELF) - own, 2),
+            "cpu_children": round(cpu(resource.RUSAGE_CHILDREN) - children, 2), "wall": round(time.monotonic() - t0, 1)}
+    with open(out, "a") as f:
+        f.write(json.dumps(line) + "\n")
+
+
 # --- the fault matrix table (scripts/fault-matrix sets RK_FAULT_TABLE) ----------------------
 FAULT_CELLS: dict[tuple[str, str], dict] = {}
 
