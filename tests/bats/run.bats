@@ -107,6 +107,8 @@ WANT
   grep -q 'agent_message' .kit-state/logs/frame.log
   [[ "$output" == *"codex did it"* ]]
   rm -rf .git
+  d=$PWD; while [ ! -e "$d/.git" ] && [ "$d" != / ]; do d=$(dirname "$d"); done
+  [ ! -e "$d/.git" ]  # nothing above the project is a repository either
   use_stub_tools
   COMPUTE_TARGET=sandbox EXP_AGENT=codex run -1 "$EXP" run "$SPEC"  # the stub makes no cloud run: RUN fails
   args=$(last_call codex)

@@ -9,7 +9,10 @@ EXP="$KIT/experiment.sh"
 SPEC="experiments/exp-001-toy-logreg.md"
 
 setup() {
-  SANDBOX="$(mktemp -d "${BATS_TMPDIR:-/tmp}/rk-bats.XXXXXX")"
+  # Not under /tmp: the real codex, which pytest runs beside bats, leaves an empty /tmp/.git
+  # behind (its sandbox's mount point for the .git of each writable root), and a .git above a
+  # project means a git repository to experiment.sh, as to codex itself.
+  SANDBOX="$(mktemp -d /var/tmp/rk-bats.XXXXXX)"
   export SANDBOX EVENTS="$SANDBOX/events"
   export HOME="$SANDBOX/home" RK_STATE_HOME="$SANDBOX/state" NO_COLOR=1
   mkdir -p "$HOME" "$SANDBOX/bin" "$SANDBOX/calls" "$SANDBOX/okit/tools"

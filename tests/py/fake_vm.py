@@ -11,7 +11,9 @@ Two isolation levels:
   a veth pair to a bridge on which the emulators listen, with no default route (it reaches
   only them); its metadata server answers on 169.254.169.254:80 inside the namespace and
   `metadata.google.internal` resolves there through the VM's /etc/hosts; bwrap gives it
-  the host's root read-only, its own /tmp, /root and hostname.
+  the host's root read-only, its own /tmp, /root and hostname, and its own PID namespace:
+  when the VM ends, every process in it ends, as on a VM that is deleted (a process that
+  leaves the VM's process group, as `timeout` does, outlived it before).
 - `process`: a plain process group; the agent finds its metadata server through
   RK_METADATA_URL. Used where namespaces are not available.
 
@@ -265,8 +267,8 @@ class FakeVMs:
                 argv = ["ip", "netns", "exec", ns, "bwrap", "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc",
                         "--tmpfs", "/tmp", "--tmpfs", "/root", *_bind_back_python(),
                         "--bind", str(vm_root), str(vm_root), "--ro-bind", str(vm_root / "hosts"), "/etc/hosts",
-                        "--unshare-uts", "--hostname", name[:63], "--die-with-parent", "--chdir", str(vm_root),
-                        "bash", str(vm_root / "startup-script")]
+                        "--unshare-uts", "--unshare-pid", "--hostname", name[:63], "--die-with-parent",
+                        "--chdir", str(vm_root), "bash", str(vm_root / "startup-script")]
             _wait_for_metadata(ns, identity["flavor"])
             FakeVMs.booted["netns"] += 1
             FakeVMs.booted["bare"] += self.image is not None
@@ -306,7 +308,7 @@ class FakeVMs:
                 f"lowerdir={lower},upperdir={upper},workdir={work}", str(merged),
                 "bwrap", "--bind", str(merged), "/", "--dev", "/dev", "--proc", "/proc",
                 "--perms", "1777", "--tmpfs", "/tmp",  # apt's _apt user writes there
-                "--bind", str(vm_root), str(vm_root), "--unshare-uts", "--hostname", name[:63],
+                "--bind", str(vm_root), str(vm_root), "--unshare-uts", "--unshare-pid", "--hostname", name[:63],
                 "--die-with-parent", "--chdir", str(vm_root), *boot]
 
     def kill(self, name: str, zone: str | None = None, sig: int = signal.SIGKILL) -> None:
