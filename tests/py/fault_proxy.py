@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import http.client
 import re
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -100,6 +101,12 @@ class FaultProxy:
 
                 socketserver.TCPServer.server_bind(self)
                 self.server_name, self.server_port = self.server_address[:2]
+
+            def handle_error(self, request, client_address):
+                """A client that hung up (a CLI the cell interrupted, a request its own timeout
+                gave up on) is part of a fault cell, not an error of the proxy's."""
+                if not isinstance(sys.exc_info()[1], (BrokenPipeError, ConnectionResetError)):
+                    super().handle_error(request, client_address)
 
         self.server = Server((host, 0), Handler)
         self.url = f"http://{host}:{self.server.server_address[1]}"
