@@ -6,15 +6,13 @@ botocore's service model and signer for S3's UploadPartCopy)."""
 
 from __future__ import annotations
 
-import io
 import os
-import sys
-import threading
 import time
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+from log_follower import follow_while
 
 from researchkit_py import protocol
 from researchkit_py.clouds import http
@@ -110,7 +108,6 @@ def test_follow_downloads_only_what_it_has_not_shown(tmp_path, monkeypatch, caps
     """`logs --follow` and `wait`: every line shown once, in order, and the bytes read from the
     bucket are the log's size (the whole log at every poll was the old way)."""
     from researchkit_py.clouds.local.store import LocalStore
-    from researchkit_py.lifecycle import monitor
     from researchkit_py.settings import Settings
 
     store = LocalStore(tmp_path / "b", Settings(read_file=False))
@@ -119,12 +116,6 @@ def test_follow_downloads_only_what_it_has_not_shown(tmp_path, monkeypatch, caps
         real = getattr(store, name)
         monkeypatch.setattr(store, name, lambda *a, real=real, key=name: (
             out := real(*a), read.append(len(out) if a[0] == KEY else 0))[0])
-    now = time.time()
-    store.write_json(protocol.run_key("r1", protocol.MANIFEST), {
-        "instance": "i-1", "provider": "local", "created_at": protocol.iso(now),
-        "expires_at": protocol.iso(now + 3600), "heartbeat_seconds": 1})
-    provider = SimpleNamespace(name="local", get=lambda name: SimpleNamespace(alive=True))
-    ctx = SimpleNamespace(store=store, provider=provider, poll_seconds=lambda: 0.02)
     log, lines = tmp_path / "run.log", []
     log.write_bytes(b"")
 
@@ -140,13 +131,9 @@ def test_follow_downloads_only_what_it_has_not_shown(tmp_path, monkeypatch, caps
             time.sleep(0.01)
         store.write_json(protocol.run_key("r1", protocol.STATUS), protocol.status_record("r1", protocol.DONE))
 
-    writer = threading.Thread(target=vm)
-    writer.start()
-    monkeypatch.setattr(sys, "stderr", io.StringIO())
-    state = monitor.wait(ctx, "r1")
-    writer.join()
+    state, shown = follow_while(store, vm, monkeypatch, 0.02)
     assert state["phase"] == protocol.DONE
-    assert sys.stderr.getvalue() == "".join(lines)
+    assert shown == "".join(lines)
     assert sum(read) == log.stat().st_size
 
 

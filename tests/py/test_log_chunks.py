@@ -7,17 +7,16 @@ log read back with the real AWS CLI."""
 
 from __future__ import annotations
 
-import io
 import os
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 from types import SimpleNamespace
 from urllib.parse import parse_qsl, urlsplit
 
 import pytest
+from log_follower import follow_while
 
 from researchkit_py import protocol, vm_log
 from researchkit_py.clouds import http
@@ -210,13 +209,6 @@ def test_follow_on_s3_shows_every_line_once_and_reads_only_what_is_new(run, monk
         real = getattr(run.client, name)
         monkeypatch.setattr(run.client, name, lambda *a, real=real: (
             out := real(*a), read.append(len(out) if a[0].startswith(LOG) else 0))[0])
-    now = time.time()
-    run.client.write_json(protocol.run_key("r1", protocol.MANIFEST), {
-        "instance": "i-1", "provider": "local", "created_at": protocol.iso(now),
-        "expires_at": protocol.iso(now + 3600), "heartbeat_seconds": 1})
-    ctx = SimpleNamespace(store=run.client, poll_seconds=lambda: 0.05,
-                          provider=SimpleNamespace(name="local", get=lambda name: SimpleNamespace(alive=True)))
-
     def vm():
         for size in (1000, 2 * MIB, 2 * MIB, 2 * MIB, 1000):
             run.grow(size)
@@ -224,14 +216,10 @@ def test_follow_on_s3_shows_every_line_once_and_reads_only_what_is_new(run, monk
             time.sleep(0.2)
         run.agent.finish(protocol.DONE, "0", protocol.EXIT)
 
-    writer = threading.Thread(target=vm)
-    writer.start()
-    monkeypatch.setattr(sys, "stderr", io.StringIO())
-    state = monitor.wait(ctx, "r1")
-    writer.join()
+    state, shown = follow_while(run.client, vm, monkeypatch, 0.05)
     assert state["phase"] == protocol.DONE
     log = run.log()
-    assert sys.stderr.getvalue().encode() == log
+    assert shown.encode() == log
     assert sum(read) == len(log)
 
 
