@@ -214,7 +214,8 @@ trap 'rk_stop {CANCELLED} 130' USR1  # from the heartbeat loop: the client asked
 # The heartbeat, from RUN on: it ships the log and looks for the client's request to stop
 # (vm_agent heartbeat exits CANCEL_RC then). The command runs in the background, so the trap
 # stops it at once. A VM still in its setup (no extra Python start each beat there) finds the
-# request with its first RUN heartbeat, and stops before the command starts.
+# request when it reports BOOT or SETUP, or with its first RUN heartbeat, and stops before the
+# command starts.
 rk_beat() {{
   local rc
   while sleep "$RK_HEARTBEAT"; do

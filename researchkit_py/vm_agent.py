@@ -90,12 +90,19 @@ class Agent:
     def reason_path(self) -> Path:
         return self.env.root / "reason"
 
-    def write_status(self, phase: str, **fields) -> None:
+    def write_status(self, phase: str, **fields) -> int:
+        """The run's status.json; CANCEL_RC, writing nothing, when the run was asked to stop before
+        its command started (BOOT, SETUP): the client may have written the final status already
+        (an interrupted launch: a VM booted after its instance was deleted must not report over
+        it), and the command is not to start."""
+        if phase in (protocol.BOOT, protocol.SETUP) and self.cancel_requested():
+            return CANCEL_RC
         facts = self.env.root / protocol.GPU_FACTS
         if facts.exists():
             fields.setdefault("gpu", json.loads(facts.read_text()))
         record = protocol.status_record(self.env.run_id, phase, host=socket.gethostname(), **fields)
         self.bucket.put_bytes(self.key(protocol.STATUS), (json.dumps(record, indent=2, sort_keys=True) + "\n").encode())
+        return 0
 
     def push_log(self, final: bool = False) -> None:
         """What the log gained since the last push (vm_log.py, in the rest of the agent; heartbeats
@@ -124,7 +131,7 @@ class Agent:
             return False
         return True
 
-    def boot(self) -> None:
+    def boot(self) -> int:
         """Status BOOT, with what the image has: the VM's first word, before anything is installed."""
         release = Path("/etc/os-release")
         m = re.search(r'^PRETTY_NAME="?([^"\n]*)', release.read_text() if release.is_file() else "", re.M)
@@ -133,7 +140,7 @@ class Agent:
                  "arch": platform.machine(), "missing": missing}
         print(f"researchkit: image: {image['os']}, python {image['python']}, {image['arch']}"
               + (f"; no {', '.join(missing)}" if missing else ""), flush=True)
-        self.write_status(protocol.BOOT, image=image)
+        return self.write_status(protocol.BOOT, image=image)
 
     def get_agent(self, key: str) -> None:
         """The rest of the agent (setup and transfers), beside the core in RK_ROOT/agent."""
@@ -201,9 +208,6 @@ class Agent:
 
 CANCEL_RC = 3  # `heartbeat`'s exit status when the client asked the run to stop
 
-USAGE = ("usage: vm_agent boot|status STAGE|heartbeat|get-agent KEY|get-bundle KEY DIR|get-data DIR|"
-         "requirements FILE VENV|gpu-check DIR GPU WAIT|push-results DIR|finish STAGE RC CAUSE [STEP]|self-delete [-- ...]")
-
 
 def main(argv: list[str], agent: Agent) -> int:
     """Run one command, or several separated by `--` (one Python start for all: on a small VM
@@ -225,7 +229,8 @@ def main(argv: list[str], agent: Agent) -> int:
         "self-delete": lambda a: agent.self_delete(),
     }
     if not argv or argv[0] not in commands:
-        print(USAGE if not argv else f"vm_agent: unknown command {argv[0]}", file=sys.stderr)
+        print(f"usage: vm_agent {'|'.join(commands)} [ARG...] [-- ...]" if not argv  # each command's args: Agent's methods
+              else f"vm_agent: unknown command {argv[0]}", file=sys.stderr)
         return 2
     try:
         rc = commands[argv[0]](argv[1:])

@@ -144,9 +144,12 @@ def cancel(ctx: Context, run_id: str, instance: str, reason: str) -> dict:
 
 
 def cancelled_launch(ctx: Context, run_id: str, instance: str, reason: str) -> None:
-    """An interrupt before the instance existed: whatever was created goes, the run is CANCELLED."""
+    """An interrupt before the instance existed: whatever was created goes, the run is CANCELLED.
+    The request to stop comes first: a VM the cloud did not list yet, so not deleted, stops at
+    its first report (vm_agent.write_status) instead of running the command unattended."""
     with signals_ignored():
         try:
+            request_cancel(ctx, run_id, f"launch interrupted ({reason})")
             ctx.provider.delete(instance)
         finally:
             ctx.store.write_json(protocol.run_key(run_id, protocol.STATUS),

@@ -1,14 +1,20 @@
 """A small fake of the Compute Engine REST API: enough for google-cloud-compute's
 InstancesClient (transport="rest") to insert, get, list, aggregated-list and delete.
 
-Operations are returned already DONE (the client's poller would otherwise call the real
-endpoint). `requestId` is an idempotency key, as on GCE. Every request is logged. Faults:
+An insert's operation is returned already DONE. A delete's is RUNNING until the instance is
+gone, as on GCE (compute_v1's discovery document: Operation.status PENDING, RUNNING, DONE; the
+instance is STOPPING meanwhile, and a second delete finds the deletion under way, where callers
+of the real API report deleting STOPPING instances again without an error and creating a
+namesake failing until the deletion is done): the `on_delete` hook shuts its VM down first, so
+a delete the client saw DONE leaves no VM that could still write to the bucket. `requestId` is
+an idempotency key, as on GCE. Every request is logged. Faults:
 `fail_zones[zone] = "ZONE_RESOURCE_POOL_EXHAUSTED" | "QUOTA_EXCEEDED"` makes inserts in
 that zone fail (with `partial_zones` the half-made instance is left behind, as GCE can); an
 error entry from pool_exhausted() or quota_exceeded() fails them as GCE does for GPUs, with its
 details. `accelerator_zones` (accelerator type -> zones) is what the aggregated list of
 accelerator types answers.
-Hooks `on_insert(instance)` / `on_delete(instance)` let a test boot and kill fake VMs.
+Hooks `on_insert(instance)` / `on_delete(instance)` let a test boot and kill fake VMs
+(`on_delete` returns once the VM is down).
 Like GCE, an instance whose `scheduling.maxRunDuration` has passed is deleted when its
 instanceTerminationAction is DELETE (`enforce_deadlines = False` plays a cloud that does not).
 """
@@ -18,6 +24,7 @@ from __future__ import annotations
 import itertools
 import json
 import re
+import sys
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlparse
@@ -29,6 +36,8 @@ class FakeGCE:
     def __init__(self, host: str = "127.0.0.1", port: int = 0):
         self.instances: dict[tuple[str, str, str], dict] = {}  # (project, zone, name) -> instance
         self.request_ids: dict[str, dict] = {}
+        self.operations: dict[str, dict] = {}  # name -> a delete's operation (the others are DONE at once)
+        self.deleting: dict[tuple[str, str, str], str] = {}  # instance -> its deletion's operation
         self.log: list[dict] = []
         self.fail_zones: dict[str, str | dict] = {}
         self.accelerator_zones: dict[str, list[str]] = dict(ACCELERATOR_ZONES)
@@ -36,6 +45,12 @@ class FakeGCE:
         self.on_insert = None
         self.on_delete = None
         self.enforce_deadlines = True
+        # Faults of the listing and of the answers: `unlisted` leaves this tool's instances out of
+        # every list (a list lagging behind an insert); with `hold_inserts`, an accepted insert
+        # (its VM on its way) is answered only once that event is set, and `inserted` says it came.
+        self.unlisted = False
+        self.hold_inserts: threading.Event | None = None
+        self.inserted = threading.Event()
         self.timers: list[threading.Timer] = []
         self.lock = threading.RLock()
         fake = self
@@ -83,6 +98,12 @@ class FakeGCE:
                 socketserver.TCPServer.server_bind(self)
                 self.server_name, self.server_port = self.server_address[:2]
 
+            def handle_error(self, request, client_address):
+                """A client that hung up (a VM deleted while it waited for its own delete's
+                answer, a CLI a cell interrupted) is no error of the fake's."""
+                if not isinstance(sys.exc_info()[1], (BrokenPipeError, ConnectionResetError)):
+                    super().handle_error(request, client_address)
+
         self.server = Server((host, port), Handler)
         self.url = f"http://{host}:{self.server.server_address[1]}"
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
@@ -105,7 +126,8 @@ class FakeGCE:
                 inst = self.instances.get((project, zone, name))
                 return (200, inst) if inst else _error(404, f"The resource 'projects/{project}/zones/{zone}/instances/{name}' was not found", "notFound")
             if method == "GET":
-                items = [i for (p, z, _), i in self.instances.items() if p == project and z == zone and _match(i, query.get("filter", ""))]
+                items = [i for (p, z, _), i in self.instances.items()
+                         if p == project and z == zone and _match(i, query.get("filter", "")) and not self.unlisted]
                 return 200, {"items": items}
             if method == "DELETE" and name:
                 return self.delete(project, zone, name)
@@ -115,7 +137,7 @@ class FakeGCE:
             items: dict[str, dict] = {}
             with self.lock:
                 for (p, z, _), inst in self.instances.items():
-                    if p == project and _match(inst, query.get("filter", "")):
+                    if p == project and _match(inst, query.get("filter", "")) and not self.unlisted:
                         items.setdefault(f"zones/{z}", {"instances": []})["instances"].append(inst)
             return 200, {"items": items}
         m = re.fullmatch(r"/compute/v1/projects/([^/]+)/aggregated/acceleratorTypes", path)
@@ -130,7 +152,9 @@ class FakeGCE:
             return 200, {"kind": "compute#acceleratorTypeAggregatedList", "items": scopes}
         m = re.fullmatch(r"/compute/v1/projects/([^/]+)/zones/([^/]+)/operations/([^/]+)", path)
         if m:
-            return 200, _op(m.group(1), m.group(2), "get", m.group(3))
+            with self.lock:
+                op = self.operations.get(m.group(3))
+                return 200, dict(op) if op else _op(m.group(1), m.group(2), "get", m.group(3))
         return _error(404, f"no route for {method} {path}", "notFound")
 
     def insert(self, project: str, zone: str, body: dict, request_id: str | None) -> tuple[int, dict]:
@@ -153,6 +177,9 @@ class FakeGCE:
                 self.request_ids[request_id] = op
         if not failure and self.on_insert:
             self.on_insert(project, zone, inst)
+        self.inserted.set()
+        if self.hold_inserts is not None:
+            self.hold_inserts.wait(120)
         scheduling = body.get("scheduling", {})
         limit = scheduling.get("maxRunDuration", {}).get("seconds")
         if not failure and limit and scheduling.get("instanceTerminationAction") == "DELETE" and self.enforce_deadlines:
@@ -163,13 +190,26 @@ class FakeGCE:
         return 200, op
 
     def delete(self, project: str, zone: str, name: str) -> tuple[int, dict]:
+        key = (project, zone, name)
         with self.lock:
-            inst = self.instances.pop((project, zone, name), None)
-        if inst is None:
-            return _error(404, f"The resource 'projects/{project}/zones/{zone}/instances/{name}' was not found", "notFound")
+            inst = self.instances.get(key)
+            if inst is None:
+                return _error(404, f"The resource 'projects/{project}/zones/{zone}/instances/{name}' was not found", "notFound")
+            if key in self.deleting:  # deleted twice: the deletion under way
+                return 200, dict(self.operations[self.deleting[key]])
+            op = {**_op(project, zone, "delete", name), "status": "RUNNING"}
+            self.operations[op["name"]], self.deleting[key] = op, op["name"]
+            inst["status"] = "STOPPING"
+        threading.Thread(target=self._deleted, args=(key, inst, op), daemon=True).start()
+        return 200, dict(op)
+
+    def _deleted(self, key: tuple[str, str, str], inst: dict, op: dict) -> None:
         if self.on_delete:
-            self.on_delete(project, zone, inst)
-        return 200, _op(project, zone, "delete", name)
+            self.on_delete(*key[:2], inst)
+        with self.lock:
+            self.instances.pop(key, None)
+            self.deleting.pop(key, None)
+            op["status"] = "DONE"
 
     # --- what tests look at ------------------------------------------------------------
     def inserts(self) -> list[dict]:

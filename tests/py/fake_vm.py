@@ -368,6 +368,8 @@ class GCEVMs(FakeVMs):
         # the fake API's short-lived request threads, concurrently, some died in their first
         # millisecond (bwrap --die-with-parent follows the thread that started it).
         self.queue: queue.Queue = queue.Queue()
+        self.deleted: set[tuple[str, str]] = set()  # (name, zone)
+        self.boot_lock = threading.Lock()  # a deletion waits for a boot under way: nothing boots after it
         self.booter = threading.Thread(target=self._boot_queued, daemon=True)
         self.booter.start()
 
@@ -379,26 +381,37 @@ class GCEVMs(FakeVMs):
     def _boot_queued(self) -> None:
         while (item := self.queue.get()) is not None:
             script, identity = item
-            with self.gce.lock:  # deleted before its turn came: nothing to boot
-                exists = (identity["project"], identity["zone"], identity["name"]) in self.gce.instances
-            if exists:
+            with self.boot_lock:  # deleted (or preempted) before its turn came: nothing to boot
+                with self.gce.lock:
+                    exists = (identity["project"], identity["zone"], identity["name"]) in self.gce.instances
+                if not exists or (identity["name"], identity["zone"]) in self.deleted:
+                    continue
                 self.boot(script, identity)
-                threading.Thread(target=self._stopped_when_off, args=(identity,), daemon=True).start()
+            threading.Thread(target=self._stopped_when_off, args=(identity,), daemon=True).start()
 
     def _stopped_when_off(self, identity: dict) -> None:
         """A VM that powers itself off (`shutdown -h now`) is TERMINATED, as on GCE: stopped, not deleted."""
         name = identity["name"]
         self.vms[name]["proc"].wait()
         if self.powered_off(name):
+            key = (identity["project"], identity["zone"], name)
             with self.gce.lock:
-                inst = self.gce.instances.get((identity["project"], identity["zone"], name))
-                if inst is not None:
+                inst = self.gce.instances.get(key)
+                if inst is not None and key not in self.gce.deleting:  # being deleted: STOPPING until gone
                     inst["status"] = "TERMINATED"
 
     def on_delete(self, project: str, zone: str, instance: dict) -> None:
-        # like GCE: the VM is shut down shortly after the API accepts the delete (only the
-        # instance in that zone: a half-made namesake elsewhere has no VM)
-        threading.Timer(0.5, self.kill, args=(instance["name"], zone)).start()
+        """Like GCE: the VM is shut down shortly after the API accepts the delete, and the
+        deletion is done once it is down (only the instance in that zone: a half-made namesake
+        elsewhere has no VM)."""
+        name = instance["name"]
+        with self.boot_lock:
+            self.deleted.add((name, zone))
+        time.sleep(0.5)
+        self.kill(name, zone)
+        vm = self.vms.get(name)
+        if vm is not None and vm["zone"] == zone:
+            vm["proc"].wait()
 
     def preempt(self, name: str) -> None:
         """The VM dies at once (no trap runs) and disappears from the API."""

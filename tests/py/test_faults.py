@@ -78,6 +78,7 @@ class Cloud:
         starts coverage in every process swallows a KeyboardInterrupt raised while it imports
         coverage (a bare `except: pass`), so an interrupt 0.2 s in was lost under CI only."""
         env = {k: v for k, v in os.environ.items() if k != "COVERAGE_PROCESS_START"}
+        env["PYTHONFAULTHANDLER"] = "1"  # SIGABRT: every thread's stack on stderr (stopped())
         return subprocess.Popen([str(REPO / "tools" / "cloud-run"), "--backend", self.name, *args],
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
 
@@ -496,6 +497,33 @@ def test_F5a_interrupted_between_manifest_and_instance(cloud, sig):
     assert status["message"].startswith("launch interrupted"), status  # cancelled, not a boot_error
 
 
+@pytest.mark.parametrize("cloud", ["gce"], indirect=True)  # the fake whose listing can lag its inserts
+def test_F5d_interrupted_launch_whose_instance_was_not_listed_yet(cloud):
+    """The client, interrupted while the instance was being made, cannot find it to delete it (a
+    list that lags behind an insert, as EC2's describe calls can): it records CANCELLED and asks
+    the run to stop. The VM boots anyway, finds the request with its first report, never runs
+    the command, says CANCELLED itself and deletes itself."""
+    fake = cloud.fake
+    fake.unlisted, fake.hold_inserts = True, threading.Event()
+    try:
+        p = cloud.popen("run", "echo should-not-run", "--output-dir", str(out_dir(cloud)))
+        assert fake.inserted.wait(60), f"no insert came: {p.kill() or p.communicate()}"
+        p.send_signal(signal.SIGINT)
+        _, err = p.communicate(timeout=120)
+    finally:
+        fake.hold_inserts.set()
+    assert p.returncode == 130 and "while launching" in err and "Traceback" not in err, (p.returncode, err)
+    fake.unlisted = False
+    cloud.vms.wait_all_gone(timeout=120)  # the VM went on its own
+    (run_id,) = cloud.store().list_dirs("runs")
+    status, log = record(cloud, run_id)
+    assert (status["phase"], status["cause"], bool(status.get("host"))) == ("CANCELLED", "cancelled", True), status
+    assert "researchkit: CANCELLED (cancelled during BOOT" in log and "running:" not in log, log
+    from researchkit_py.protocol import instance_name
+
+    assert [e["method"] for e in fake.log if e["path"].endswith(f"/instances/{instance_name(run_id)}")] == ["DELETE"]  # its own
+
+
 PARTIAL = 'mkdir -p "$RESULTS_DIR"; echo partial > "$RESULTS_DIR/p.txt"; echo "made-$((6 * 7))"; sleep 600'
 
 
@@ -505,9 +533,13 @@ def stopped(cloud: Cloud, p: subprocess.Popen, sig: int, out: Path) -> tuple[str
     is CANCELLED; no instance is left. (run id or None, the CLI's stderr)."""
     try:
         _, err = p.communicate(timeout=120)
-    except subprocess.TimeoutExpired:
-        p.kill()  # the signal did not stop it: nothing of it may outlive the test
-        raise
+    except subprocess.TimeoutExpired:  # the signal did not stop it: where it is, then nothing of it may outlive the test
+        p.send_signal(signal.SIGABRT)
+        try:
+            _, err = p.communicate(timeout=30)
+        finally:
+            p.kill()
+        raise AssertionError(f"still running 120 s after {signal.Signals(sig).name}; its stderr, then its stacks:\n{err}") from None
     runs = cloud.store().list_dirs("runs")
     if not runs:  # before the run was recorded; before Python's own handler exists, killed by it
         assert not cloud.live() and "Traceback" not in err and "Fatal" not in err, err

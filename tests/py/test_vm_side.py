@@ -445,6 +445,28 @@ def test_the_agent_reports_status_heartbeat_log_and_final_status(tmp_path):
     assert json.loads(_run_file(tmp_path, protocol.STATUS).read_text())["exit_code"] is None
 
 
+def test_a_run_asked_to_stop_before_its_command_reports_nothing_over_the_clients_final_status(tmp_path):
+    """An interrupted launch: the client deleted the instance and wrote CANCELLED, yet its VM may
+    boot (a cloud that had not listed it yet). BOOT and SETUP then write nothing and stop the
+    chain with CANCEL_RC; the script's trap reports the run CANCELLED. From RUN on, the status
+    is written: the heartbeat has already looked for the request."""
+    from researchkit_py.vm_agent import CANCEL_RC, main
+
+    agent = _agent(tmp_path)
+    assert main(["boot"], agent) == 0
+    assert json.loads(_run_file(tmp_path, protocol.STATUS).read_text())["phase"] == "BOOT"
+    final = protocol.cancelled_status("r1", "launch interrupted (SIGINT); nothing runs")
+    _run_file(tmp_path, protocol.STATUS).write_text(json.dumps(final))
+    _run_file(tmp_path, protocol.CANCEL).write_text("{}")
+    assert main(["boot"], agent) == CANCEL_RC
+    assert main(["status", "SETUP", "--", "get-agent", "code/nope.tar.gz"], agent) == CANCEL_RC
+    assert json.loads(_run_file(tmp_path, protocol.STATUS).read_text()) == final
+    assert not (tmp_path / "vm" / "reason").exists()  # no step failed
+    assert main(["finish", "SETUP", "", ""], agent) == 0
+    assert json.loads(_run_file(tmp_path, protocol.STATUS).read_text())["phase"] == "CANCELLED"
+    assert main(["status", "UPLOAD"], agent) == 0
+
+
 def test_a_failing_command_stops_the_chain_and_leaves_its_reason_but_a_heartbeat_does_not(tmp_path, capsys):
     from researchkit_py.vm_agent import main
 
