@@ -44,6 +44,8 @@ FAULTS = {
     "F5a": "SIGINT / SIGTERM to the CLI between manifest and instance creation: CANCELLED, nothing left",
     "F5b": "SIGINT / SIGTERM / SIGHUP to an attached CLI right after the instance exists: the run stops",
     "F5c": "SIGINT to an attached CLI 0.2 s, 1 s, 3 s after its start: the run stops (or never began)",
+    "F5d": "SIGINT during the launch, the instance not listed yet (only the fake Compute API lags): its VM finds "
+           "the stop request at boot, never runs the command, says CANCELLED and goes",
     "F6a": "the bucket refuses uploads for 2 s during the results upload",
     "F6b": "the bucket refuses the results upload for good",
     "F7": "keys with `..`, absolute paths, symlinks on pull and hydrate",
