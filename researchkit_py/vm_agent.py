@@ -93,8 +93,8 @@ class Agent:
     def write_status(self, phase: str, **fields) -> int:
         """The run's status.json; CANCEL_RC, writing nothing, when the run was asked to stop before
         its command started (BOOT, SETUP): the client may have written the final status already
-        (an interrupted launch: a VM booted after its instance was deleted must not report over
-        it), and the command is not to start."""
+        (an interrupted launch whose instance the cloud had not listed, so not deleted: its VM
+        must not report over it), and the command is not to start."""
         if phase in (protocol.BOOT, protocol.SETUP) and self.cancel_requested():
             return CANCEL_RC
         facts = self.env.root / protocol.GPU_FACTS
