@@ -58,6 +58,7 @@ def reap_stamp(settings: Settings, provider: str, store_url: str) -> Path:
 
 
 def reaped_recently(settings: Settings, provider: str, store_url: str) -> bool:
+    """The reaper listed them less than RK_REAP_INTERVAL seconds ago (reaper.reap_if_due skips it then)."""
     try:
         age = time.time() - reap_stamp(settings, provider, store_url).stat().st_mtime
     except OSError:

@@ -3,12 +3,10 @@ its deadline or dead (the reaper, the third teardown layer)."""
 
 from __future__ import annotations
 
-import time
-
 from .. import protocol
 from ..clouds.base import TOOL_LABEL
 from ..errors import UsageError
-from ..repull import reap_stamp
+from ..repull import reap_stamp, reaped_recently
 from .context import Context
 from .monitor import read_manifest
 
@@ -32,13 +30,9 @@ def reap_if_due(ctx: Context, *, force: bool = False) -> list[str]:
     (default 300) per provider and bucket on this machine, and always when `force`d (launches).
     Listing instances costs a cloud SDK client and an API call; a few minutes' delay is
     nothing next to the VM's own deadline, which the cloud enforces."""
+    if not force and reaped_recently(ctx.settings, ctx.provider.name, ctx.store.url):
+        return []
     stamp = reap_stamp(ctx.settings, ctx.provider.name, ctx.store.url)
-    interval = ctx.settings.number("RK_REAP_INTERVAL")
-    try:
-        if not force and time.time() - stamp.stat().st_mtime < interval:
-            return []
-    except OSError:
-        pass
     names = reap(ctx)
     stamp.parent.mkdir(parents=True, exist_ok=True)
     stamp.touch()

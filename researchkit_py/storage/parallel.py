@@ -67,4 +67,3 @@ class OffsetWriter:
 
     def flush(self) -> None:
         pass
-

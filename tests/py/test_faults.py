@@ -21,7 +21,6 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 from emulators import FAKE_SECRET
@@ -84,11 +83,15 @@ class Cloud:
         return subprocess.Popen([str(REPO / "tools" / "cloud-run"), "--backend", self.name, *args],
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
 
-    def store(self):
+    def context(self):
+        """The provider and bucket as the CLI opens them, in-process (no Python start)."""
         from researchkit_py.lifecycle import Context
         from researchkit_py.settings import Settings
 
-        return Context.open(Settings(), self.name).store
+        return Context.open(Settings(), self.name)
+
+    def store(self):
+        return self.context().store
 
     def disable_cloud_deadline(self, run_id: str) -> None:
         """What the cloud enforces stops working: maxRunDuration (GCE), the scheduled shutdown
@@ -210,11 +213,10 @@ def record(cloud: Cloud, run_id: str, *, log: bool = True) -> tuple[dict, str]:
     logs` reads it (on S3, a short log of a VM that died is still in chunks)."""
     from researchkit_py.lifecycle import has_log, read_log
 
-    store = cloud.store()
-    status = store.read_json(f"runs/{run_id}/status.json")
+    ctx = cloud.context()
+    status = ctx.store.read_json(f"runs/{run_id}/status.json")
     if not log:
         return status, ""
-    ctx = SimpleNamespace(store=store)
     assert has_log(ctx, run_id), f"{cloud.name}: no log of {run_id}"
     return status, read_log(ctx, run_id).decode()
 
@@ -257,9 +259,8 @@ def wait_phase(cloud: Cloud, run_id: str, phases: tuple[str, ...], timeout: floa
     CLI_EVERY seconds (each call may run a reaper pass, as a user's would) and at the end; in
     between, the same state is read in-process, which costs no Python start."""
     from researchkit_py import lifecycle
-    from researchkit_py.settings import Settings
 
-    ctx, end, next_cli = lifecycle.Context.open(Settings(), cloud.name), time.time() + timeout, 0.0
+    ctx, end, next_cli = cloud.context(), time.time() + timeout, 0.0
     while time.time() < end:
         if time.time() >= next_cli:
             s, next_cli = state(cloud, run_id), time.time() + CLI_EVERY
@@ -282,10 +283,7 @@ def launch_with(cloud: Cloud, monkeypatch, command: str, max_hours: float, mutat
 
 def altered_context(cloud: Cloud, monkeypatch, mutate: Callable[[str], str]):
     """A lifecycle Context whose provider gets every startup script through `mutate`."""
-    from researchkit_py import lifecycle
-    from researchkit_py.settings import Settings
-
-    ctx = lifecycle.Context.open(Settings(), cloud.name)
+    ctx = cloud.context()
     real = ctx.provider.create
 
     def create(req):
@@ -386,9 +384,8 @@ def test_F3c_hang_with_no_trap_no_deadline_the_reaper_alone(cloud, monkeypatch):
     if cloud.name == "local":  # its supervisor starts the VM: it can only be stopped after
         cloud.disable_cloud_deadline(run_id)
     from researchkit_py import lifecycle, protocol
-    from researchkit_py.settings import Settings
 
-    manifest = lifecycle.read_manifest(lifecycle.Context.open(Settings(), cloud.name), run_id)
+    manifest = lifecycle.read_manifest(cloud.context(), run_id)
     time.sleep(max(0.0, protocol.parse_iso(manifest["expires_at"]) - time.time()) + 1)
     assert cloud.live(), "something other than the reaper ended it"
     r = cloud.cli("reap")
@@ -413,9 +410,8 @@ def reached(cloud: Cloud, run_id: str, phases: tuple[str, ...], timeout: float =
     """wait_phase without the CLI: every `cloud-run` invocation may run a reaper pass, and these
     cells must have no reaper."""
     from researchkit_py import lifecycle
-    from researchkit_py.settings import Settings
 
-    ctx, end = lifecycle.Context.open(Settings(), cloud.name), time.time() + timeout
+    ctx, end = cloud.context(), time.time() + timeout
     while (s := lifecycle.run_state(ctx, run_id)).get("phase") not in phases:
         assert time.time() < end, f"{run_id} never reached {phases}: {s}"
         time.sleep(0.3)
@@ -505,6 +501,8 @@ def test_F5d_interrupted_launch_whose_instance_was_not_listed_yet(cloud):
     list that lags behind an insert, as EC2's describe calls can): it records CANCELLED and asks
     the run to stop. The VM boots anyway, finds the request with its first report, never runs
     the command, says CANCELLED itself and deletes itself."""
+    from researchkit_py.protocol import instance_name
+
     fake = cloud.fake
     fake.unlisted, fake.hold_inserts = True, threading.Event()
     try:
@@ -521,8 +519,6 @@ def test_F5d_interrupted_launch_whose_instance_was_not_listed_yet(cloud):
     status, log = record(cloud, run_id)
     assert (status["phase"], status["cause"], bool(status.get("host"))) == ("CANCELLED", "cancelled", True), status
     assert "researchkit: CANCELLED (cancelled during BOOT" in log and "running:" not in log, log
-    from researchkit_py.protocol import instance_name
-
     assert [e["method"] for e in fake.log if e["path"].endswith(f"/instances/{instance_name(run_id)}")] == ["DELETE"]  # its own
 
 
@@ -716,9 +712,8 @@ def test_F9_twenty_concurrent_runs(cloud, project, monkeypatch):
     assert len(set(ids.values())) == 20
     assert ids[0].startswith("exp-009-same-") and ids[1].startswith("exp-009-same-")
     from researchkit_py import lifecycle
-    from researchkit_py.settings import Settings
 
-    ctx, end = lifecycle.Context.open(Settings(), cloud.name), time.time() + 240
+    ctx, end = cloud.context(), time.time() + 240
     while True:  # in-process (a CLI call a second was half this cell's CPU), then the CLI's listing
         phases = {row["run_id"]: row["phase"] for row in lifecycle.list_runs(ctx)}
         if all(phases.get(run_id) in ("DONE", "FAILED") for run_id in ids.values()) or time.time() > end:

@@ -91,6 +91,42 @@ def test_request_id_makes_inserts_idempotent(gce):
     assert gce.inserts()[0]["query"]["requestId"] == gce.inserts()[1]["query"]["requestId"]
 
 
+def test_the_fakes_deletion_is_in_the_compute_apis_own_states(gce):
+    """The fake's delete as GCE's: its operation RUNNING and the instance STOPPING until the
+    instance is gone (values compute.v1's discovery document gives Operation.status and
+    Instance.status), a second delete the same deletion; our delete returns once it is DONE."""
+    import threading
+
+    from test_gpu import _discovery
+
+    from researchkit_py.clouds.base import InstanceRequest
+    from researchkit_py.clouds.gce.provider import GCEProvider
+    from researchkit_py.settings import Settings
+
+    doc = _discovery()["schemas"]
+    gce.on_insert = None  # no VM: the deletion's states are what is looked at
+    provider = GCEProvider(Settings())
+    provider.create(InstanceRequest("rk-going", "going-run", "#!/bin/bash\ntrue", {"researchkit-tool": "researchkit"}, 60))
+    zone = provider.get("rk-going").zone
+    release = threading.Event()
+    gce.on_delete = lambda *a: release.wait(30)  # the VM's shutdown, held
+    try:
+        code, op = gce.delete("test-proj", zone, "rk-going")
+        again = gce.delete("test-proj", zone, "rk-going")[1]
+        inst = gce.instances[("test-proj", zone, "rk-going")]
+        assert code == 200 and (op["status"], inst["status"], again["name"]) == ("RUNNING", "STOPPING", op["name"])
+        assert op["status"] in doc["Operation"]["properties"]["status"]["enum"]
+        assert inst["status"] in doc["Instance"]["properties"]["status"]["enum"]
+        done = threading.Thread(target=provider.delete, args=("rk-going",))
+        done.start()
+        done.join(1.0)
+        assert done.is_alive(), "our delete returned while the operation was still RUNNING"
+    finally:
+        release.set()
+    done.join(30)
+    assert not done.is_alive() and gce.names() == []
+
+
 def test_zone_fallback_cleans_up_and_records_the_zone(gce, monkeypatch):
     monkeypatch.setenv("GCE_ZONES", "us-central1-b,europe-west4-a")
     gce.fail_zones["us-central1-a"] = "ZONE_RESOURCE_POOL_EXHAUSTED"
