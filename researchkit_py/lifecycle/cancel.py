@@ -29,10 +29,27 @@ class Interrupted(KeyboardInterrupt):
         return 128 + self.signum  # 130 INT, 143 TERM, 129 HUP: what a shell reports for each
 
 
+# A signal this soon after the one that interrupted us is the same interrupt delivered again, not
+# a second request: experiment.sh signals its agent's process group, and the group's `timeout`
+# passes the signal on to the group once more.
+REPEAT_SECONDS = 1.0
+_again = threading.Event()  # a later interrupt came while the run stops: delete at once
+
+
 def raise_on_signals() -> None:
-    """INT, TERM and HUP raise Interrupted (with the signal): the caller decides what stops."""
+    """The first INT, TERM or HUP raises Interrupted (with the signal): the caller decides what
+    stops. Later ones raise nothing, so no signal can cut the stop short and leave an instance
+    behind; one that comes REPEAT_SECONDS or more after the first is the user's second Ctrl-C,
+    which cancel() answers by deleting the instance at once."""
+    first: list[float] = []
+    _again.clear()
+
     def handler(signum, frame):
-        raise Interrupted(signum)
+        if not first:
+            first.append(time.monotonic())
+            raise Interrupted(signum)
+        if time.monotonic() - first[0] >= REPEAT_SECONDS:
+            _again.set()
 
     if threading.current_thread() is not threading.main_thread():  # only the main thread gets signals
         return
@@ -122,16 +139,16 @@ def cancel(ctx: Context, run_id: str, instance: str, reason: str) -> dict:
         say(f"cloud-run: stopping {run_id}: its VM uploads its log and results, then goes "
             f"(up to {timeout:g} s; Ctrl-C again to delete it at once)")
         end = time.time() + timeout
-        while True:
+        while not _again.is_set():
             status, inst = _status(ctx, run_id), ctx.provider.get(instance)
             if status.get("phase") in protocol.FINAL and (inst is None or not inst.alive):
                 break
             if time.time() >= end:
                 say(f"cloud-run: {instance} did not stop within {timeout:g} s; deleting it")
                 break
-            time.sleep(ctx.poll_seconds())
-    except KeyboardInterrupt:
-        say(f"cloud-run: interrupted again; deleting {instance} now")
+            _again.wait(ctx.poll_seconds())
+        else:
+            say(f"cloud-run: interrupted again; deleting {instance} now")
     except KitError as e:  # the bucket or the API failed us: deleting is what is left
         say(f"cloud-run: warning: {e}; deleting {instance}")
     with signals_ignored():

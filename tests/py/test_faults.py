@@ -45,6 +45,8 @@ FAULTS = {
     "F5c": "SIGINT to an attached CLI 0.2 s, 1 s, 3 s after its start: the run stops (or never began)",
     "F5d": "SIGINT during the launch, the instance not listed yet (only the fake Compute API lags): its VM finds "
            "the stop request at boot, never runs the command, says CANCELLED and goes",
+    "F5e": "the same SIGINT twice at once (a process group signalled by experiment.sh and again by its `timeout`): "
+           "one stop, the VM's own CANCELLED; a second Ctrl-C 1.5 s later, the command ignoring TERM: deleted at once",
     "F6a": "the bucket refuses uploads for 2 s during the results upload",
     "F6b": "the bucket refuses the results upload for good",
     "F7": "keys with `..`, absolute paths, symlinks on pull and hydrate",
@@ -582,6 +584,45 @@ def test_F5c_interrupted_while_attached(cloud, monkeypatch, at):
     run_id, err = stopped(cloud, p, signal.SIGINT, out)
     print(f"F5c {cloud.name} {at:g} s: " + (f"{run_id} {state(cloud, run_id).get('message')}" if run_id  # which case
                                              else f"before the run was recorded, exit {p.returncode}"))
+
+
+@pytest.mark.parametrize("second", ["at-once", "later"])
+def test_F5e_interrupted_twice(cloud, monkeypatch, second):
+    """A signal repeated at once is one interrupt: the stop runs to its end (before, the repeat
+    could raise in the middle of it and leave the instance running, its status RUN). A second
+    Ctrl-C a moment later, while the VM cannot stop (its command ignores TERM), deletes the
+    instance at once instead of waiting RK_CANCEL_WAIT out."""
+    monkeypatch.setenv("RK_CANCEL_WAIT", "60")
+    out = out_dir(cloud)
+    command = PARTIAL if second == "at-once" else f"trap '' TERM; {PARTIAL}"
+    p = cloud.popen("run", command, "--output-dir", str(out))
+    run_id = p.stdout.readline().strip()
+    assert run_id, "no run id"
+    if second == "later":  # the command runs, TERM ignored, before the first Ctrl-C
+        from researchkit_py.lifecycle import has_log, read_log
+
+        ctx, end = cloud.context(), time.time() + 60
+        while not (has_log(ctx, run_id) and b"made-42" in read_log(ctx, run_id)) and time.time() < end:
+            time.sleep(0.2)
+    p.send_signal(signal.SIGINT)
+    if second == "at-once":  # the repeat a moment later, once the first is being handled
+        time.sleep(0.1)
+        p.send_signal(signal.SIGINT)
+    else:  # once the request to stop is written: the VM is asked, and cannot comply
+        store, end = cloud.store(), time.time() + 30
+        while store.read_json_or_none(f"runs/{run_id}/cancel.json") is None and time.time() < end:
+            time.sleep(0.2)
+        time.sleep(1.5)
+        p.send_signal(signal.SIGINT)
+    t0 = time.monotonic()
+    got, err = stopped(cloud, p, signal.SIGINT, out)
+    assert got == run_id and f"{run_id} CANCELLED" in err, err
+    status, log = record(cloud, run_id)
+    if second == "at-once":  # the VM itself stopped, and said so
+        assert "interrupted again" not in err and status.get("host"), (status, err)
+        assert "researchkit: CANCELLED (cancelled during" in log, log
+    else:
+        assert "interrupted again; deleting" in err and time.monotonic() - t0 < 45, err
 
 
 def bucket_write(r) -> bool:
