@@ -96,7 +96,7 @@ class MotoProcess(Moto):
 
         self.port = free_port()
         self.url = f"http://{host}:{self.port}"
-        env = {k: v for k, v in os.environ.items() if k != "COVERAGE_PROCESS_START"}
+        env = {k: v for k, v in os.environ.items() if k not in ("COVERAGE_PROCESS_START", "COVERAGE_RESEARCHKIT_HOOK")}
         self.proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", host, "-p", str(self.port)],
                                      stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                      env=env, preexec_fn=_die_with_parent)

@@ -80,7 +80,7 @@ class Cloud:
         """The CLI in the background, to be interrupted. Not measured by coverage: the .pth that
         starts coverage in every process swallows a KeyboardInterrupt raised while it imports
         coverage (a bare `except: pass`), so an interrupt 0.2 s in was lost under CI only."""
-        env = {k: v for k, v in os.environ.items() if k != "COVERAGE_PROCESS_START"}
+        env = {k: v for k, v in os.environ.items() if k not in ("COVERAGE_PROCESS_START", "COVERAGE_RESEARCHKIT_HOOK")}
         env["PYTHONFAULTHANDLER"] = "1"  # SIGABRT: every thread's stack on stderr (stopped())
         return subprocess.Popen([str(REPO / "tools" / "cloud-run"), "--backend", self.name, *args],
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
