@@ -125,9 +125,9 @@ def one(cloud: str, mb: float, beats: int, heartbeat: float, poll: float) -> dic
 
         gcs_client(settings).create_bucket(bucket)
     else:
-        from researchkit_py.clouds.ec2.store import s3_client
+        from researchkit_py.clouds.ec2.aws import aws_client
 
-        s3_client(settings).create_bucket(Bucket=bucket)
+        aws_client("s3", settings).create_bucket(Bucket=bucket)
     url = f"{'gs' if cloud == 'gcs' else 's3'}://{bucket}/rk"
     store = open_store(url, settings)
     run_id = protocol.new_run_id("logbench")

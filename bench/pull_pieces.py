@@ -57,14 +57,14 @@ def main() -> None:
     moto = MotoProcess()
     os.environ.update(AWS_ENDPOINT_URL=moto.url, AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing",
                       AWS_REGION="us-east-1", RK_NO_PROGRESS="1")
-    from researchkit_py.clouds.ec2.store import s3_client
+    from researchkit_py.clouds.ec2.aws import aws_client
     from researchkit_py.clouds.registry import open_store
     from researchkit_py.storage import transfer
 
     scratch = Path(tempfile.mkdtemp(prefix="rk-pieces-"))
     rows: dict[str, dict] = {}
     try:
-        s3_client().create_bucket(Bucket="bench-pieces")
+        aws_client("s3").create_bucket(Bucket="bench-pieces")
         src = scratch / "src"
         src.mkdir()
         for i in range(args.files):

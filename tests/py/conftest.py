@@ -89,10 +89,10 @@ def s3_bucket(moto_server, monkeypatch) -> str:
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
     monkeypatch.setenv("AWS_REGION", "us-east-1")
-    from researchkit_py.clouds.ec2.store import s3_client
+    from researchkit_py.clouds.ec2.aws import aws_client
 
     name = f"b-{uuid.uuid4().hex[:12]}"
-    s3_client().create_bucket(Bucket=name)
+    aws_client("s3").create_bucket(Bucket=name)
     return name
 
 
@@ -208,10 +208,9 @@ def ec2(project, vm_network, vm_moto, vm_image, monkeypatch, tmp_path):
     for k, v in {**env, "AWS_ACCESS_KEY_ID": "AKIAIOSFODNN7EXAMPLE", "AWS_SECRET_ACCESS_KEY": FAKE_SECRET}.items():
         monkeypatch.setenv(k, v)
     from researchkit_py.clouds.ec2.aws import aws_client
-    from researchkit_py.clouds.ec2.store import s3_client
 
     bucket = f"b-{uuid.uuid4().hex[:12]}"
-    s3_client().create_bucket(Bucket=bucket)
+    aws_client("s3").create_bucket(Bucket=bucket)
     client = aws_client("ec2")
     ami = ubuntu_amis(client)[0]
     aws_client("ssm").put_parameter(Name="/researchkit/test/ubuntu-ami", Value=ami, Type="String")

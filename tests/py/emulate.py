@@ -48,10 +48,9 @@ def prepare_ec2(moto_url: str) -> dict[str, str]:
            "AWS_SECRET_ACCESS_KEY": "emulator"}
     os.environ.update(aws)
     from researchkit_py.clouds.ec2.aws import aws_client
-    from researchkit_py.clouds.ec2.store import s3_client
 
     bucket = f"emu-{uuid.uuid4().hex[:8]}"
-    s3_client().create_bucket(Bucket=bucket)
+    aws_client("s3").create_bucket(Bucket=bucket)
     ami = ubuntu_amis(aws_client("ec2"))[0]
     aws_client("ssm").put_parameter(Name="/researchkit/emulator/ami", Value=ami, Type="String")
     aws_client("iam").create_instance_profile(InstanceProfileName="researchkit-vm")

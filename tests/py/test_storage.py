@@ -161,6 +161,42 @@ def test_missing_bucket_names_the_fix(s3_bucket, gcs_bucket):
             open_store(url).list("runs/")
 
 
+def test_the_s3_client_signs_with_what_botocores_credential_chain_finds(s3_bucket, monkeypatch, tmp_path):
+    """The client's S3 store (standard-library requests) reads no key itself: a profile in a
+    shared credentials file, no key in the environment, is what botocore's chain finds (as
+    `aws s3` would) and what the requests are signed with."""
+    from researchkit_py.clouds import http
+
+    (tmp_path / "credentials").write_text("[research]\naws_access_key_id = AKIDPROFILEKEY\n"
+                                          "aws_secret_access_key = profile-secret\n")
+    for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+        monkeypatch.delenv(k)
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "credentials"))
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-config"))
+    monkeypatch.setenv("AWS_PROFILE", "research")
+    signed, request = [], http.request
+    monkeypatch.setattr(http, "request", lambda m, u, h=None, *a, **kw: signed.append(h["authorization"]) or request(m, u, h, *a, **kw))
+    store = open_store(f"s3://{s3_bucket}/p")
+    store.put_bytes("k", b"v")
+    assert store.get_bytes("k") == b"v"
+    assert signed and all(a.startswith("AWS4-HMAC-SHA256 Credential=AKIDPROFILEKEY/") for a in signed), signed
+
+
+def test_no_aws_credentials_is_one_line(s3_bucket, monkeypatch, tmp_path):
+    from researchkit_py.errors import KitError
+
+    for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+        monkeypatch.delenv(k)
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")  # this machine is no EC2 instance
+    with pytest.raises(KitError, match=r"^no AWS credentials found; run `aws configure` or `aws sso login`"):
+        open_store(f"s3://{s3_bucket}/p").get_bytes("k")
+    monkeypatch.setenv("AWS_PROFILE", "nosuchprofile")
+    with pytest.raises(KitError, match=r"^your AWS credentials could not be read \(.*nosuchprofile.*\); run `aws"):
+        open_store(f"s3://{s3_bucket}/p").get_bytes("k")
+
+
 @pytest.mark.parametrize("url", ["gs://", "ftp://x/y", ""])
 def test_bad_bucket_urls(url):
     from researchkit_py.errors import KitError

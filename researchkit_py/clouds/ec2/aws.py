@@ -1,4 +1,5 @@
-"""What the S3 store and the EC2 provider share: a boto3 client, and the credential error."""
+"""What the EC2 provider uses of boto3 (a client, its credential error); the client's S3 store
+shares the error's advice."""
 
 from __future__ import annotations
 
@@ -28,6 +29,9 @@ def error_code(exc: BaseException) -> str:
     return exc.response.get("Error", {}).get("Code", "") if hasattr(exc, "response") else ""
 
 
+NO_CREDENTIALS = "run `aws configure` or `aws sso login`, or set AWS_PROFILE"
+
+
 @contextmanager
 def no_credentials_is_kit_error() -> Iterator[None]:
     from botocore import exceptions
@@ -35,4 +39,4 @@ def no_credentials_is_kit_error() -> Iterator[None]:
     try:
         yield
     except exceptions.NoCredentialsError:
-        raise KitError("no AWS credentials found; run `aws configure` or `aws sso login`, or set AWS_PROFILE") from None
+        raise KitError(f"no AWS credentials found; {NO_CREDENTIALS}") from None

@@ -8,7 +8,7 @@ CLOUD = Cloud(
     store="researchkit_py.clouds.ec2.store:S3Store", scheme="s3",
     vm_modules=("clouds/http.py", "clouds/ec2/vm.py"), vm_bucket="researchkit_py.clouds.ec2.vm:VMBucket",
     vm_store="researchkit_py.clouds.ec2.rest:S3RestStore", vm_store_modules=("clouds/ec2/rest.py",),
-    store_modules=("clouds/ec2/store.py", "clouds/ec2/aws.py"),
+    store_modules=("clouds/http.py", "clouds/ec2/vm.py", "clouds/ec2/rest.py", "clouds/ec2/store.py", "clouds/ec2/aws.py"),
     # On-demand USD per hour in us-east-1, Linux (CPU types as listed on 2026-11-01; GPU types
     # taken on 2026-11-23 from aws.amazon.com/ec2/pricing/on-demand as tabulated by
     # instances.vantage.sh, P4d and P5 after AWS's June 2025 price reduction). Approximate: for

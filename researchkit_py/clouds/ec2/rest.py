@@ -1,7 +1,7 @@
 """Amazon S3 as the VM agent's store, standard library only: the REST API through the VM's
 own signed requests (vm.py), with multipart uploads, listings and ranged reads. It travels
 with the agent's setup and transfer modules, fetched from the bucket (see startup.py); the
-client uses boto3 (store.py)."""
+client uses them too, with the user's credentials (store.py)."""
 
 from __future__ import annotations
 
@@ -23,10 +23,11 @@ MIN_PART = 5 << 20  # S3's smallest part but the last: a log shorter than this c
 
 class S3RestStore(Store):
     log_chunk_limit = MIN_PART
+    bucket_class = VMBucket  # whose credentials sign the requests
 
     def __init__(self, bucket: str, prefix: str, settings: Settings):
         super().__init__(settings)
-        self.vm = VMBucket(bucket, prefix, settings)
+        self.vm = self.bucket_class(bucket, prefix, settings)
         self.bucket, self.prefix, self.url = bucket, self.vm.prefix, self.vm.url
         self.single_part_limit, self.part = SINGLE_PART_LIMIT, PART
 
@@ -105,6 +106,10 @@ class S3RestStore(Store):
 
     def _get_range_into(self, key: str, start: int, end: int, sink) -> None:
         self.vm.call("GET", key, headers={"Range": f"bytes={start}-{end - 1}"}, sink=sink)
+
+    def _get_tail(self, key: str, start: int) -> bytes:
+        resp = self.vm.call("GET", key, headers={"Range": f"bytes={start}-"}, ok=(416,))
+        return b"" if resp.status == 416 else resp.data  # 416: nothing from `start` on
 
     def _pages(self, query: list[tuple[str, str]]) -> Iterator:
         while True:

@@ -1,6 +1,6 @@
 """The EC2 VM's own pieces, standard library only: the instance profile's credentials from
 IMDSv2, Signature Version 4, and the run's bucket as the VM's reports reach it (VMBucket).
-The agent's store (rest.py) builds on them; the client uses boto3 (store.py)."""
+The agent's store (rest.py) builds on them, and the client's (store.py) with its own credentials."""
 
 from __future__ import annotations
 
@@ -84,6 +84,8 @@ class VMBucket(http.RetriedTransfers):
     and — for the reports (status, heartbeat, log) — put_bytes, put_file and get_file retried
     as every store's requests are (RK_STORAGE_RETRIES, RK_STORAGE_BACKOFF)."""
 
+    DENIED = "the instance profile's role needs s3:GetObject, s3:PutObject, s3:DeleteObject and s3:ListBucket on the bucket"
+
     def __init__(self, bucket: str, prefix: str, settings: Settings):
         self.bucket, self.prefix = bucket, prefix.strip("/")
         self.url = f"s3://{bucket}" + (f"/{self.prefix}" if self.prefix else "")
@@ -135,8 +137,7 @@ class VMBucket(http.RetriedTransfers):
         if resp.status == 404:
             raise NotFound(f"no object {key} in {self.url}")
         if resp.status == 403:
-            raise KitError(f"access to {self.url} denied ({code or 'HTTP 403'}); the instance profile's role needs "
-                           "s3:GetObject, s3:PutObject, s3:DeleteObject and s3:ListBucket on the bucket")
+            raise KitError(f"access to {self.url} denied ({code or 'HTTP 403'}); {self.DENIED}")
         raise http.HTTPStatusError(resp.status, f"{method} {self.url}/{key}", resp.data)
 
     def put(self, key: str, data: bytes | Path) -> None:
