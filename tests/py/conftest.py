@@ -358,7 +358,7 @@ def pytest_terminal_summary(terminalreporter):
 @pytest.fixture(params=["local", "gcs", "s3", "gcs-vm", "s3-vm"])
 def store(request, tmp_path, monkeypatch):
     """The same Store contract, on each backend against its emulator: the client's stores (the
-    SDKs) and the VM's (standard library, credentials from a metadata server)."""
+    user's credentials) and the VM's (credentials from a metadata server)."""
     from researchkit_py.clouds.registry import open_store
 
     if request.param == "local":

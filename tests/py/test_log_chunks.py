@@ -1,8 +1,8 @@
 """A run's log on S3 while it is shorter than S3's smallest part (5 MiB): each push's new bytes
 as a chunk beside the log, read after it by followers; written whole once past 5 MiB or at the
 end, the chunks removed (vm_log.py, lifecycle/monitor.py). Against moto, with the VM's own
-store (standard library, credentials from a metadata server) writing and the client's (boto3)
-reading; every request the VM sends held against botocore's S3 service model, and the final
+store (standard library, credentials from a metadata server) writing and the client's (the same
+requests, the user's credentials) reading; every request the VM sends held against botocore's S3 service model, and the final
 log read back with the real AWS CLI."""
 
 from __future__ import annotations
