@@ -45,7 +45,7 @@ FAULTS = {
     "F5c": "SIGINT to an attached CLI 0.2 s, 1 s, 3 s after its start: the run stops (or never began)",
     "F5d": "SIGINT during the launch, the instance not listed yet (only the fake Compute API lags): its VM finds "
            "the stop request at boot, never runs the command, says CANCELLED and goes",
-    "F5e": "the same SIGINT twice at once (a process group signalled by experiment.sh and again by its `timeout`): "
+    "F5e": "the same SIGINT again 0.1 s later (a process group signalled by experiment.sh, then by its `timeout`): "
            "one stop, the VM's own CANCELLED; a second Ctrl-C 1.5 s later, the command ignoring TERM: deleted at once",
     "F6a": "the bucket refuses uploads for 2 s during the results upload",
     "F6b": "the bucket refuses the results upload for good",
