@@ -147,7 +147,7 @@ def cancel(ctx: Context, run_id: str, instance: str, reason: str) -> dict:
                 say(f"cloud-run: {instance} did not stop within {timeout:g} s; deleting it")
                 break
             _again.wait(ctx.poll_seconds())
-        else:
+        else:  # the loop ended on a second interrupt, not on a break
             say(f"cloud-run: interrupted again; deleting {instance} now")
     except KitError as e:  # the bucket or the API failed us: deleting is what is left
         say(f"cloud-run: warning: {e}; deleting {instance}")

@@ -195,6 +195,11 @@ def test_no_aws_credentials_is_one_line(s3_bucket, monkeypatch, tmp_path):
     monkeypatch.setenv("AWS_PROFILE", "nosuchprofile")
     with pytest.raises(KitError, match=r"^your AWS credentials could not be read \(.*nosuchprofile.*\); run `aws"):
         open_store(f"s3://{s3_bucket}/p").get_bytes("k")
+    (tmp_path / "config").write_text("[profile broken]\ncredential_process = /bin/false\n")  # as an expired SSO login fails
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "config"))
+    monkeypatch.setenv("AWS_PROFILE", "broken")
+    with pytest.raises(KitError, match=r"^your AWS credentials could not be read \(.*\); run `aws"):
+        open_store(f"s3://{s3_bucket}/p").get_bytes("k")
 
 
 @pytest.mark.parametrize("url", ["gs://", "ftp://x/y", ""])

@@ -18,28 +18,29 @@ from .vm import VMBucket
 
 class UserCredentials:
     """What InstanceRole is on a VM, for this machine: the credentials botocore resolves (its
-    refreshable ones renewed as botocore renews them), and the region from the settings."""
+    refreshable ones renewed as botocore renews them). The region is the settings' (VMBucket)."""
 
-    def __init__(self, settings: Settings):
-        self.settings = settings
+    def __init__(self):
         self._resolved = None
 
     def credentials(self) -> dict:
-        if self._resolved is None:
-            import botocore.session
-            from botocore import exceptions
+        import botocore.session
+        from botocore import exceptions
 
-            try:
-                self._resolved = botocore.session.Session().get_credentials()
-            except exceptions.BotoCoreError as e:  # a broken profile, an SSO session expired, ...
-                raise KitError(f"your AWS credentials could not be read ({e}); {NO_CREDENTIALS}") from None
+        try:
             if self._resolved is None:
-                raise KitError(f"no AWS credentials found; {NO_CREDENTIALS}")
-        frozen = self._resolved.get_frozen_credentials()
+                self._resolved = botocore.session.Session().get_credentials()
+                if self._resolved is None:
+                    raise KitError(f"no AWS credentials found; {NO_CREDENTIALS}")
+            frozen = self._resolved.get_frozen_credentials()  # a refresh may fail too
+        except exceptions.BotoCoreError as e:  # a broken profile, an SSO session expired, ...
+            raise KitError(f"your AWS credentials could not be read ({e}); {NO_CREDENTIALS}") from None
         return {"AccessKeyId": frozen.access_key, "SecretAccessKey": frozen.secret_key, "Token": frozen.token or ""}
 
     def region(self) -> str:
-        return "us-east-1"  # S3 names the bucket's own region in its answer; VMBucket.call follows it
+        # Asked only where the settings name no region: S3 names the bucket's own in its
+        # answer, and VMBucket.call follows it.
+        return "us-east-1"
 
 
 class ClientBucket(VMBucket):
@@ -50,7 +51,7 @@ class ClientBucket(VMBucket):
 
     def __init__(self, bucket: str, prefix: str, settings: Settings):
         super().__init__(bucket, prefix, settings)
-        self.role = UserCredentials(settings)
+        self.role = UserCredentials()
 
 
 class S3Store(S3RestStore):
