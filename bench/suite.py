@@ -3,11 +3,12 @@ side in one run on this machine's emulators (moto for S3 and EC2, fake-gcs-serve
 our fake Compute API for GCE).
 
   bench/run [--repeat 3] [--scale 200,2000,20000] [--out bench/results]
-  bench/suite.py --only gcs-pull [--before REV] [--small 2000] [--big 5]
+  bench/suite.py --only gcs-pull|s3-pull [--before REV] [--small 2000] [--big 5]
 
 Prints a markdown table (medians of --repeat runs, and the ratios) and writes latest.md,
-latest.json and scaling.png into --out; `--only gcs-pull` measures the GCS pulls alone (with
-`--before`, an earlier revision's pull beside this tree's) into gcs-pull.md and gcs-pull.json. Every tool pulls the same run prefix into a fresh
+latest.json and scaling.png into --out; `--only gcs-pull` (`s3-pull`) measures the GCS (S3)
+pulls alone (with `--before`, an earlier revision's pull beside this tree's) into gcs-pull.md
+and gcs-pull.json (s3-pull.md, .json). Every tool pulls the same run prefix into a fresh
 directory, then again into the same directory (the no-op re-pull); every pulled tree is
 checked file by file before its time counts.
 """
@@ -289,7 +290,7 @@ def ratios(b: Bench) -> list[str]:
 def report(b: Bench, args, meta: dict, points: list[dict], date: str) -> str:
     lines = [f"# researchkit benchmark — {date}", "",
              f"Machine: {meta['machine']}; {meta['os']}; Python {meta['python']}.  ",
-             (f"Peer: {meta['rclone']}. Emulator: fake-gcs-server.  " if args.only else
+             (f"Peer: {meta['rclone']}. Emulator: fake-gcs-server.  " if args.only == "gcs-pull" else
               f"Peers: {meta['awscli']}; {meta['rclone']}. Emulators: moto {meta['moto']} (its own process), "
               "fake-gcs-server.  "),
              f"Medians of {args.repeat} runs" + ("" if args.only else f" (CLI latency: of {max(5, args.repeat)})")
@@ -335,7 +336,8 @@ def main() -> None:
     ap.add_argument("--big", type=int, default=5, help="20 MB files in the pull comparison")
     ap.add_argument("--scale", default="200,2000,20000", help="file counts for the scaling curve")
     ap.add_argument("--out", default=str(REPO / "bench" / "results"))
-    ap.add_argument("--only", choices=["gcs-pull"], help="measure only the GCS pulls (into gcs-pull.md, .json)")
+    ap.add_argument("--only", choices=["gcs-pull", "s3-pull"],
+                    help="measure only the GCS (S3) pulls (into gcs-pull.md, .json; s3-pull.md, .json)")
     ap.add_argument("--before", metavar="REV", help="also pull with the code at this revision (GCS and S3 pulls)")
     args = ap.parse_args()
     started = time.perf_counter()
@@ -371,10 +373,11 @@ def main() -> None:
         src = scratch / "results"
         count, size = make_results(src, args.small, args.big, seed=1)
         s3, gs = open_store(s3_url), open_store("gs://bench-gcs/researchkit")
-        if not args.only:
+        if args.only != "gcs-pull":
             s3_run = seed_run(s3, "ec2", src, scratch / "packs")
             s3_objects_run = seed_run(s3, "ec2", src, scratch / "packs", packs=False)
-        gs_run = seed_run(gs, "gce", src, scratch / "packs")
+        if args.only != "s3-pull":
+            gs_run = seed_run(gs, "gce", src, scratch / "packs")
 
         rclone = shutil.which("rclone")
         rclone_env = rclone_environment(env, moto.url, gcs.url)
@@ -393,7 +396,7 @@ def main() -> None:
         def earlier(run_id: str, backend: str) -> dict[str, list[str]]:
             return {f"cloud-run pull, before ({args.before})": ours(run_id, backend, before)} if before else {}
 
-        if not args.only:
+        if args.only != "gcs-pull":
             print(f"bench: pulls from S3 ({count} files, {size / 1e6:.0f} MB)", file=sys.stderr, flush=True)
             aws = [AWS, "s3", "sync", f"s3://{s3_bucket}/researchkit/runs/{s3_run}/results/", OUT,
                    "--endpoint-url", moto.url, "--only-show-errors", "--no-progress"]
@@ -402,10 +405,12 @@ def main() -> None:
                   peers={"aws s3 sync": aws} | rclone_peers(
                       f"bs3:{s3_bucket}/researchkit/runs/{s3_run}/results"),
                   src=src, env=env, rclone_env=rclone_env, repeat=args.repeat)
-        print(f"bench: pulls from GCS ({count} files, {size / 1e6:.0f} MB)", file=sys.stderr, flush=True)
-        pulls(b, group="pull, GCS (fake-gcs-server)", ours=ours(gs_run, "gce"), extra=earlier(gs_run, "gce"),
-              peers=rclone_peers(f"bgcs:bench-gcs/researchkit/runs/{gs_run}/results"),
-              src=src, env={**env, "RK_BUCKET": "gs://bench-gcs/researchkit"}, rclone_env=rclone_env, repeat=args.repeat)
+        if args.only != "s3-pull":
+            print(f"bench: pulls from GCS ({count} files, {size / 1e6:.0f} MB)", file=sys.stderr, flush=True)
+            pulls(b, group="pull, GCS (fake-gcs-server)", ours=ours(gs_run, "gce"), extra=earlier(gs_run, "gce"),
+                  peers=rclone_peers(f"bgcs:bench-gcs/researchkit/runs/{gs_run}/results"),
+                  src=src, env={**env, "RK_BUCKET": "gs://bench-gcs/researchkit"}, rclone_env=rclone_env,
+                  repeat=args.repeat)
         shutil.rmtree(scratch / "out", ignore_errors=True)
 
         points: list[dict] = []
@@ -415,7 +420,7 @@ def main() -> None:
 
         date = time.strftime("%Y-%m-%d")
         meta = versions()
-        if args.only:
+        if args.only == "gcs-pull":
             meta["awscli"] = "not used"
         text = report(b, args, meta, points, date)
         name = args.only or "latest"
