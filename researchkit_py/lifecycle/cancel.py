@@ -40,7 +40,9 @@ def raise_on_signals() -> None:
     """The first INT, TERM or HUP raises Interrupted (with the signal): the caller decides what
     stops. Later ones raise nothing, so no signal can cut the stop short and leave an instance
     behind; one that comes REPEAT_SECONDS or more after the first is the user's second Ctrl-C,
-    which cancel() answers by deleting the instance at once."""
+    which cancel() answers by deleting the instance at once. A signal ignored when we were
+    started stays ignored, as a shell's trap leaves it: `nohup cloud-run run …` (HUP ignored)
+    must outlive the terminal it was started from, not cancel its run when it closes."""
     first: list[float] = []
     _again.clear()
 
@@ -54,7 +56,8 @@ def raise_on_signals() -> None:
     if threading.current_thread() is not threading.main_thread():  # only the main thread gets signals
         return
     for sig in SIGNALS:
-        signal.signal(sig, handler)
+        if signal.getsignal(sig) is not signal.SIG_IGN:
+            signal.signal(sig, handler)
 
 
 @contextmanager

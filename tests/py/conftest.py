@@ -4,6 +4,7 @@ cloud credentials or settings from the developer's environment."""
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import uuid
@@ -20,6 +21,13 @@ from emulators import FAKE_SECRET, FakeGCS, Moto, MotoProcess, ubuntu_amis  # no
 from fake_gce import FakeGCE  # noqa: E402
 from fake_vm import EC2VMs, GCEVMs  # noqa: E402
 from model_api import AGENT_BIN, CYCLES, INSTALLER  # noqa: E402
+
+# A suite started as a script's background job (or under nohup) has SIGINT (or HUP) ignored and
+# passes that on to every child, and the kit rightly leaves an inherited ignore alone: the tests
+# interrupt their children as a terminal would, so theirs start with the defaults.
+for _sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+    if signal.getsignal(_sig) is signal.SIG_IGN:
+        signal.signal(_sig, signal.default_int_handler if _sig == signal.SIGINT else signal.SIG_DFL)
 
 SCRUB = ("COMPUTE_TARGET", "RK_", "EXP_", "KIT_", "AWS_", "GOOGLE_", "GCE_", "CLOUDSDK_", "STORAGE_EMULATOR_HOST",
          "ORCHESTRATION_KIT_ROOT")

@@ -99,3 +99,19 @@ def test_interrupting_experiment_sh_run_stops_its_cloud_run(tmp_path, monkeypatc
     assert (spec.stat().st_mode & 0o777) == 0o644  # unlocked
     log = (root / ".kit-state" / "logs" / "run.log").read_text()
     assert f"cloud-run: run {run_id}" in log + out, log
+
+
+def test_a_run_started_with_hangup_ignored_outlives_its_terminal(tmp_path):
+    """`nohup cloud-run run …`: HUP was ignored when it started, so the hangup of the terminal it
+    was started from must not cancel the run (a shell's trap leaves such a signal ignored too)."""
+    out = tmp_path / "out"
+    cmd = 'sleep 3; mkdir -p "$RESULTS_DIR"; echo done > "$RESULTS_DIR/d.txt"'
+    p = subprocess.Popen([str(REPO / "tools" / "cloud-run"), "--backend", "local", "run", cmd, "--output-dir", str(out)],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=os.environ.copy(),
+                         preexec_fn=lambda: signal.signal(signal.SIGHUP, signal.SIG_IGN))  # what nohup does
+    run_id = p.stdout.readline().strip()  # printed once the instance exists: the client is attached
+    assert run_id, p.communicate()[1]
+    p.send_signal(signal.SIGHUP)
+    _, err = p.communicate(timeout=120)
+    assert p.returncode == 0 and f"{run_id} DONE" in err, (p.returncode, err)
+    assert (out / "d.txt").read_text() == "done\n"
