@@ -158,6 +158,7 @@ def timed_cycle(root: Path, env: dict[str, str]) -> tuple[int, str, dict[str, fl
     return rc, "".join(out), {a.replace("Syncing", "sync"): t1 - t0 for (a, t0), (_, t1) in pairwise(marks)}
 
 
+@pytest.mark.waits(15)
 @pytest.mark.parametrize("agent", ["claude", "codex"])
 @pytest.mark.parametrize(("target", "criterion", "expected"), [
     ("sandbox", "accuracy >= 0.90", "CONFIRMED"),
@@ -210,6 +211,7 @@ def agent_processes(marker: str) -> list[int]:
     return found
 
 
+@pytest.mark.waits(20)
 @pytest.mark.parametrize("stop", ["budget", "ctrl-c"])
 def test_a_stopped_codex_phase_leaves_no_process_behind(tmp_path, agent_bin, stop):
     """On Node < 22.15 the npm wrapper spawns codex as a child; the whole group must go."""

@@ -113,6 +113,7 @@ def test_only_a_name_that_does_not_resolve_is_tried_again(monkeypatch, error, at
     assert slept == [1, 2][:attempts - 1]
 
 
+@pytest.mark.waits(20)
 @pytest.mark.vm_image("bare")
 def test_a_bare_image_sets_itself_up_in_seconds(cloud, tmp_path):
     provider, vms = cloud
@@ -127,6 +128,7 @@ def test_a_bare_image_sets_itself_up_in_seconds(cloud, tmp_path):
     assert "apt" not in out.vm_log.replace("apt.log", "")  # nothing of apt runs: python3 is there
 
 
+@pytest.mark.waits(20)
 @pytest.mark.vm_image("bare")
 def test_a_requirement_that_cannot_be_installed_is_named(cloud, project, tmp_path):
     provider, vms = cloud
@@ -152,6 +154,7 @@ def test_apt_lock_held_at_boot_does_not_matter(cloud, tmp_path):
     assert out.status["phase"] == "DONE" and setup_split(vms)["before_command"] < 10
 
 
+@pytest.mark.waits(20)
 @pytest.mark.vm_image("no-python3", dpkg_lock_seconds=20)
 def test_an_image_without_python3_gets_it_from_apt_once_apts_lock_is_free(cloud, tmp_path):
     provider, vms = cloud

@@ -732,6 +732,7 @@ def test_F8_shell_syntax_arrives_verbatim(cloud, project):
     no_secrets(cloud)
 
 
+@pytest.mark.waits(60, local=0)
 def test_F9_twenty_concurrent_runs(cloud, project, monkeypatch):
     monkeypatch.setenv("RK_HEARTBEAT_SECONDS", "30")  # twenty VMs beating every second would starve two cores
     (project / "experiments").mkdir()
@@ -840,6 +841,7 @@ def test_F11_the_installer_cannot_be_installed(cloud, request, monkeypatch):
         server.refused.discard("/wheels/simple/uv/")
 
 
+@pytest.mark.waits(60, local=0)
 @pytest.mark.vm_image("no-python3", dpkg_lock_seconds=60)
 def test_F12_apts_lock_held_at_boot(cloud, monkeypatch, tmp_path):
     """On an image without python3 the script installs it with apt, which waits for the lock

@@ -88,6 +88,7 @@ def test_a_gce_vm_without_a_usable_gpu_fails_before_the_command_and_goes(gce, pr
         assert "researchkit: nvidia-smi: NVIDIA L4 (23034 MiB); driver 470.256.02, CUDA 11.4" in log
 
 
+@pytest.mark.waits(15)
 def test_an_ec2_gpu_vm_boots_the_deep_learning_ami_and_runs(ec2, project, monkeypatch):
     from researchkit_py.clouds.ec2.aws import aws_client
 
@@ -300,6 +301,7 @@ def test_max_cost_counts_the_gpus(gce, project):
 
 
 # --- the GPU example on a CPU-only machine --------------------------------------------------------------
+@pytest.mark.waits(20)
 def test_the_gpu_example_on_a_machine_without_torch_is_inconclusive(tmp_path):
     """examples/gpu through `experiment.sh cycle` on the sandbox target, with this test
     environment's python as the VM's (nothing installed): without torch, train.py records the
