@@ -3,6 +3,7 @@ cloud credentials or settings from the developer's environment."""
 
 from __future__ import annotations
 
+import functools
 import os
 import signal
 import subprocess
@@ -97,11 +98,24 @@ def s3_bucket(moto_server, monkeypatch) -> str:
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
     monkeypatch.setenv("AWS_REGION", "us-east-1")
+    name = f"b-{uuid.uuid4().hex[:12]}"
+    moto_client("s3").create_bucket(Bucket=name)
+    return name
+
+
+@functools.cache
+def _moto_client(service: str, *aws_env: str):
     from researchkit_py.clouds.ec2.aws import aws_client
 
-    name = f"b-{uuid.uuid4().hex[:12]}"
-    aws_client("s3").create_bucket(Bucket=name)
-    return name
+    return aws_client(service)
+
+
+def moto_client(service: str):
+    """The tests' own boto3 client of their moto, one per service and credentials in a worker: one
+    made anew for each test cost 0.1–0.2 s of CPU (a new session loads the service's model again),
+    four in every EC2 test's setup."""
+    return _moto_client(service, *(os.environ[k] for k in ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID",
+                                                           "AWS_SECRET_ACCESS_KEY", "AWS_REGION")))
 
 
 @pytest.fixture(scope="session")
@@ -242,15 +256,13 @@ def ec2(project, vm_network, vm_moto, vm_image, monkeypatch, tmp_path):
     env = {"AWS_ENDPOINT_URL": vm_moto.url, "AWS_REGION": "us-east-1"}
     for k, v in {**env, "AWS_ACCESS_KEY_ID": "AKIAIOSFODNN7EXAMPLE", "AWS_SECRET_ACCESS_KEY": FAKE_SECRET}.items():
         monkeypatch.setenv(k, v)
-    from researchkit_py.clouds.ec2.aws import aws_client
-
     bucket = f"b-{uuid.uuid4().hex[:12]}"
-    aws_client("s3").create_bucket(Bucket=bucket)
-    client = aws_client("ec2")
+    moto_client("s3").create_bucket(Bucket=bucket)
+    client = moto_client("ec2")
     ami = ubuntu_amis(client)[0]
-    aws_client("ssm").put_parameter(Name="/researchkit/test/ubuntu-ami", Value=ami, Type="String")
+    moto_client("ssm").put_parameter(Name="/researchkit/test/ubuntu-ami", Value=ami, Type="String")
     monkeypatch.setenv("EC2_AMI_PARAM", "/researchkit/test/ubuntu-ami")
-    aws_client("iam").create_instance_profile(InstanceProfileName="researchkit-vm")
+    moto_client("iam").create_instance_profile(InstanceProfileName="researchkit-vm")
     monkeypatch.setenv("EC2_INSTANCE_PROFILE", "researchkit-vm")
     monkeypatch.setenv("RK_BUCKET", f"s3://{bucket}/rk")
     monkeypatch.setenv("RK_SELF_DELETE_WAIT", "20")

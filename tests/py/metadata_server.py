@@ -11,4 +11,6 @@ from fake_vm import MetadataServer
 if __name__ == "__main__":
     cfg = json.load(open(sys.argv[1]))
     server = MetadataServer(cfg["identity"], host=cfg["bind"], port=cfg["port"], log_path=cfg["log"], background=False)
+    print("listening", flush=True)  # bound: a VM's first request waits in the backlog, never refused
+    sys.stdout.close()
     server.server.serve_forever()
