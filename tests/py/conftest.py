@@ -52,6 +52,8 @@ def isolated(tmp_path, monkeypatch):
     monkeypatch.setenv("RK_REAP_INTERVAL", "0")  # every invocation reaps; test_reaper_runs_at_most_... checks the default
     monkeypatch.setenv("PYTHONPATH", str(REPO))
     yield tmp_path
+    ignored = [s.name for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP) if signal.getsignal(s) is signal.SIG_IGN]
+    assert not ignored, f"the test left {ignored} ignored in its worker: every later child would inherit that"
 
 
 @pytest.fixture

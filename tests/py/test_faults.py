@@ -534,12 +534,18 @@ def stopped(cloud: Cloud, p: subprocess.Popen, sig: int, out: Path) -> tuple[str
     try:
         _, err = p.communicate(timeout=120)
     except subprocess.TimeoutExpired:  # the signal did not stop it: where it is, then nothing of it may outlive the test
+        try:  # whether the signal was ignored, blocked or still pending (bit N-1 is signal N)
+            masks = " ".join(line.replace("\t", " ").strip() for line in Path(f"/proc/{p.pid}/status").read_text().splitlines()
+                             if line.startswith(("SigPnd", "ShdPnd", "SigBlk", "SigIgn", "SigCgt")))
+        except OSError:
+            masks = "gone"
         p.send_signal(signal.SIGABRT)
         try:
             _, err = p.communicate(timeout=30)
         finally:
             p.kill()
-        raise AssertionError(f"still running 120 s after {signal.Signals(sig).name}; its stderr, then its stacks:\n{err}") from None
+        raise AssertionError(f"still running 120 s after {signal.Signals(sig).name} ({masks}); its stderr, then its "
+                             f"stacks:\n{err}") from None
     runs = cloud.store().list_dirs("runs")
     if not runs:  # before the run was recorded; before Python's own handler exists, killed by it
         assert not cloud.live() and "Traceback" not in err and "Fatal" not in err, err
