@@ -204,7 +204,7 @@ def pytest_configure(config):
 # idle worker take the second half of another's queue. A test that mostly waits (apt's lock held
 # 60 s, twenty VMs booting) left to the end of a run is a tail with both cores idle; started first,
 # its wait overlaps the others' CPU. So the `waits` tests lead the runs, longest first, one worker
-# after another (the suite on four workers: 433 s → see docs/development.md).
+# after another (433 s → 403 s without coverage: docs/development.md, "The suite's time").
 def pytest_collection_modifyitems(config, items):
     workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "0"))  # set in each worker, which collects
     def seconds(item) -> float:  # `waits(60, local=0)`: the embedded provider's run does not wait
