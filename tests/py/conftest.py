@@ -207,6 +207,7 @@ def pytest_configure(config):
 # after another (433 s → 403 s without coverage: docs/development.md, "The suite's time").
 def pytest_collection_modifyitems(config, items):
     workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "0"))  # set in each worker, which collects
+
     def seconds(item) -> float:  # `waits(60, local=0)`: the embedded provider's run does not wait
         mark = item.get_closest_marker("waits")
         cloud = getattr(item, "callspec", None) and item.callspec.params.get("cloud")
