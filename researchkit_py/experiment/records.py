@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import KitError
-from ..lifecycle.pull import PULL_STATE
+from ..repull import PULL_STATE
 from ..storage.paths import write_json_atomic
 from . import runrecord
 from .criteria import evaluate, read_metrics

@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 from .. import protocol
-from ..lifecycle.pull import read_pull_state
+from ..repull import read_pull_state
 from ..storage.paths import write_json_atomic
 
 RECORD = ".run-record.json"
